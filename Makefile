@@ -1,0 +1,44 @@
+# One entry point for set-up, tests and the demo. Every target first makes sure
+# .venv is complete; a second run finds the stamp and installs nothing.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.midog-d2-installed
+# Detectron2's upstream Python sources, published on PyPI as a cp310 wheel. Its
+# compiled _C never loads on other Pythons; nothing in midog_d2 needs it.
+D2_WHEEL ?= sal-detectron2==0.7.2
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-slow demo bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@# A Detectron2 already importable (e.g. built from source) is kept as is.
+	$(PY) -c "import detectron2" 2>/dev/null || { \
+	  site=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	  rm -rf $(VENV)/d2-wheel && \
+	  $(PY) -m pip install -q --disable-pip-version-check --target $(VENV)/d2-wheel \
+	    --python-version 3.10 --implementation cp --only-binary=:all: --no-deps $(D2_WHEEL) && \
+	  cp -r $(VENV)/d2-wheel/detectron2 $(VENV)/d2-wheel/*.dist-info "$$site"/ && \
+	  rm -rf $(VENV)/d2-wheel; }
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c "import midog_d2"
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
+
+demo: venv
+	$(PY) tools/demo.py
+
+bench: venv
+	$(PY) benchmarks/bench_train_step.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,121 @@
+"""Config keys added by midog-d2.
+
+Call :func:`add_midog_config` on a Detectron2 config before ``merge_from_file``.
+Every key this project adds is defined (and documented) here, grouped by the
+part of the pipeline that reads it.
+"""
+from detectron2.config import CfgNode as CN
+
+# MIDOG++'s seven tumor types, in a fixed order: the tumor head's output i is
+# TUMOR_TYPES[i]. configs/Base-MultiTask-RetinaNet.yaml narrows this to the six
+# MIDOG 2022 training domains the paper used.
+MIDOGPP_TUMOR_TYPES = (
+    "human breast cancer",
+    "canine lung cancer",
+    "canine lymphoma",
+    "canine cutaneous mast cell tumor",
+    "human neuroendocrine tumor",
+    "canine soft tissue sarcoma",
+    "human melanoma",
+)
+
+# Spellings met in real MIDOG files -> canonical name (case-insensitive match).
+TUMOR_TYPE_ALIASES = (
+    ("canine lymphosarcoma", "canine lymphoma"),
+    ("breast cancer", "human breast cancer"),
+)
+
+
+def add_midog_config(cfg: CN) -> None:
+    """Add every midog-d2 config key to ``cfg`` (in place)."""
+    _add_model_config(cfg)
+    _add_solver_config(cfg)
+    _add_dataset_config(cfg)
+    _add_input_config(cfg)
+    _add_test_config(cfg)
+
+
+def _add_model_config(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.MULTITASK = CN()
+    # Backbone feature the auxiliary heads read ("p7": the deepest FPN level,
+    # as in the paper). Must be one of the backbone's outputs.
+    _C.MODEL.MULTITASK.IN_FEATURE = "p7"
+    # Width of the hidden FC layers of both auxiliary heads.
+    _C.MODEL.MULTITASK.HIDDEN_DIM = 256
+    # Number of hidden FC layers (each FC + ReLU) before the output FC layer.
+    _C.MODEL.MULTITASK.NUM_HIDDEN_FC = 1
+    # Tumor-type head: cross-entropy over TUMOR_TYPES; images whose
+    # `tumor_label` is -1 (unknown / not listed) take no part in it.
+    _C.MODEL.MULTITASK.TUMOR_HEAD_ON = True
+    _C.MODEL.MULTITASK.TUMOR_LOSS_WEIGHT = 1.0
+    # Ordered tumor-type names; the head has len(TUMOR_TYPES) outputs and the
+    # data loader maps each image's tumor type to its index here.
+    _C.MODEL.MULTITASK.TUMOR_TYPES = list(MIDOGPP_TUMOR_TYPES)
+    # Foreground head: one logit, "this patch holds at least one mitotic figure
+    # or hard negative", trained with sigmoid focal loss.
+    _C.MODEL.MULTITASK.FOREGROUND_HEAD_ON = True
+    _C.MODEL.MULTITASK.FOREGROUND_LOSS_WEIGHT = 1.0
+    _C.MODEL.MULTITASK.FOREGROUND_FOCAL_ALPHA = 0.25
+    _C.MODEL.MULTITASK.FOREGROUND_FOCAL_GAMMA = 2.0
+    # How hard negatives reach the model: the data pipeline gives every box a
+    # class (0 mitotic figure, 1 hard negative). Ground-truth classes >=
+    # MODEL.RETINANET.NUM_CLASSES are *auxiliary-only*: they count for the
+    # foreground target but are removed before the detection loss, so anchors on
+    # them learn "background". With NUM_CLASSES = 2 hard negatives become a
+    # detection class instead; evaluators score class 0 only.
+
+
+def _add_solver_config(cfg: CN) -> None:
+    _C = cfg
+    # "SGD" (Detectron2's default), "ADAM" (the paper) or "ADAMW".
+    _C.SOLVER.OPTIMIZER = "SGD"
+    # Adam/AdamW betas and eps (SOLVER.MOMENTUM/NESTEROV are SGD-only).
+    _C.SOLVER.BETAS = (0.9, 0.999)
+    _C.SOLVER.EPS = 1e-8
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    _C = cfg
+    # Datasets registered from the config alone (midog_d2.data.register_from_config).
+    _C.DATASETS.MIDOG = CN()
+    # MIDOG/MIDOG++ annotation JSON; "" registers nothing.
+    _C.DATASETS.MIDOG.JSON_FILE = ""
+    # Folder holding the images named in the JSON's `file_name`.
+    _C.DATASETS.MIDOG.IMAGE_ROOT = ""
+    # Optional MIDOG++ `;`-separated CSV (split, tumor, scanner, lab, species).
+    _C.DATASETS.MIDOG.CSV_FILE = ""
+    # Tumor-type spellings -> canonical names (see TUMOR_TYPE_ALIASES).
+    _C.DATASETS.MIDOG.TUMOR_ALIASES = [list(p) for p in TUMOR_TYPE_ALIASES]
+    # µm per pixel used when an image file has no resolution metadata.
+    _C.DATASETS.MIDOG.FALLBACK_MPP = 0.25
+
+
+def _add_input_config(cfg: CN) -> None:
+    _C = cfg
+    # Training patches (midog_d2.data.MidogPatchMapper).
+    _C.INPUT.PATCH = CN()
+    _C.INPUT.PATCH.SIZE = 512
+    # Probability that a patch is centred near a mitotic figure / near a hard
+    # negative; the rest are drawn anywhere in the image.
+    _C.INPUT.PATCH.P_MITOTIC = 0.5
+    _C.INPUT.PATCH.P_HARD_NEGATIVE = 0.0
+    # Paper's ColorJitter (brightness, contrast, saturation, hue).
+    _C.INPUT.COLOR_JITTER = CN()
+    _C.INPUT.COLOR_JITTER.ENABLED = True
+    _C.INPUT.COLOR_JITTER.BRIGHTNESS = 0.35
+    _C.INPUT.COLOR_JITTER.CONTRAST = 0.2
+    _C.INPUT.COLOR_JITTER.SATURATION = 0.1
+    _C.INPUT.COLOR_JITTER.HUE = 0.1
+    # Random horizontal and vertical flips (each with probability 0.5).
+    _C.INPUT.RANDOM_FLIP_HV = True
+    # µm per pixel the model is trained at (MIDOG: ~0.25).
+    _C.INPUT.MODEL_MPP = 0.25
+
+
+def _add_test_config(cfg: CN) -> None:
+    _C = cfg
+    # Scoring (midog.md §2): hit radius in µm and operating score threshold.
+    _C.TEST.MIDOG = CN()
+    _C.TEST.MIDOG.RADIUS_UM = 7.5
+    _C.TEST.MIDOG.SCORE_THRESHOLD = 0.5

@@ -1,0 +1,198 @@
+"""RetinaNet with the paper's two auxiliary heads (tumor type, patch foreground)."""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import Tensor
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch import RetinaNet
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+
+from .aux_heads import AuxiliaryClassifier
+
+__all__ = ["MultiTaskRetinaNet"]
+
+
+def _aux_input_shape(backbone, name: str):
+    shapes = backbone.output_shape()
+    if name not in shapes:
+        raise ValueError(
+            f"MODEL.MULTITASK.IN_FEATURE={name!r} is not a backbone output; available: {sorted(shapes)}"
+        )
+    return shapes[name]
+
+
+@META_ARCH_REGISTRY.register()
+class MultiTaskRetinaNet(RetinaNet):
+    """
+    RetinaNet plus two fully-connected auxiliary heads on one FPN level (p7 by
+    default): a tumor-type classifier (cross-entropy, unknown labels ignored) and
+    a patch-foreground classifier (sigmoid focal loss). With both heads off it is
+    Detectron2's RetinaNet: same parameters, losses and detections.
+
+    Extra inputs read in training, per image dict:
+
+    * ``tumor_label`` (int): index into ``MODEL.MULTITASK.TUMOR_TYPES``, -1 if unknown.
+    * ``foreground`` (int/bool, optional): patch target; when absent it is
+      "``instances`` is not empty", counted before hard negatives are removed.
+
+    Ground-truth classes ``>= num_classes`` (hard negatives when the detector
+    has the mitotic-figure class only) feed the foreground target and are then
+    removed, so the detector learns them as background.
+
+    Extra outputs in inference, per image: ``tumor_probs`` (Tensor[T]) and
+    ``foreground_prob`` (0-dim Tensor), for the heads that are on.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        aux_in_feature: str = "p7",
+        tumor_head: Optional[AuxiliaryClassifier] = None,
+        tumor_loss_weight: float = 1.0,
+        foreground_head: Optional[AuxiliaryClassifier] = None,
+        foreground_loss_weight: float = 1.0,
+        foreground_focal_alpha: float = 0.25,
+        foreground_focal_gamma: float = 2.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            aux_in_feature: backbone output read by the auxiliary heads.
+            tumor_head, foreground_head: the heads, or None to switch one off.
+            tumor_loss_weight, foreground_loss_weight: multipliers of their losses.
+            foreground_focal_alpha, foreground_focal_gamma: focal-loss parameters
+                of the foreground head.
+            kwargs: arguments of :class:`RetinaNet`.
+        """
+        super().__init__(**kwargs)
+        if tumor_head is not None or foreground_head is not None:
+            _aux_input_shape(self.backbone, aux_in_feature)
+        self.aux_in_feature = aux_in_feature
+        self.tumor_head = tumor_head
+        self.tumor_loss_weight = tumor_loss_weight
+        self.foreground_head = foreground_head
+        self.foreground_loss_weight = foreground_loss_weight
+        self.foreground_focal_alpha = foreground_focal_alpha
+        self.foreground_focal_gamma = foreground_focal_gamma
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        mt = cfg.MODEL.MULTITASK
+        ret["aux_in_feature"] = mt.IN_FEATURE
+        if mt.TUMOR_HEAD_ON:
+            shape = _aux_input_shape(ret["backbone"], mt.IN_FEATURE)
+            ret["tumor_head"] = AuxiliaryClassifier(
+                shape, mt.HIDDEN_DIM, mt.NUM_HIDDEN_FC, len(mt.TUMOR_TYPES)
+            )
+        if mt.FOREGROUND_HEAD_ON:
+            shape = _aux_input_shape(ret["backbone"], mt.IN_FEATURE)
+            ret["foreground_head"] = AuxiliaryClassifier(shape, mt.HIDDEN_DIM, mt.NUM_HIDDEN_FC, 1)
+        ret.update(
+            tumor_loss_weight=mt.TUMOR_LOSS_WEIGHT,
+            foreground_loss_weight=mt.FOREGROUND_LOSS_WEIGHT,
+            foreground_focal_alpha=mt.FOREGROUND_FOCAL_ALPHA,
+            foreground_focal_gamma=mt.FOREGROUND_FOCAL_GAMMA,
+        )
+        return ret
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        images = self.preprocess_image(batched_inputs)
+        feature_dict = self.backbone(images.tensor)
+        features = [feature_dict[f] for f in self.head_in_features]
+        predictions = self.head(features)
+        aux_logits = self._aux_forward(feature_dict)
+
+        if self.training:
+            assert not torch.jit.is_scripting(), "Not supported"
+            assert "instances" in batched_inputs[0], "Instance annotations are missing in training!"
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            # Foreground targets count hard negatives, so take them before filtering.
+            fg_targets = self._foreground_targets(batched_inputs, gt_instances)
+            det_instances = [self._detection_instances(x) for x in gt_instances]
+            losses = self.forward_training(images, features, predictions, det_instances)
+            losses.update(self.aux_losses(aux_logits, batched_inputs, fg_targets))
+            return losses
+
+        results = self.forward_inference(images, features, predictions)
+        processed_results = []
+        for i, (results_per_image, input_per_image, image_size) in enumerate(
+            zip(results, batched_inputs, images.image_sizes)
+        ):
+            height = input_per_image.get("height", image_size[0])
+            width = input_per_image.get("width", image_size[1])
+            out = {"instances": detector_postprocess(results_per_image, height, width)}
+            if "tumor" in aux_logits:
+                out["tumor_probs"] = aux_logits["tumor"][i].softmax(dim=0)
+            if "foreground" in aux_logits:
+                out["foreground_prob"] = aux_logits["foreground"][i, 0].sigmoid()
+            processed_results.append(out)
+        return processed_results
+
+    def _aux_forward(self, feature_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        out = {}
+        if self.tumor_head is not None:
+            out["tumor"] = self.tumor_head(feature_dict[self.aux_in_feature])
+        if self.foreground_head is not None:
+            out["foreground"] = self.foreground_head(feature_dict[self.aux_in_feature])
+        return out
+
+    def _detection_instances(self, instances: Instances) -> Instances:
+        keep = instances.gt_classes < self.num_classes
+        return instances if bool(keep.all()) else instances[keep]
+
+    def _foreground_targets(
+        self, batched_inputs: Sequence[dict], gt_instances: Sequence[Instances]
+    ) -> Tensor:
+        targets = [
+            float(x["foreground"]) if "foreground" in x else float(len(inst) > 0)
+            for x, inst in zip(batched_inputs, gt_instances)
+        ]
+        return torch.tensor(targets, device=self.device)
+
+    def aux_losses(
+        self, aux_logits: Dict[str, Tensor], batched_inputs: Sequence[dict], fg_targets: Tensor
+    ) -> Dict[str, Tensor]:
+        """Losses of the heads that are on; accuracies go to the event storage."""
+        losses = {}
+        storage = get_event_storage()
+        if "tumor" in aux_logits:
+            logits = aux_logits["tumor"]
+            labels = torch.tensor(
+                [int(x.get("tumor_label", -1)) for x in batched_inputs], device=self.device
+            )
+            if bool(((labels < -1) | (labels >= logits.shape[1])).any()):
+                raise ValueError(
+                    f"tumor_label must be -1 or in [0, {logits.shape[1]}), got {labels.tolist()}"
+                )
+            valid = labels >= 0
+            # Sum / count keeps every image's weight equal and, with no labelled image
+            # in the batch, still gives a (zero) loss connected to the head, as DDP
+            # without find_unused_parameters requires.
+            loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+            loss = loss / max(int(valid.sum()), 1) + 0.0 * logits.sum()
+            losses["loss_tumor"] = self.tumor_loss_weight * loss
+            if bool(valid.any()):
+                acc = (logits[valid].argmax(dim=1) == labels[valid]).float().mean()
+                storage.put_scalar("multitask/tumor_accuracy", acc.item())
+        if "foreground" in aux_logits:
+            logits = aux_logits["foreground"][:, 0]
+            loss = sigmoid_focal_loss_jit(
+                logits,
+                fg_targets,
+                alpha=self.foreground_focal_alpha,
+                gamma=self.foreground_focal_gamma,
+                reduction="mean",
+            )
+            losses["loss_foreground"] = self.foreground_loss_weight * loss
+            acc = ((logits > 0).float() == fg_targets).float().mean()
+            storage.put_scalar("multitask/foreground_accuracy", acc.item())
+            storage.put_scalar("multitask/foreground_fraction", fg_targets.mean().item())
+        return losses
