@@ -25,6 +25,10 @@ TUMOR_TYPE_ALIASES = (
     ("breast cancer", "human breast cancer"),
 )
 
+# Scanner spellings in the MIDOG++ CSV -> canonical name (case-insensitive):
+# the CSV names one scanner both "Hamamatsu XR" and "Hamammatsu XR".
+SCANNER_ALIASES = (("Hamammatsu XR", "Hamamatsu XR"),)
+
 
 def add_midog_config(cfg: CN) -> None:
     """Add every midog-d2 config key to ``cfg`` (in place)."""
@@ -89,6 +93,29 @@ def _add_dataset_config(cfg: CN) -> None:
     _C.DATASETS.MIDOG.TUMOR_ALIASES = [list(p) for p in TUMOR_TYPE_ALIASES]
     # µm per pixel used when an image file has no resolution metadata.
     _C.DATASETS.MIDOG.FALLBACK_MPP = 0.25
+    # Scanner spellings in the CSV -> canonical names (see SCANNER_ALIASES).
+    _C.DATASETS.MIDOG.SCANNER_ALIASES = [list(p) for p in SCANNER_ALIASES]
+    # Tumor type of images with none in the JSON or CSV (MIDOG 2021's file has no
+    # `tumor_type`: set "human breast cancer"); "" leaves them unknown (label -1).
+    _C.DATASETS.MIDOG.DEFAULT_TUMOR_TYPE = ""
+    # Keep only images of these tumor types (aliases apply); [] keeps all. The
+    # paper's MIDOG 2022 setting: the five labelled 2022 tumor types.
+    _C.DATASETS.MIDOG.TUMOR_FILTER = []
+    # Annotations whose box misses its image or has x2 <= x1 / y2 <= y1: "error"
+    # (raise, naming file and ids) or "skip" (drop them, logging the count).
+    _C.DATASETS.MIDOG.CHECK_BOXES = "error"
+    # How midog_train / midog_val / midog_test are made (unlabelled images are
+    # never in any of them):
+    #   "csv": MIDOG++ CSV's train/test column (needs CSV_FILE);
+    #   "leave_one_tumor_out": test = every image of HOLDOUT_TUMOR, train = the rest.
+    _C.DATASETS.MIDOG.SPLIT = "csv"
+    # Held-out tumor type of "leave_one_tumor_out" (the paper's: human neuroendocrine).
+    _C.DATASETS.MIDOG.HOLDOUT_TUMOR = "human neuroendocrine tumor"
+    # Fraction of the training part's images (per tumor type) moved to
+    # midog_val; 0 registers no midog_val.
+    _C.DATASETS.MIDOG.VAL_FRACTION = 0.1
+    # Seed of that validation split (same seed + same data = same split).
+    _C.DATASETS.MIDOG.SEED = 0
 
 
 def _add_input_config(cfg: CN) -> None:

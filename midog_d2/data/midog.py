@@ -1,0 +1,351 @@
+"""MIDOG 2021 / MIDOG 2022 / MIDOG++ annotation files -> Detectron2 dataset dicts.
+
+The files are COCO-like, with three differences that make Detectron2's
+``load_coco_json`` unsuitable (field notes, midog.md §1 and shared/data/README.md):
+boxes are ``[x1, y1, x2, y2]`` (not COCO's ``[x, y, w, h]``), images carry a
+``tumor_type`` that ``load_coco_json`` would drop, and category names differ
+between releases. Loading reads the JSON (and the optional CSV) only, never the
+pixels, so it works without the image files.
+"""
+import csv
+import json
+import logging
+import math
+import os
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from detectron2.structures import BoxMode
+
+from ..config import MIDOGPP_TUMOR_TYPES, SCANNER_ALIASES, TUMOR_TYPE_ALIASES
+
+__all__ = [
+    "CATEGORY_NAMES",
+    "CATEGORY_ALIASES",
+    "load_midog_json",
+    "canonical_tumor_type",
+]
+
+logger = logging.getLogger(__name__)
+
+# Contiguous class ids: the model's gt_classes (0 mitotic figure, 1 hard negative).
+CATEGORY_NAMES = ("mitotic figure", "hard negative")
+
+# Category names met in MIDOG releases (matched case-insensitively) -> class id.
+CATEGORY_ALIASES = {
+    "mitotic figure": 0,
+    "mitose": 0,
+    "mitosis": 0,
+    "not mitotic figure": 1,
+    "non-mitotic figure": 1,
+    "hard negative": 1,
+    "impostor": 1,
+    "imposter": 1,
+}
+
+_CHECK_BOXES = ("error", "skip")
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).split()).lower()
+
+
+def canonical_tumor_type(
+    name: Optional[str],
+    tumor_aliases: Iterable[Sequence[str]] = TUMOR_TYPE_ALIASES,
+    tumor_types: Sequence[str] = (),
+) -> Optional[str]:
+    """
+    Resolve a tumor-type spelling: aliases first (case-insensitive), then the
+    spelling used in ``tumor_types`` when it matches case-insensitively.
+    Names in neither are returned whitespace-normalised, as written.
+    """
+    if name is None or not str(name).strip():
+        return None
+    alias_map = {_norm(a): b for a, b in tumor_aliases}
+    name = " ".join(str(name).split())
+    name = alias_map.get(_norm(name), name)
+    for t in tumor_types:
+        if _norm(t) == _norm(name):
+            return t
+    return name
+
+
+def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
+    """MIDOG++ ``MIDOGpp_datasets_xvalidation.csv``: ``;``-separated, one row per slide id."""
+    columns = {"slide": "slide", "dataset": "split", "tumor": "tumor_type",
+               "scanner": "scanner", "origin": "lab", "species": "species"}
+    scanner_map = {_norm(a): b for a, b in scanner_aliases}
+    rows: Dict[int, Dict[str, Any]] = {}
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=";")
+            header = {_norm(h): h for h in (reader.fieldnames or [])}
+            if "slide" not in header:
+                raise ValueError(
+                    f"{csv_file}: not a MIDOG++ split CSV: no 'Slide' column in the header "
+                    f"{reader.fieldnames!r} (expected ';'-separated Slide;Dataset;Tumor;Scanner;Origin;Species)"
+                )
+            for line, row in enumerate(reader, start=2):
+                raw_id = (row.get(header["slide"]) or "").strip()
+                try:
+                    slide_id = int(raw_id)
+                except ValueError:
+                    raise ValueError(f"{csv_file}, line {line}: slide id {raw_id!r} is not an integer") from None
+                if slide_id in rows:
+                    raise ValueError(f"{csv_file}, line {line}: slide id {slide_id} appears twice")
+                entry = {}
+                for col, key in columns.items():
+                    if col == "slide" or col not in header:
+                        continue
+                    value = " ".join((row.get(header[col]) or "").split()) or None
+                    if key == "split" and value is not None:
+                        value = value.lower()
+                    if key == "scanner" and value is not None:
+                        value = scanner_map.get(_norm(value), value)
+                    entry[key] = value
+                rows[slide_id] = entry
+    except FileNotFoundError:
+        raise FileNotFoundError(f"MIDOG CSV file not found: {csv_file}") from None
+    return rows
+
+
+def _read_json(json_file: str) -> Dict[str, Any]:
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"MIDOG annotation file not found: {json_file}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{json_file}: not a MIDOG/COCO-style annotation file: the top level is a "
+            f"{type(data).__name__}, expected an object with 'images', 'annotations' and 'categories'"
+        )
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise ValueError(
+            f"{json_file}: not a MIDOG/COCO-style annotation file: missing or non-list "
+            f"key(s) {missing} (expected 'images', 'annotations' and 'categories')"
+        )
+    return data
+
+
+def _category_map(json_file: str, categories: List[Dict[str, Any]]) -> Dict[Any, int]:
+    mapping: Dict[Any, int] = {}
+    for cat in categories:
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{json_file}: category entry {cat!r} lacks 'id' or 'name'")
+        cls = CATEGORY_ALIASES.get(_norm(cat["name"]))
+        if cls is None:
+            raise ValueError(
+                f"{json_file}: unknown category name {cat['name']!r} (id {cat['id']}); "
+                f"known names (case-insensitive): {sorted(CATEGORY_ALIASES)}"
+            )
+        if cls in mapping.values():
+            raise ValueError(
+                f"{json_file}: two categories map to {CATEGORY_NAMES[cls]!r}: {categories!r}"
+            )
+        mapping[cat["id"]] = cls
+    return mapping
+
+
+def _bbox(json_file: str, ann: Dict[str, Any]) -> List[float]:
+    box = ann.get("bbox")
+    ok = isinstance(box, (list, tuple)) and len(box) == 4
+    if ok:
+        try:
+            box = [float(v) for v in box]
+        except (TypeError, ValueError):
+            ok = False
+    if not ok or not all(math.isfinite(v) for v in box):
+        raise ValueError(
+            f"{json_file}: annotation {ann.get('id')} (image {ann.get('image_id')}): "
+            f"bbox {ann.get('bbox')!r} is not four finite numbers [x1, y1, x2, y2]"
+        )
+    return box
+
+
+def load_midog_json(
+    json_file: str,
+    image_root: str = "",
+    *,
+    tumor_types: Optional[Sequence[str]] = None,
+    tumor_aliases: Optional[Iterable[Sequence[str]]] = None,
+    default_tumor_type: Optional[str] = None,
+    csv_file: Optional[str] = None,
+    scanner_aliases: Optional[Iterable[Sequence[str]]] = None,
+    tumor_filter: Optional[Iterable[str]] = None,
+    image_ids: Optional[Iterable[int]] = None,
+    check_boxes: str = "error",
+    include_unlabelled: bool = False,
+) -> List[Dict[str, Any]]:
+    """
+    Read a MIDOG 2021, MIDOG 2022 or MIDOG++ annotation JSON into Detectron2 dicts.
+
+    Args:
+        json_file: the annotation file (COCO-like, boxes ``[x1, y1, x2, y2]``).
+        image_root: folder joined to each image's ``file_name``.
+        tumor_types: ordered names; ``tumor_label`` is the index of an image's
+            tumor type here, -1 when unknown or not listed (default: MIDOG++'s seven).
+        tumor_aliases: (spelling, canonical name) pairs, case-insensitive
+            (default: ``config.TUMOR_TYPE_ALIASES``).
+        default_tumor_type: tumor type of images that have none in the JSON or
+            CSV (MIDOG 2021's file: "human breast cancer").
+        csv_file: optional MIDOG++ CSV (``;``-separated); adds ``split``,
+            ``scanner``, ``lab``, ``species`` by slide id = image id.
+        scanner_aliases: (spelling, canonical name) pairs for the CSV's scanner
+            names (default: ``config.SCANNER_ALIASES``, which fixes ``Hamammatsu XR``).
+        tumor_filter: keep only images of these tumor types (names resolved
+            through the aliases).
+        image_ids: keep only these image ids (each must exist in the file).
+        check_boxes: what to do with an annotation whose box does not overlap its
+            image or is degenerate (``x2 <= x1`` or ``y2 <= y1``, e.g. COCO
+            ``[x, y, w, h]`` boxes): "error" raises, "skip" drops it and logs how
+            many were dropped. Boxes that straddle the image border are real
+            (cells cut by the ROI edge) and are kept unclipped.
+        include_unlabelled: keep images that were never annotated (see below).
+
+    Returns:
+        One dict per image, in file order: ``file_name``, ``image_id``,
+        ``height``, ``width``, ``tumor_type`` (canonical name or None),
+        ``tumor_label``, ``labelled``, ``split``, ``scanner``, ``lab``,
+        ``species`` (None without CSV data) and ``annotations``, each with
+        ``bbox`` (XYXY_ABS, float), ``bbox_mode``, ``category_id`` (0 mitotic
+        figure, 1 hard negative), ``annotation_id`` and, when the file has them,
+        the experts' ``labels``.
+
+    Unlabelled images: MIDOG files have no "labelled" flag, and an annotated
+    MIDOG ROI always holds annotated cells, so an image without any annotation
+    was not annotated (MIDOG++: 50 such images, ids 151-200). Scoring one as
+    "no mitoses" would turn every detection on it into a false positive, so they
+    are left out unless ``include_unlabelled`` is set, and then carry
+    ``labelled: False``. An image entry's own boolean ``labelled`` key, when
+    present, overrides this rule (for datasets with truly empty ROIs).
+    """
+    if check_boxes not in _CHECK_BOXES:
+        raise ValueError(f"check_boxes must be one of {_CHECK_BOXES}, got {check_boxes!r}")
+    tumor_types = list(MIDOGPP_TUMOR_TYPES if tumor_types is None else tumor_types)
+    tumor_aliases = list(TUMOR_TYPE_ALIASES if tumor_aliases is None else tumor_aliases)
+    scanner_aliases = list(SCANNER_ALIASES if scanner_aliases is None else scanner_aliases)
+
+    def canon(name):
+        return canonical_tumor_type(name, tumor_aliases, tumor_types)
+
+    data = _read_json(json_file)
+    classes = _category_map(json_file, data["categories"])
+    csv_rows = _read_csv(csv_file, scanner_aliases) if csv_file else {}
+
+    images: Dict[Any, Dict[str, Any]] = {}
+    for idx, img in enumerate(data["images"]):
+        missing = [k for k in ("id", "file_name", "width", "height") if not isinstance(img, dict) or k not in img]
+        if missing:
+            ident = img.get("id", f"#{idx}") if isinstance(img, dict) else f"#{idx}"
+            raise ValueError(f"{json_file}: image {ident} lacks {missing}")
+        if img["id"] in images:
+            raise ValueError(f"{json_file}: image id {img['id']} appears twice")
+        row = csv_rows.get(img["id"], {})
+        tumor = canon(img.get("tumor_type"))
+        csv_tumor = canon(row.get("tumor_type"))
+        if tumor is not None and csv_tumor is not None and tumor != csv_tumor:
+            raise ValueError(
+                f"image {img['id']}: tumor type {img.get('tumor_type')!r} in {json_file} disagrees with "
+                f"{row.get('tumor_type')!r} in {csv_file} (add an alias if they are the same tumor)"
+            )
+        tumor = tumor or csv_tumor or canon(default_tumor_type)
+        images[img["id"]] = {
+            "file_name": os.path.join(image_root, img["file_name"]) if image_root else img["file_name"],
+            "image_id": img["id"],
+            "height": int(img["height"]),
+            "width": int(img["width"]),
+            "tumor_type": tumor,
+            "tumor_label": tumor_types.index(tumor) if tumor in tumor_types else -1,
+            "split": row.get("split"),
+            "scanner": row.get("scanner"),
+            "lab": row.get("lab"),
+            "species": row.get("species"),
+            "annotations": [],
+            "_labelled": img.get("labelled"),
+        }
+
+    skipped = Counter()
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            raise ValueError(f"{json_file}: annotation entry {ann!r} is not an object")
+        ident = f"{json_file}: annotation {ann.get('id')} (image {ann.get('image_id')})"
+        record = images.get(ann.get("image_id"))
+        if record is None:
+            raise ValueError(f"{ident}: refers to an image id that is not in 'images'")
+        if ann.get("category_id") not in classes:
+            raise ValueError(
+                f"{ident}: category_id {ann.get('category_id')!r} is not in 'categories' {sorted(classes)}"
+            )
+        x1, y1, x2, y2 = box = _bbox(json_file, ann)
+        if x2 <= x1 or y2 <= y1:
+            if check_boxes == "error":
+                raise ValueError(
+                    f"{ident}: bbox {ann['bbox']} has x2 <= x1 or y2 <= y1; MIDOG boxes are "
+                    f"[x1, y1, x2, y2] (is this file in COCO's [x, y, w, h]?). "
+                    f"check_boxes='skip' drops such boxes."
+                )
+            skipped["degenerate"] += 1
+            continue
+        if x2 <= 0 or y2 <= 0 or x1 >= record["width"] or y1 >= record["height"]:
+            if check_boxes == "error":
+                raise ValueError(
+                    f"{ident}: bbox {ann['bbox']} lies outside the {record['width']} x "
+                    f"{record['height']} image. check_boxes='skip' drops such boxes."
+                )
+            skipped["outside the image"] += 1
+            continue
+        obj = {
+            "bbox": box,
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": classes[ann["category_id"]],
+            "annotation_id": ann.get("id"),
+        }
+        if "labels" in ann:
+            obj["labels"] = list(ann["labels"])
+        record["annotations"].append(obj)
+    if skipped:
+        logger.warning(
+            "%s: skipped %s annotation(s) (check_boxes='skip')",
+            json_file, ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())),
+        )
+
+    dataset_dicts = list(images.values())
+    for d in dataset_dicts:
+        flag = d.pop("_labelled")
+        d["labelled"] = bool(d["annotations"]) if flag is None else bool(flag)
+
+    if image_ids is not None:
+        wanted = list(image_ids)
+        unknown = sorted(set(wanted) - set(images), key=str)
+        if unknown:
+            raise ValueError(f"{json_file}: image ids not in the file: {unknown[:20]}")
+        wanted = set(wanted)
+        dataset_dicts = [d for d in dataset_dicts if d["image_id"] in wanted]
+    if tumor_filter is not None:
+        keep = {canon(t) for t in tumor_filter}
+        present = {d["tumor_type"] for d in dataset_dicts}
+        absent = sorted(keep - present, key=str)
+        if absent:
+            logger.warning("%s: no image of tumor type(s) %s (tumor filter)", json_file, absent)
+        dataset_dicts = [d for d in dataset_dicts if d["tumor_type"] in keep]
+        if not dataset_dicts:
+            raise ValueError(
+                f"{json_file}: no image left after the tumor filter {sorted(keep, key=str)}; "
+                f"tumor types in the file: {sorted(present, key=str)}"
+            )
+    if not include_unlabelled:
+        n = sum(not d["labelled"] for d in dataset_dicts)
+        if n:
+            logger.info("%s: left out %d unlabelled image(s) (no annotations)", json_file, n)
+            dataset_dicts = [d for d in dataset_dicts if d["labelled"]]
+    n_ann = Counter(a["category_id"] for d in dataset_dicts for a in d["annotations"])
+    logger.info(
+        "Loaded %d images from %s: %d mitotic figures, %d hard negatives",
+        len(dataset_dicts), json_file, n_ann[0], n_ann[1],
+    )
+    return dataset_dicts

@@ -1,0 +1,246 @@
+"""Colour augmentations for H&E patches, as Detectron2 ``Augmentation``/``Transform``s.
+
+Detectron2 has no hue augmentation, and its ``RandomSaturation``/``RandomLighting``
+assume RGB while ``INPUT.FORMAT`` defaults to BGR. The augmentations here take the
+channel order (``image_format``, "BGR" or "RGB") explicitly, leave geometry (boxes,
+coordinates, masks) untouched, and run on whole arrays with OpenCV/NumPy in float32.
+
+All randomness comes from NumPy's global RNG, like Detectron2's own augmentations:
+Detectron2 seeds it per data-loader worker, so a fixed seed gives fixed draws.
+"""
+from typing import Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from detectron2.data import transforms as T
+
+__all__ = [
+    "ColorJitterTransform",
+    "RandomHue",
+    "ColorJitter",
+    "HEDStainTransform",
+    "RandomHEDStain",
+    "RGB_FROM_HED",
+]
+
+_FORMATS = ("BGR", "RGB")
+_COLOR_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def _check_format(image_format: str) -> str:
+    if image_format not in _FORMATS:
+        raise ValueError(f"image_format must be one of {_FORMATS}, got {image_format!r}")
+    return image_format
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
+    return img.astype(np.float32)  # always a copy: ops below work in place
+
+
+def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    np.clip(x, 0, 255, out=x)
+    if dtype == np.uint8:
+        return cv2.convertScaleAbs(x)  # saturating round to uint8, much faster than np.rint
+    return x.astype(dtype, copy=False)
+
+
+class _ColorOnlyTransform(T.Transform):
+    """A transform that changes pixel values only: geometry passes through."""
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> T.Transform:
+        # Colour is not inverted, like Detectron2's ColorTransform: only geometry is.
+        return T.NoOpTransform()
+
+
+class ColorJitterTransform(_ColorOnlyTransform):
+    """Brightness / contrast / saturation / hue adjustments applied in a given order,
+    with torchvision's ``ColorJitter`` semantics (factors of 1 and a hue shift of 0
+    change nothing; values are clipped to [0, 255] after each step).
+
+    Args:
+        ops: ``(name, value)`` pairs applied in order; ``name`` is one of
+            "brightness", "contrast", "saturation" (multiplicative factors >= 0) or
+            "hue" (shift as a fraction of the colour circle, in [-0.5, 0.5]).
+        image_format: channel order of the images it receives, "BGR" or "RGB".
+    """
+
+    def __init__(self, ops: Sequence[Tuple[str, float]], image_format: str = "BGR"):
+        super().__init__()
+        ops = tuple((str(name), float(value)) for name, value in ops)
+        for name, value in ops:
+            if name not in _COLOR_OPS:
+                raise ValueError(f"unknown colour op {name!r}; expected one of {_COLOR_OPS}")
+            if name == "hue" and not -0.5 <= value <= 0.5:
+                raise ValueError(f"hue shift must be in [-0.5, 0.5], got {value}")
+            if name != "hue" and value < 0:
+                raise ValueError(f"{name} factor must be >= 0, got {value}")
+        self._set_attributes({"ops": ops, "image_format": _check_format(image_format)})
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        """``img``: HxWx3 uint8 (or float in [0, 255]); returns the same dtype."""
+        x = _to_float(img)
+        rgb = self.image_format == "RGB"
+        for name, value in self.ops:
+            if name == "brightness":
+                x *= value
+            elif name == "contrast":
+                mean = float(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY).mean())
+                x *= value
+                x += (1.0 - value) * mean
+            elif name == "saturation":
+                gray = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)
+                x *= value
+                x += ((1.0 - value) * gray)[:, :, None]
+            else:  # hue; OpenCV's float HSV has H in degrees, [0, 360)
+                hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV if rgb else cv2.COLOR_BGR2HSV)
+                h = hsv[:, :, 0]
+                h += value * 360.0
+                h[h >= 360.0] -= 360.0
+                h[h < 0.0] += 360.0
+                x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB if rgb else cv2.COLOR_HSV2BGR)
+            np.clip(x, 0, 255, out=x)
+        return _from_float(x, img.dtype)
+
+
+def _factor_range(value: float, name: str) -> Tuple[float, float]:
+    if value < 0:
+        raise ValueError(f"ColorJitter {name} must be >= 0, got {value}")
+    return max(0.0, 1.0 - value), 1.0 + value
+
+
+class RandomHue(T.Augmentation):
+    """Shift hue by a uniform draw in ``[-max_delta, max_delta]`` (fraction of the
+    colour circle, as torchvision's ``hue``)."""
+
+    def __init__(self, max_delta: float, image_format: str = "BGR"):
+        super().__init__()
+        if not 0 <= max_delta <= 0.5:
+            raise ValueError(f"RandomHue max_delta must be in [0, 0.5], got {max_delta}")
+        _check_format(image_format)
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        delta = self._rand_range(-self.max_delta, self.max_delta)
+        return ColorJitterTransform([("hue", delta)], self.image_format)
+
+
+class ColorJitter(T.Augmentation):
+    """torchvision's ``ColorJitter`` as a Detectron2 augmentation: brightness,
+    contrast and saturation factors drawn from ``[max(0, 1 - v), 1 + v]``, a hue
+    shift from ``[-hue, hue]``, applied in a random order; an op whose value is 0
+    is skipped.
+    """
+
+    def __init__(
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        image_format: str = "BGR",
+    ):
+        super().__init__()
+        self.ranges = {
+            "brightness": _factor_range(brightness, "brightness"),
+            "contrast": _factor_range(contrast, "contrast"),
+            "saturation": _factor_range(saturation, "saturation"),
+        }
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"ColorJitter hue must be in [0, 0.5], got {hue}")
+        self.ranges["hue"] = (-hue, hue)
+        self.image_format = _check_format(image_format)
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        ops = []
+        for i in np.random.permutation(len(_COLOR_OPS)):
+            name = _COLOR_OPS[i]
+            low, high = self.ranges[name]
+            if low != high:
+                ops.append((name, self._rand_range(low, high)))
+        if not ops:
+            return T.NoOpTransform()
+        return ColorJitterTransform(ops, self.image_format)
+
+    def __repr__(self):
+        return (f"ColorJitter(ranges={self.ranges}, image_format={self.image_format!r})")
+
+
+# Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB
+# (rows, RGB order, unit length): OD_rgb = concentrations @ RGB_FROM_HED.
+RGB_FROM_HED = np.array(
+    [[0.650, 0.704, 0.286],
+     [0.072, 0.990, 0.105],
+     [0.268, 0.570, 0.776]],
+    dtype=np.float64,
+)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+# Optical density of each uint8 value; +1 keeps black finite and makes 255 -> 0.
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+
+
+class HEDStainTransform(_ColorOnlyTransform):
+    """Stain augmentation by colour deconvolution (Tellez et al. 2018): split each
+    pixel into H, E and DAB concentrations (Ruifrok–Johnston matrix), set
+    ``c' = alpha * c + beta`` per stain, and recompose. Concentrations stay signed
+    (no clipping), so ``alpha = 1, beta = 0`` is the identity up to rounding.
+
+    Args:
+        alpha, beta: 3 values each, for H, E, DAB; ``beta`` in optical-density
+            units (natural log).
+        image_format: channel order of the images it receives, "BGR" or "RGB".
+    """
+
+    def __init__(self, alpha: Sequence[float], beta: Sequence[float], image_format: str = "BGR"):
+        super().__init__()
+        alpha = np.asarray(alpha, dtype=np.float64).reshape(3)
+        beta = np.asarray(beta, dtype=np.float64).reshape(3)
+        self._set_attributes(
+            {"alpha": alpha, "beta": beta, "image_format": _check_format(image_format)}
+        )
+
+    def _od_affine(self) -> np.ndarray:
+        # od' = od @ A + b with A = HED_FROM_RGB diag(alpha) RGB_FROM_HED, b = beta @
+        # RGB_FROM_HED: one 3x3 affine map in OD space instead of two matrix products.
+        a = HED_FROM_RGB @ np.diag(self.alpha) @ RGB_FROM_HED
+        b = self.beta @ RGB_FROM_HED
+        if self.image_format == "BGR":  # same map with channels (and so rows/cols) reversed
+            a, b = a[::-1, ::-1], b[::-1]
+        return np.hstack([a.T, b[:, None]]).astype(np.float32)
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        """``img``: HxWx3 uint8 (or float in [0, 255]); returns the same dtype."""
+        if img.dtype == np.uint8:
+            od = _OD_LUT[img]
+        else:
+            od = -np.log((_to_float(img) + 1.0) / 256.0)
+        od = cv2.transform(od, self._od_affine())
+        x = cv2.exp(-od)
+        x *= 256.0
+        x -= 1.0
+        return _from_float(x, img.dtype)
+
+
+class RandomHEDStain(T.Augmentation):
+    """Draw per-stain ``alpha ~ U(1 - sigma, 1 + sigma)`` and ``beta ~ U(-bias, bias)``
+    and apply :class:`HEDStainTransform`."""
+
+    def __init__(self, sigma: float = 0.05, bias: float = 0.05, image_format: str = "BGR"):
+        super().__init__()
+        if sigma < 0 or bias < 0:
+            raise ValueError(f"RandomHEDStain sigma and bias must be >= 0, got {sigma}, {bias}")
+        _check_format(image_format)
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        alpha = np.random.uniform(1.0 - self.sigma, 1.0 + self.sigma, size=3)
+        beta = np.random.uniform(-self.bias, self.bias, size=3)
+        return HEDStainTransform(alpha, beta, self.image_format)

@@ -1,0 +1,51 @@
+"""Shared helpers for the test suite: small configs and synthetic model inputs."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances
+
+from midog_d2 import add_midog_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHARED = REPO.parent / "shared"
+
+# Two cores are shared by everything on this machine; more threads only thrash.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_cfg(config_file: Path = CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opts):
+    """A config from a project YAML, on the CPU, without ImageNet weights."""
+    cfg = get_cfg()
+    add_midog_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+def make_inputs(n: int = 2, size: int = 128, seed: int = 0, with_boxes: bool = True):
+    """``n`` image dicts as a DatasetMapper would give them: random pixels, one
+    mitotic figure and one hard negative each, tumor labels 0..n-1."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i in range(n):
+        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        inst = Instances((size, size))
+        if with_boxes:
+            xy = torch.randint(0, size - 50, (2, 2), generator=g).float()
+            inst.gt_boxes = Boxes(torch.cat([xy, xy + 50], dim=1))
+            inst.gt_classes = torch.tensor([0, 1])
+        else:
+            inst.gt_boxes = Boxes(torch.zeros((0, 4)))
+            inst.gt_classes = torch.zeros((0,), dtype=torch.int64)
+        inputs.append({"image": image, "instances": inst, "tumor_label": i, "height": size, "width": size})
+    return inputs
+
+
+@pytest.fixture
+def cfg():
+    return make_cfg()

@@ -1,0 +1,238 @@
+"""MultiTaskRetinaNet: losses, gradients, switches, equivalence with RetinaNet, outputs, checkpoints."""
+import copy
+import logging
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch import RetinaNet
+from detectron2.utils.events import EventStorage
+
+from conftest import CONFIGS, make_cfg, make_inputs
+from midog_d2.modeling import MultiTaskRetinaNet
+
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def train_losses(model, inputs):
+    model.train()
+    with EventStorage() as storage:
+        losses = model(copy.deepcopy(inputs))
+    return losses, storage
+
+
+@pytest.mark.parametrize("config_file", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_builds(config_file):
+    cfg = make_cfg(config_file)
+    model = build_model(cfg)
+    assert isinstance(model, MultiTaskRetinaNet)
+    mt = cfg.MODEL.MULTITASK
+    assert (model.tumor_head is not None) == mt.TUMOR_HEAD_ON
+    assert (model.foreground_head is not None) == mt.FOREGROUND_HEAD_ON
+    if mt.TUMOR_HEAD_ON:
+        assert model.tumor_head.predictor.out_features == len(mt.TUMOR_TYPES)
+
+
+def test_ablation_configs_cover_the_papers_table():
+    cells = set()
+    for f in sorted((CONFIGS / "ablation").glob("*.yaml")):
+        cfg = make_cfg(f)
+        cells.add((cfg.MODEL.MULTITASK.FOREGROUND_HEAD_ON, cfg.MODEL.MULTITASK.TUMOR_HEAD_ON,
+                   cfg.INPUT.COLOR_JITTER.ENABLED))
+    assert len(cells) == 8
+
+
+def test_base_config_holds_the_papers_settings(cfg):
+    assert cfg.MODEL.RESNETS.DEPTH == 50
+    assert cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA == 0.25
+    assert cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA == 2.0
+    assert cfg.SOLVER.OPTIMIZER == "ADAM"
+    assert cfg.SOLVER.BASE_LR == 1e-5
+    assert cfg.SOLVER.IMS_PER_BATCH == 16
+    assert cfg.MODEL.MULTITASK.IN_FEATURE == "p7"
+    cj = cfg.INPUT.COLOR_JITTER
+    assert (cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE) == (0.35, 0.2, 0.1, 0.1)
+
+
+def test_training_forward_returns_all_losses_finite(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    losses, storage = train_losses(model, make_inputs())
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_tumor", "loss_foreground"}
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    # Accuracies are logged, not returned as losses (DefaultTrainer sums the dict).
+    logged = storage.latest()
+    assert "multitask/tumor_accuracy" in logged and "multitask/foreground_accuracy" in logged
+
+
+def test_aux_losses_reach_heads_and_backbone(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    losses, _ = train_losses(model, make_inputs())
+    (losses["loss_tumor"] + losses["loss_foreground"]).backward()
+
+    def grad_norm(module):
+        grads = [p.grad.abs().sum() for p in module.parameters() if p.grad is not None]
+        return float(sum(grads)) if grads else 0.0
+
+    assert grad_norm(model.tumor_head) > 0
+    assert grad_norm(model.foreground_head) > 0
+    # p7 comes from res5 through FPN's P6/P7 block: both must learn from the heads.
+    assert grad_norm(model.backbone.top_block) > 0
+    assert grad_norm(model.backbone.bottom_up.res5) > 0
+    # ...but the detection head did not take part in these two losses.
+    assert grad_norm(model.head) == 0
+
+
+@pytest.mark.parametrize("tumor_on,fg_on", [(True, False), (False, True), (False, False)])
+def test_each_switch_removes_its_head_and_loss(tumor_on, fg_on):
+    cfg = make_cfg()
+    cfg.merge_from_list(["MODEL.MULTITASK.TUMOR_HEAD_ON", tumor_on, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", fg_on])
+    model = build_model(cfg)
+    keys = model.state_dict().keys()
+    assert any(k.startswith("tumor_head.") for k in keys) == tumor_on
+    assert any(k.startswith("foreground_head.") for k in keys) == fg_on
+    losses, _ = train_losses(model, make_inputs())
+    assert ("loss_tumor" in losses) == tumor_on
+    assert ("loss_foreground" in losses) == fg_on
+    model.eval()
+    with torch.no_grad():
+        out = model(make_inputs(1))[0]
+    assert ("tumor_probs" in out) == tumor_on
+    assert ("foreground_prob" in out) == fg_on
+
+
+def test_both_heads_off_is_stock_retinanet():
+    opts = ["MODEL.MULTITASK.TUMOR_HEAD_ON", False, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", False,
+            "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0]
+    torch.manual_seed(0)
+    ours = build_model(make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opts))
+    stock_cfg = make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opts)
+    stock_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    stock = build_model(stock_cfg)
+    assert type(stock) is RetinaNet
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    stock.load_state_dict(ours.state_dict())
+
+    # Mitotic figures only: stock RetinaNet has no notion of auxiliary-only classes.
+    inputs = make_inputs(2)
+    for x in inputs:
+        x["instances"] = x["instances"][x["instances"].gt_classes == 0]
+    ours_losses, _ = train_losses(ours, inputs)
+    stock_losses, _ = train_losses(stock, inputs)
+    assert ours_losses.keys() == stock_losses.keys() == {"loss_cls", "loss_box_reg"}
+    for k in ours_losses:
+        torch.testing.assert_close(ours_losses[k], stock_losses[k], rtol=0, atol=0)
+
+    ours.eval(), stock.eval()
+    with torch.no_grad():
+        a = ours(make_inputs(2, seed=1))
+        b = stock(make_inputs(2, seed=1))
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys() == {"instances"}
+        assert len(ra["instances"]) > 0
+        torch.testing.assert_close(ra["instances"].pred_boxes.tensor, rb["instances"].pred_boxes.tensor)
+        torch.testing.assert_close(ra["instances"].scores, rb["instances"].scores)
+
+
+def test_unknown_tumor_labels_are_ignored(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    both = make_inputs(2)
+    both[0]["tumor_label"] = -1
+    only_labelled = [both[1]]
+    loss_both, _ = train_losses(model, both)
+    loss_one, _ = train_losses(model, only_labelled)
+    torch.testing.assert_close(loss_both["loss_tumor"], loss_one["loss_tumor"])
+
+    none_labelled = make_inputs(2)
+    for x in none_labelled:
+        x["tumor_label"] = -1
+    losses, _ = train_losses(model, none_labelled)
+    assert losses["loss_tumor"].item() == 0.0
+    # Still connected to the head, as DDP without find_unused_parameters needs.
+    losses["loss_tumor"].backward()
+    assert all(p.grad is not None for p in model.tumor_head.parameters())
+
+
+def test_out_of_range_tumor_label_is_an_error(cfg):
+    model = build_model(cfg)
+    inputs = make_inputs(1)
+    inputs[0]["tumor_label"] = len(cfg.MODEL.MULTITASK.TUMOR_TYPES)
+    with pytest.raises(ValueError, match="tumor_label"):
+        train_losses(model, inputs)
+
+
+def test_hard_negatives_feed_foreground_but_not_detection(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    inputs = make_inputs(1)
+    hard_negative_only = copy.deepcopy(inputs)
+    hard_negative_only[0]["instances"] = inputs[0]["instances"][inputs[0]["instances"].gt_classes == 1]
+    empty = make_inputs(1, with_boxes=False)
+    empty[0]["image"] = inputs[0]["image"]
+
+    assert model._foreground_targets(hard_negative_only, [x["instances"] for x in hard_negative_only]).tolist() == [1.0]
+    assert model._foreground_targets(empty, [x["instances"] for x in empty]).tolist() == [0.0]
+    # Fresh copies: RetinaNet's loss normaliser is a running average across calls.
+    hn, _ = train_losses(copy.deepcopy(model), hard_negative_only)
+    bg, _ = train_losses(copy.deepcopy(model), empty)
+    # The detector sees no object in either patch; only the foreground target differs.
+    torch.testing.assert_close(hn["loss_cls"], bg["loss_cls"])
+    assert hn["loss_foreground"].item() != pytest.approx(bg["loss_foreground"].item())
+    # An explicit `foreground` from the mapper wins over the boxes.
+    empty[0]["foreground"] = 1
+    assert model._foreground_targets(empty, [x["instances"] for x in empty]).tolist() == [1.0]
+
+
+def test_inference_returns_instances_and_aux_probabilities(cfg):
+    model = build_model(cfg).eval()
+    inputs = make_inputs(2)
+    inputs[1]["height"], inputs[1]["width"] = 256, 256  # outputs rescale to the requested size
+    with torch.no_grad():
+        outputs = model(inputs)
+    assert len(outputs) == 2
+    for out, size in zip(outputs, [(128, 128), (256, 256)]):
+        assert out["instances"].image_size == size
+        probs = out["tumor_probs"]
+        assert probs.shape == (len(cfg.MODEL.MULTITASK.TUMOR_TYPES),)
+        torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+        assert 0.0 <= float(out["foreground_prob"]) <= 1.0
+
+
+def test_bad_aux_feature_is_a_clear_error():
+    with pytest.raises(ValueError, match="p9.*available"):
+        build_model(make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "MODEL.MULTITASK.IN_FEATURE", "p9"))
+
+
+def test_checkpoint_saves_and_loads(cfg, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_test")
+    torch.manual_seed(1)
+    other = build_model(cfg)
+    DetectionCheckpointer(other).load(str(tmp_path / "model_test.pth"))
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_checkpoint_with_other_tumor_count_loads_all_but_that_head(cfg, tmp_path, caplog):
+    torch.manual_seed(0)
+    source = build_model(cfg)
+    DetectionCheckpointer(source, save_dir=str(tmp_path)).save("six_tumors")
+    new_cfg = cfg.clone()
+    new_cfg.MODEL.MULTITASK.TUMOR_TYPES = ["tumor a", "tumor b", "tumor c"]
+    target = build_model(new_cfg)
+    before = target.tumor_head.predictor.weight.clone()
+    with caplog.at_level(logging.WARNING):
+        DetectionCheckpointer(target).load(str(tmp_path / "six_tumors.pth"))
+    assert "Skip loading parameter 'tumor_head.predictor.weight'" in caplog.text
+    assert torch.equal(target.tumor_head.predictor.weight, before)
+    assert target.tumor_head.predictor.out_features == 3
+    src = source.state_dict()
+    for k, v in target.state_dict().items():
+        if not k.startswith("tumor_head.predictor."):
+            assert torch.equal(v, src[k]), k
