@@ -1,0 +1,76 @@
+"""``DefaultTrainer`` wired to the patch loader, SOLVER.OPTIMIZER, tiled evaluation and a best checkpoint."""
+import logging
+import os
+from typing import List, Optional
+
+import torch
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.evaluation import DatasetEvaluator
+
+from ..config import add_midog_config
+from ..data import MidogTestMapper, build_midog_train_loader, register_from_config
+from ..evaluation import build_midog_evaluators
+from ..inference import TiledPredictor
+from ..solver import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+class MidogTrainer(DefaultTrainer):
+    """
+    Detectron2's trainer with the pieces MIDOG needs: patches drawn from large
+    images for training, Adam/AdamW by ``SOLVER.OPTIMIZER``, whole images scored
+    by tiled inference with the MIDOG and COCO evaluators, and a
+    ``model_best.pth`` kept on ``TEST.BEST_CHECKPOINT_METRIC``.
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_midog_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=MidogTestMapper(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_midog_evaluators(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        # Evaluators score whole images: tile them, run the model, merge the seams.
+        return super().test(cfg, TiledPredictor(model, cfg), evaluators)
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        ret = super().build_hooks()
+        metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
+        if metric and self.cfg.TEST.EVAL_PERIOD > 0 and self.cfg.DATASETS.TEST:
+            # After EvalHook, which puts the metrics into the event storage.
+            best = hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric, mode="max")
+            eval_idx = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            ret.insert(eval_idx + 1, best)
+        return ret
+
+
+def setup_cfg(config_file: str, opts: Optional[list] = None, args=None) -> CfgNode:
+    """Config from ``config_file`` + ``opts`` with midog keys, frozen; registers the
+    config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it
+    also runs Detectron2's ``default_setup`` (logging, output dir, seeds)."""
+    cfg = get_cfg()
+    add_midog_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts or [])
+    cfg.freeze()
+    if args is not None:
+        default_setup(cfg, args)
+    register_from_config(cfg)
+    return cfg
