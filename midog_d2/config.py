@@ -36,6 +36,7 @@ def add_midog_config(cfg: CN) -> None:
     _add_solver_config(cfg)
     _add_dataset_config(cfg)
     _add_input_config(cfg)
+    _add_dataloader_config(cfg)
     _add_test_config(cfg)
 
 
@@ -136,8 +137,31 @@ def _add_input_config(cfg: CN) -> None:
     _C.INPUT.COLOR_JITTER.HUE = 0.1
     # Random horizontal and vertical flips (each with probability 0.5).
     _C.INPUT.RANDOM_FLIP_HV = True
+    # A centred patch puts the cell at a uniform offset of up to this fraction of
+    # SIZE from the patch centre on each axis (in [0, 0.5): the cell stays inside).
+    _C.INPUT.PATCH.MAX_CENTER_OFFSET = 0.25
+    # HED stain augmentation (beyond the paper): colour deconvolution with the
+    # Ruifrok-Johnston matrix, each stain's concentration c -> alpha * c + beta
+    # with alpha ~ U(1 - SIGMA, 1 + SIGMA) and beta ~ U(-BIAS, BIAS) (BIAS in
+    # optical-density units), then recomposition. Applied before ColorJitter.
+    _C.INPUT.HED = CN()
+    _C.INPUT.HED.ENABLED = False
+    _C.INPUT.HED.SIGMA = 0.05
+    _C.INPUT.HED.BIAS = 0.05
     # µm per pixel the model is trained at (MIDOG: ~0.25).
     _C.INPUT.MODEL_MPP = 0.25
+
+
+def _add_dataloader_config(cfg: CN) -> None:
+    _C = cfg
+    # Training image sampling (midog_d2.data.MidogTrainingSampler): draw images
+    # so that every tumor type (images without one form their own group) is
+    # equally likely, instead of every image.
+    _C.DATALOADER.BALANCE_TUMOR_TYPES = False
+    # Patches in one "epoch", over all processes: the sampler draws the images of
+    # an epoch at once; the trainer logs epoch = iteration * IMS_PER_BATCH /
+    # PATCHES_PER_EPOCH. 0 means one patch per training image.
+    _C.DATALOADER.PATCHES_PER_EPOCH = 0
 
 
 def _add_test_config(cfg: CN) -> None:
@@ -146,3 +170,21 @@ def _add_test_config(cfg: CN) -> None:
     _C.TEST.MIDOG = CN()
     _C.TEST.MIDOG.RADIUS_UM = 7.5
     _C.TEST.MIDOG.SCORE_THRESHOLD = 0.5
+    # Metric (as the event storage names it) whose best value keeps
+    # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50";
+    # "" disables the best checkpoint.
+    _C.TEST.BEST_CHECKPOINT_METRIC = "midog/F1"
+    # Whole-image inference in tiles (midog_d2.inference.TiledPredictor).
+    _C.TEST.TILE = CN()
+    # Tile side in pixels; tiles are read one batch at a time, never the whole image.
+    _C.TEST.TILE.SIZE = 512
+    # Overlap of neighbouring tiles in pixels (stride = SIZE - OVERLAP; 52 gives the
+    # reference approach's stride 460). Should be >= a cell's size (50 px) so that
+    # every cell lies whole in some tile.
+    _C.TEST.TILE.OVERLAP = 52
+    # Tiles per forward pass.
+    _C.TEST.TILE.BATCH_SIZE = 8
+    # Seam merging: a detection whose centre lies within this distance (µm) of a
+    # higher-scoring detection of the same class is dropped (reference approach:
+    # 25 px at 0.25 µm/px). 0 disables it.
+    _C.TEST.TILE.MERGE_RADIUS_UM = 6.25

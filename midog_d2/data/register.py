@@ -126,8 +126,10 @@ def leave_one_tumor_out(
 ) -> Tuple[List[Dict], List[Dict]]:
     """
     (train, test): test holds every image of ``holdout_tumor`` (aliases apply),
-    train every other image, including those of unknown tumor type.
+    train every other image, including those of unknown tumor type. Unlabelled
+    images are left out of both.
     """
+    dataset_dicts = [d for d in dataset_dicts if d.get("labelled", True)]
     present = sorted({d["tumor_type"] for d in dataset_dicts if d["tumor_type"] is not None})
     holdout = canonical_tumor_type(holdout_tumor, tumor_aliases, present)
     if holdout not in present:
@@ -164,6 +166,20 @@ def seeded_val_split(
     return train, val
 
 
+def load_options_from_config(cfg) -> Dict[str, Any]:
+    """``load_midog_json`` keyword options (aliases, CSV, filters, box check) from
+    ``cfg.DATASETS.MIDOG``; ``tumor_types`` come from ``MODEL.MULTITASK.TUMOR_TYPES``."""
+    c = cfg.DATASETS.MIDOG
+    return dict(
+        tumor_aliases=[tuple(p) for p in c.TUMOR_ALIASES],
+        default_tumor_type=c.DEFAULT_TUMOR_TYPE or None,
+        csv_file=c.CSV_FILE or None,
+        scanner_aliases=[tuple(p) for p in c.SCANNER_ALIASES],
+        tumor_filter=list(c.TUMOR_FILTER) or None,
+        check_boxes=c.CHECK_BOXES,
+    )
+
+
 def register_from_config(cfg) -> List[str]:
     """
     Register ``midog_train``, ``midog_val`` (when ``VAL_FRACTION > 0``) and
@@ -175,14 +191,7 @@ def register_from_config(cfg) -> List[str]:
     if not c.JSON_FILE:
         return []
     tumor_types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
-    load_options = dict(
-        tumor_aliases=[tuple(p) for p in c.TUMOR_ALIASES],
-        default_tumor_type=c.DEFAULT_TUMOR_TYPE or None,
-        csv_file=c.CSV_FILE or None,
-        scanner_aliases=[tuple(p) for p in c.SCANNER_ALIASES],
-        tumor_filter=list(c.TUMOR_FILTER) or None,
-        check_boxes=c.CHECK_BOXES,
-    )
+    load_options = load_options_from_config(cfg)
     dicts = load_midog_json(c.JSON_FILE, c.IMAGE_ROOT, tumor_types=tumor_types, **load_options)
     if c.SPLIT == "csv":
         if not c.CSV_FILE:

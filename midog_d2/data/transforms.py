@@ -3,11 +3,13 @@
 Detectron2 has no hue augmentation, and its ``RandomSaturation``/``RandomLighting``
 assume RGB while ``INPUT.FORMAT`` defaults to BGR. The augmentations here take the
 channel order (``image_format``, "BGR" or "RGB") explicitly, leave geometry (boxes,
-coordinates, masks) untouched, and run on whole arrays with OpenCV/NumPy in float32.
+coordinates, masks) untouched, and run on whole arrays with OpenCV (uint8 colour maps,
+float32 where precision needs it: hue, stain deconvolution).
 
 All randomness comes from NumPy's global RNG, like Detectron2's own augmentations:
 Detectron2 seeds it per data-loader worker, so a fixed seed gives fixed draws.
 """
+import threading
 from typing import Sequence, Tuple
 
 import cv2
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 _FORMATS = ("BGR", "RGB")
+# Luma weights of torchvision's rgb_to_grayscale (R, G, B).
+_GRAY_RGB = np.array([0.299, 0.587, 0.114])
 _COLOR_OPS = ("brightness", "contrast", "saturation", "hue")
 
 
@@ -34,17 +38,28 @@ def _check_format(image_format: str) -> str:
     return image_format
 
 
-def _to_float(img: np.ndarray) -> np.ndarray:
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
-    return img.astype(np.float32)  # always a copy: ops below work in place
-
-
 def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A new array of ``dtype`` from float32 ``x`` (clipped to [0, 255] in place)."""
     np.clip(x, 0, 255, out=x)
     if dtype == np.uint8:
         return cv2.convertScaleAbs(x)  # saturating round to uint8, much faster than np.rint
-    return x.astype(dtype, copy=False)
+    return x.astype(dtype, copy=True)
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch arrays reused from patch to patch: a fresh multi-MB
+    array per step costs more in page faults than the colour maths
+    (docs/benchmarks.md)."""
+
+    def get(self, name: str, shape: Tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        key = (name, np.dtype(dtype).str)
+        buf = self.__dict__.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self.__dict__[key] = np.empty(shape, dtype)
+        return buf
+
+
+_workspace = _Workspace()
 
 
 class _ColorOnlyTransform(T.Transform):
@@ -87,34 +102,46 @@ class ColorJitterTransform(_ColorOnlyTransform):
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         """``img``: HxWx3 uint8 (or float in [0, 255]); returns the same dtype."""
-        x = _to_float(img)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
+        # uint8 stays uint8 between ops (rounded and clipped after each, like
+        # torchvision on uint8 tensors); brightness, contrast and saturation are
+        # each one affine colour map (cv2.transform saturates uint8 output). Steps
+        # alternate between two scratch arrays; the result is copied out once.
+        x = img if img.dtype == np.uint8 else img.astype(np.float32)
+        w = _GRAY_RGB if self.image_format == "RGB" else _GRAY_RGB[::-1]
+        for i, (name, value) in enumerate(self.ops):
+            dst = _workspace.get(f"cj{i % 2}", x.shape, x.dtype)
+            if name == "hue":
+                self._shift_hue(x, value, dst)
+            else:
+                if name == "brightness":
+                    m = np.hstack([value * np.eye(3), np.zeros((3, 1))])
+                elif name == "contrast":
+                    mean = float(np.dot(w, cv2.mean(x)[:3]))  # mean grey level
+                    m = np.hstack([value * np.eye(3), np.full((3, 1), (1.0 - value) * mean)])
+                else:  # saturation: blend with the pixel's own grey level
+                    m = np.hstack([value * np.eye(3) + (1.0 - value) * np.tile(w, (3, 1)), np.zeros((3, 1))])
+                cv2.transform(x, m.astype(np.float32), dst=dst)
+                if dst.dtype != np.uint8:
+                    np.clip(dst, 0, 255, out=dst)
+            x = dst
+        return x.astype(img.dtype, copy=True)
+
+    def _shift_hue(self, x: np.ndarray, delta: float, dst: np.ndarray) -> None:
+        # OpenCV's float HSV has H in degrees (float keeps the shift exact), and its
+        # HSV->RGB wraps H outside [0, 360) itself (tests/test_transforms.py checks it).
         rgb = self.image_format == "RGB"
-        for name, value in self.ops:
-            if name == "brightness":
-                x *= value
-            elif name == "contrast":
-                mean = float(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY).mean())
-                x *= value
-                x += (1.0 - value) * mean
-            elif name == "saturation":
-                gray = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)
-                x *= value
-                x += ((1.0 - value) * gray)[:, :, None]
-            else:  # hue; OpenCV's float HSV has H in degrees, [0, 360)
-                hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV if rgb else cv2.COLOR_BGR2HSV)
-                h = hsv[:, :, 0]
-                h += value * 360.0
-                h[h >= 360.0] -= 360.0
-                h[h < 0.0] += 360.0
-                x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB if rgb else cv2.COLOR_HSV2BGR)
-            np.clip(x, 0, 255, out=x)
-        return _from_float(x, img.dtype)
-
-
-def _factor_range(value: float, name: str) -> Tuple[float, float]:
-    if value < 0:
-        raise ValueError(f"ColorJitter {name} must be >= 0, got {value}")
-    return max(0.0, 1.0 - value), 1.0 + value
+        a, hsv = _workspace.get("a", x.shape), _workspace.get("b", x.shape)
+        np.copyto(a, x)
+        cv2.cvtColor(a, cv2.COLOR_RGB2HSV if rgb else cv2.COLOR_BGR2HSV, dst=hsv)
+        hsv[:, :, 0] += delta * 360.0
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB if rgb else cv2.COLOR_HSV2BGR, dst=a)
+        np.clip(a, 0, 255, out=a)
+        if dst.dtype == np.uint8:
+            cv2.convertScaleAbs(a, dst=dst)  # saturating round, much faster than np.rint
+        else:
+            np.copyto(dst, a)
 
 
 class RandomHue(T.Augmentation):
@@ -149,29 +176,27 @@ class ColorJitter(T.Augmentation):
         image_format: str = "BGR",
     ):
         super().__init__()
-        self.ranges = {
-            "brightness": _factor_range(brightness, "brightness"),
-            "contrast": _factor_range(contrast, "contrast"),
-            "saturation": _factor_range(saturation, "saturation"),
-        }
+        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if value < 0:
+                raise ValueError(f"ColorJitter {name} must be >= 0, got {value}")
         if not 0 <= hue <= 0.5:
             raise ValueError(f"ColorJitter hue must be in [0, 0.5], got {hue}")
-        self.ranges["hue"] = (-hue, hue)
-        self.image_format = _check_format(image_format)
+        _check_format(image_format)
+        self._init(locals())
+
+    def _range(self, name: str) -> Tuple[float, float]:
+        value = getattr(self, name)
+        return (-value, value) if name == "hue" else (max(0.0, 1.0 - value), 1.0 + value)
 
     def get_transform(self, image: np.ndarray) -> T.Transform:
         ops = []
         for i in np.random.permutation(len(_COLOR_OPS)):
-            name = _COLOR_OPS[i]
-            low, high = self.ranges[name]
+            low, high = self._range(_COLOR_OPS[i])
             if low != high:
-                ops.append((name, self._rand_range(low, high)))
+                ops.append((_COLOR_OPS[i], self._rand_range(low, high)))
         if not ops:
             return T.NoOpTransform()
         return ColorJitterTransform(ops, self.image_format)
-
-    def __repr__(self):
-        return (f"ColorJitter(ranges={self.ranges}, image_format={self.image_format!r})")
 
 
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB
@@ -218,12 +243,19 @@ class HEDStainTransform(_ColorOnlyTransform):
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         """``img``: HxWx3 uint8 (or float in [0, 255]); returns the same dtype."""
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
+        od, x = _workspace.get("a", img.shape), _workspace.get("b", img.shape)
         if img.dtype == np.uint8:
-            od = _OD_LUT[img]
+            cv2.LUT(img, _OD_LUT, dst=od)
         else:
-            od = -np.log((_to_float(img) + 1.0) / 256.0)
-        od = cv2.transform(od, self._od_affine())
-        x = cv2.exp(-od)
+            np.copyto(od, img)
+            od += 1.0
+            od *= 1.0 / 256.0
+            cv2.log(od, dst=od)
+            od *= -1.0
+        cv2.transform(od, -self._od_affine(), dst=x)  # -od'
+        cv2.exp(x, dst=x)
         x *= 256.0
         x -= 1.0
         return _from_float(x, img.dtype)
