@@ -114,7 +114,8 @@ def main() -> None:
         augs.append((time.perf_counter() - t0) / args.patches * 1e3)
     print(f"patches/s per run: {[round(r, 1) for r in rates]}")
     print(f"median: {statistics.median(rates):.1f} patches/s; per patch {statistics.median(cpu):.2f} ms of CPU time "
-          f"(stages, wall: read_region {statistics.median(reads):.2f} ms, augmentation {statistics.median(augs):.2f} ms)")
+          f"(stages, wall: read_region {statistics.median(reads):.2f} ms, "
+          f"augmentation {statistics.median(augs):.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,16 @@ def _add_input_config(cfg: CN) -> None:
     _C.INPUT.HED.ENABLED = False
     _C.INPUT.HED.SIGMA = 0.05
     _C.INPUT.HED.BIAS = 0.05
-    # µm per pixel the model is trained at (MIDOG: ~0.25).
+    # µm per pixel the model is trained at (MIDOG: ~0.25). Training patches and
+    # test tiles of an image at another µm/px are resampled to it when read
+    # (midog_d2.data.read_region_scaled); coordinates stay in level-0 pixels.
+    # 0 reads every image at its own resolution.
     _C.INPUT.MODEL_MPP = 0.25
+    # Images whose µm/px is within this fraction of MODEL_MPP are read as they are
+    # (|mpp / MODEL_MPP - 1| <= MPP_TOLERANCE): 0.1 keeps MIDOG's scanners
+    # (0.23-0.26 µm/px) at native resolution, as the reference approach trains;
+    # a 0.5 µm/px (20x) slide is enlarged 2x. 0 resamples every other µm/px.
+    _C.INPUT.MPP_TOLERANCE = 0.1
 
 
 def _add_dataloader_config(cfg: CN) -> None:

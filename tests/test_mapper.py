@@ -367,7 +367,7 @@ def test_test_mapper_reads_no_pixels_and_keeps_the_region(sampling_image, monkey
     def no_pixels(*a, **k):
         raise AssertionError("the test mapper must not read pixels")
 
-    monkeypatch.setattr(mapper_module, "read_region", no_pixels)
+    monkeypatch.setattr(mapper_module, "read_region_scaled", no_pixels)
     cfg = make_cfg()
     m = MidogTestMapper(cfg)
     out = m(sampling_image)

@@ -441,7 +441,10 @@ def test_cli_midog_points(tmp_path, form):
             (pred / f"{name.split('.')[0]}.json").write_text(json.dumps(obj))
     r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(pred), "--output", str(tmp_path / "m.json")])
     assert r["format"] == "points"
-    # Without --threshold the points named "mitotic figure" (score >= 0.5 here) count.
+    # Without --threshold every point counts...
+    assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
+    # ...or, on request, only those named "mitotic figure" (score >= 0.5 here).
+    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(pred), "--use-point-names"])
     assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1)
     assert r["best_f1"] == pytest.approx(6 / 7)
     assert r["ignored_predictions"] == (0 if form == "mapping_by_id" else 1)

@@ -15,8 +15,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from conftest import make_cfg
+from midog_d2.data import resample_region
 from midog_d2.evaluation import ImagePoints, MidogEvaluator, evaluate_points
-from midog_d2.inference import TiledPredictor, suppress_close_points, tile_grid
+from midog_d2.inference import TiledPredictor, scaled_tile_grid, suppress_close_points, tile_grid
 
 # Markers are pure blue in RGB: (0, 0, 255). The fake model sees them only if tiles
 # reach it in BGR (channel 0 = 255), so it also checks the format conversion.
@@ -71,15 +72,26 @@ def make_image(size_hw, blobs, half=10):
 
 
 class ArrayReader:
-    """read_region over an in-memory RGB array; records every request."""
+    """read_region_scaled over an in-memory RGB array (white outside it, resampled with
+    the library's own maths); records every request (x, y, w, h) and its scale."""
 
     def __init__(self, image):
         self.image = image
         self.requests = []
+        self.scales = []
 
-    def __call__(self, path, x, y, w, h):
+    def level0(self, x, y, w, h):
+        out = np.full((h, w, 3), 255, np.uint8)
+        H, W = self.image.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x0 < x1 and y0 < y1:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.image[y0:y1, x0:x1]
+        return out
+
+    def __call__(self, path, x, y, w, h, scale=1.0):
         self.requests.append((x, y, w, h))
-        return self.image[y : y + h, x : x + w].copy()
+        self.scales.append(scale)
+        return resample_region(self.level0, x, y, w, h, scale)
 
 
 def predictor(image, **kw):
@@ -193,7 +205,7 @@ def test_merge_radius_is_converted_with_the_inputs_mpp():
 
 
 def test_bad_reader_output_is_an_error_naming_the_file():
-    tp, _, _ = predictor(np.zeros((100, 100, 3), dtype=np.uint8), reader=lambda p, x, y, w, h: np.zeros((h, w)))
+    tp, _, _ = predictor(np.zeros((100, 100, 3), dtype=np.uint8), reader=lambda p, x, y, w, h, s: np.zeros((h, w)))
     with pytest.raises(ValueError, match="slide.tiff: reading tile"):
         tp([{"file_name": "slide.tiff", "height": 100, "width": 100}])
     tp.train()
@@ -286,3 +298,68 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+# --- images at another µm/px than the model's -----------------------------------------------
+
+
+def test_scaled_tile_grid_covers_the_region_in_model_pixels():
+    region = (100, 50, 1300, 950)
+    assert scaled_tile_grid(region, 512, 52) == [(a, b, c - a, d - b) for a, b, c, d in tile_grid(region, 512, 52)]
+    for scale in (2.0, 1.996, 0.5, 0.8):
+        tiles = scaled_tile_grid(region, 512, 52, scale)
+        covered = np.zeros((900, 1200), bool)
+        for x, y, w, h in tiles:
+            assert (w, h) == (min(512, int((1200) * scale)), min(512, int(900 * scale))) or w <= 512 and h <= 512
+            # inside the region, and neighbours overlap by about OVERLAP model pixels
+            assert region[0] <= x and x + w / scale <= region[2] + 1e-9
+            assert region[1] <= y and y + h / scale <= region[3] + 1e-9
+            covered[y - 50 : int(np.ceil(y + h / scale)) - 50, x - 100 : int(np.ceil(x + w / scale)) - 100] = True
+        assert covered.all(), scale
+        xs = sorted({t[0] for t in tiles})
+        steps = np.diff(xs)[:-1]  # the last column is shifted to end on the edge
+        assert all(abs(st - 460 / scale) <= 1 for st in steps), (scale, steps)
+
+
+@pytest.mark.parametrize("mpp, scale", [(0.5, 2.0), (0.499, 1.996), (0.125, 0.5), (0.3, 1.2)])
+def test_tiles_are_read_at_the_models_mpp_and_detections_mapped_back(mpp, scale):
+    # Cells 150+ px apart (the merge radius at 0.125 µm/px is 50 px), one on a seam.
+    blobs = [(100, 100), (480, 300), (700, 650), (1100, 200), (1300, 850), (250, 800)]
+    image = make_image((1000, 1500), blobs, half=12)
+    tp, reader, _ = predictor(image, model_mpp=0.25, mpp_tolerance=0.1)
+    out = tp([{"file_name": "mem", "height": 1000, "width": 1500, "mpp": mpp}])[0]
+    assert out["scale"] == pytest.approx(scale)
+    assert reader.scales == [pytest.approx(scale)] * len(reader.requests)
+    assert all(w <= 512 and h <= 512 for _, _, w, h in reader.requests)
+    # Every output is in level-0 pixels: image size, tiles, detections.
+    assert out["instances"].image_size == (1000, 1500)
+    tiles = out["tiles"].numpy()
+    assert tiles[:, 0].min() == 0 and tiles[:, 2].max() == pytest.approx(1500, abs=1)
+    assert tiles[:, 3].max() == pytest.approx(1000, abs=1)
+    assert np.allclose(tiles[:, 2] - tiles[:, 0], 512 / scale, atol=1e-3)
+    got = sorted(centres(out["instances"]))
+    assert len(got) == len(blobs)
+    np.testing.assert_allclose(got, sorted(blobs), atol=0.6)
+    # The boxes are the detector's 50 model pixels, 50 / scale level-0 pixels.
+    b = out["instances"].pred_boxes.tensor
+    assert torch.allclose(b[:, 2] - b[:, 0], torch.full((len(b),), 50 / scale), atol=1e-3)
+
+
+def test_a_resolution_within_tolerance_is_read_as_it_is():
+    image = make_image((600, 1000), [(486, 200)])
+    tp, reader, _ = predictor(image, model_mpp=0.25, mpp_tolerance=0.1)
+    out = tp([{"file_name": "mem", "height": 600, "width": 1000, "mpp": 0.2273}])[0]
+    assert out["scale"] == 1.0 and set(reader.scales) == {1.0}
+    assert reader.requests == [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in tile_grid((0, 0, 1000, 600), 512, 52)]
+    # The merge radius stays in µm: 6.25 µm at 0.2273 µm/px is 27.5 px.
+    assert centres(out["instances"]) == [[486.0, 200.0]]
+
+
+def test_config_supplies_the_models_mpp(cfg):
+    cfg.merge_from_list(["INPUT.MODEL_MPP", 0.25, "INPUT.MPP_TOLERANCE", 0.05])
+    image = make_image((600, 800), [(300, 300)])
+    reader = ArrayReader(image)
+    tp = TiledPredictor(BlobDetector().eval(), cfg, reader=reader).eval()
+    assert (tp.model_mpp, tp.mpp_tolerance) == (0.25, 0.05)
+    out = tp([{"file_name": "mem", "height": 600, "width": 800, "mpp": 0.5}])[0]
+    assert out["scale"] == 2.0 and centres(out["instances"]) == [[300.0, 300.0]]

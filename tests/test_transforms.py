@@ -81,6 +81,8 @@ def test_identity_parameters_leave_the_image_unchanged(fmt):
     out = t.apply_image(img)
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert np.abs(out.astype(int) - img).max() <= 1
+    f = t.apply_image(img.astype(np.float32))  # float images stay float, unrounded
+    assert f.dtype == np.float32 and np.abs(f - img).max() < 1e-2
 
 
 def test_brightness_and_contrast_follow_torchvision():

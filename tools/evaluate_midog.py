@@ -3,7 +3,7 @@
 
     python tools/evaluate_midog.py --ground-truth MIDOGpp.json \\
         --predictions output/inference/coco_instances_results.json [--threshold 0.64] \\
-        [--radius-um 7.5] [--mpp 0.25] [--output metrics.json]
+        [--radius-um 7.5] [--mpp 0.25] [--use-point-names] [--output metrics.json]
 
 ``--predictions`` is Detectron2's ``coco_instances_results.json`` or MIDOG "Multiple
 points" JSON (one file, a file mapping image names/ids to point objects, or a
@@ -15,11 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-try:
-    from midog_d2.evaluation import evaluate_prediction_file, format_results_table, json_safe
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from midog_d2.evaluation import evaluate_prediction_file, format_results_table, json_safe
+from midog_d2.evaluation import evaluate_prediction_file, format_results_table, json_safe
 
 SUMMARY_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "threshold", "best_f1", "best_threshold", "ap50")
 
@@ -31,8 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--radius-um", type=float, default=7.5, help="hit radius in µm (default 7.5)")
     p.add_argument("--mpp", type=float, default=0.25, help="µm per pixel of the images (default 0.25)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="score threshold for TP/FP/FN/F1 (default: every coco detection, or the "
-                        "points a MIDOG file names 'mitotic figure')")
+                   help="score threshold for TP/FP/FN/F1 (default: every prediction)")
+    p.add_argument("--use-point-names", action="store_true",
+                   help="without --threshold, count only the points a MIDOG points file names "
+                        "'mitotic figure' (the challenge's rule)")
     p.add_argument("--pred-category-id", type=int, default=None,
                    help="category_id of the mitotic figure in a coco results file with several classes")
     p.add_argument("--output", default=None, help="write the metrics JSON here")
@@ -48,6 +46,7 @@ def main(argv=None) -> dict:
         mpp=args.mpp,
         threshold=args.threshold,
         pred_category_id=args.pred_category_id,
+        use_point_names=args.use_point_names,
     )
     table = {"all": {k: result[k] for k in SUMMARY_KEYS}}
     for tumor, t in result["per_tumor"].items():

@@ -14,8 +14,12 @@ from .slide import (
     check_images,
     open_slide,
     read_region,
+    read_region_scaled,
+    resample_region,
+    resample_scale,
     slide_dimensions,
     slide_mpp,
+    slide_thumbnail,
 )
 # Training patches, augmentations, sampling and test-time records (mapper.py,
 # transforms.py, sampler.py).

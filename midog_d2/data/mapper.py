@@ -1,11 +1,11 @@
 """Dataset mappers: training patches cut from large images, and test-time image records.
 
 MIDOG images are ~7000 x 5000 px ROIs; a training sample is one ``INPUT.PATCH.SIZE``
-patch of one of them, read with :func:`midog_d2.data.slide.read_region` (only the
+patch of one of them, read with :func:`midog_d2.data.slide.read_region_scaled` (only the
 pixels it needs). Test-time records carry no pixels at all: the tiler reads its
 tiles itself.
 """
-import logging
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -17,12 +17,10 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Boxes, Instances
 
-from .slide import read_region, slide_dimensions, slide_mpp
+from .slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
 from .transforms import ColorJitter, RandomHEDStain
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
-
-logger = logging.getLogger(__name__)
 
 MITOTIC_FIGURE = 0
 HARD_NEGATIVE = 1
@@ -101,6 +99,12 @@ class MidogPatchMapper(DatasetMapper):
     figure / 1 hard negative: the model decides which ones it detects), clipped,
     and follow the augmentations. Patches without cells are returned too.
 
+    An image whose µm/px differs from ``model_mpp`` by more than ``mpp_tolerance``
+    is read resampled to it (:func:`midog_d2.data.read_region_scaled`): the patch
+    then covers ``patch_size / scale`` level-0 pixels (scale = image µm/px /
+    ``model_mpp``) and its boxes are scaled with it; ``patch_origin`` stays in
+    level-0 pixels.
+
     Randomness comes from NumPy's global RNG, like Detectron2's augmentations:
     Detectron2 seeds it per data-loader worker, and ``np.random.seed(s)``
     reproduces a worker's patches.
@@ -122,6 +126,9 @@ class MidogPatchMapper(DatasetMapper):
         p_mitotic: float = 0.5,
         p_hard_negative: float = 0.0,
         max_center_offset: float = 0.25,
+        model_mpp: Optional[float] = None,
+        mpp_tolerance: float = 0.0,
+        fallback_mpp: Optional[float] = None,
     ):
         """
         Args:
@@ -133,6 +140,12 @@ class MidogPatchMapper(DatasetMapper):
                 figure / hard negative; their sum must be <= 1.
             max_center_offset: largest offset of the cell from the patch centre, as a
                 fraction of ``patch_size``, in [0, 0.5).
+            model_mpp: µm/px patches are read at (``INPUT.MODEL_MPP``); None/0 reads
+                every image at its own resolution.
+            mpp_tolerance: relative µm/px difference read without resampling
+                (``INPUT.MPP_TOLERANCE``).
+            fallback_mpp: µm/px of files without resolution metadata
+                (``DATASETS.MIDOG.FALLBACK_MPP``).
         """
         if image_format not in _IMAGE_FORMATS:
             raise ValueError(f"MidogPatchMapper: INPUT.FORMAT must be one of {_IMAGE_FORMATS}, got {image_format!r}")
@@ -152,6 +165,9 @@ class MidogPatchMapper(DatasetMapper):
         self.p_mitotic = float(p_mitotic)
         self.p_hard_negative = float(p_hard_negative)
         self.max_center_offset = float(max_center_offset)
+        self.model_mpp = model_mpp
+        self.mpp_tolerance = float(mpp_tolerance)
+        self.fallback_mpp = fallback_mpp
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -164,17 +180,28 @@ class MidogPatchMapper(DatasetMapper):
             "p_mitotic": p.P_MITOTIC,
             "p_hard_negative": p.P_HARD_NEGATIVE,
             "max_center_offset": p.MAX_CENTER_OFFSET,
+            "model_mpp": cfg.INPUT.MODEL_MPP,
+            "mpp_tolerance": cfg.INPUT.MPP_TOLERANCE,
+            "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP,
         }
 
-    def _shift_inside(self, start: float, extent: int) -> int:
-        return int(min(max(round(start), 0), max(extent - self.patch_size, 0)))
+    def scale(self, file_name: str) -> float:
+        """Patch pixels per level-0 pixel of ``file_name`` (1: read as it is)."""
+        if not self.model_mpp:
+            return 1.0
+        return resample_scale(slide_mpp(file_name, self.fallback_mpp), self.model_mpp, self.mpp_tolerance)
+
+    @staticmethod
+    def _shift_inside(start: float, extent: int, size: float) -> int:
+        return int(min(max(round(start), 0), max(math.floor(extent - size), 0)))
 
     def sample_window(
         self, dataset_dict: Dict[str, Any], boxes: Optional[np.ndarray] = None,
-        classes: Optional[np.ndarray] = None,
+        classes: Optional[np.ndarray] = None, scale: float = 1.0,
     ) -> Tuple[int, int, str]:
         """
-        Draw a patch position in the image of ``dataset_dict``.
+        Draw a patch position in the image of ``dataset_dict``, for a patch read at
+        ``scale`` (it covers ``patch_size / scale`` level-0 pixels).
 
         Returns:
             (x0, y0, kind): the patch's top-left corner in level-0 pixels and how it
@@ -183,7 +210,7 @@ class MidogPatchMapper(DatasetMapper):
         if boxes is None or classes is None:
             boxes, classes = _boxes_and_classes(dataset_dict)
         width, height = int(dataset_dict["width"]), int(dataset_dict["height"])
-        s = self.patch_size
+        s = self.patch_size / scale  # level-0 extent
         u = np.random.uniform()
         if u < self.p_mitotic:
             kind, cls = "mitotic", MITOTIC_FIGURE
@@ -198,28 +225,31 @@ class MidogPatchMapper(DatasetMapper):
             if len(candidates):
                 cx, cy = centres[candidates[np.random.randint(len(candidates))]]
                 dx, dy = np.random.uniform(-self.max_center_offset, self.max_center_offset, size=2) * s
-                x0 = self._shift_inside(cx + dx - s / 2.0, width)
-                y0 = self._shift_inside(cy + dy - s / 2.0, height)
+                x0 = self._shift_inside(cx + dx - s / 2.0, width, s)
+                y0 = self._shift_inside(cy + dy - s / 2.0, height, s)
                 return x0, y0, kind
             kind = "random"
-        x0 = np.random.randint(0, max(width - s, 0) + 1)
-        y0 = np.random.randint(0, max(height - s, 0) + 1)
+        x0 = np.random.randint(0, max(math.floor(width - s), 0) + 1)
+        y0 = np.random.randint(0, max(math.floor(height - s), 0) + 1)
         return int(x0), int(y0), kind
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         """One augmented training patch of ``dataset_dict``'s image (see the class docstring)."""
         file_name = dataset_dict["file_name"]
         boxes, classes = _boxes_and_classes(dataset_dict)
-        x0, y0, _ = self.sample_window(dataset_dict, boxes, classes)
+        scale = self.scale(file_name)
+        x0, y0, _ = self.sample_window(dataset_dict, boxes, classes, scale=scale)
         s = self.patch_size
 
-        rgb = read_region(file_name, x0, y0, s, s)
+        rgb = read_region_scaled(file_name, x0, y0, s, s, scale)
         if rgb.shape != (s, s, 3):
-            raise ValueError(f"{file_name}: read_region returned shape {rgb.shape}, expected {(s, s, 3)}")
+            raise ValueError(f"{file_name}: reading the patch gave shape {rgb.shape}, expected {(s, s, 3)}")
         image = _to_format(rgb, self.image_format)
 
-        keep = _inside(_centres(boxes), x0, y0, x0 + s, y0 + s)
+        keep = _inside(_centres(boxes), x0, y0, x0 + s / scale, y0 + s / scale)
         patch_boxes = boxes[keep] - np.array([x0, y0, x0, y0], dtype=np.float32)
+        if scale != 1.0:
+            patch_boxes *= np.float32(scale)
         aug_input = T.AugInput(image, boxes=patch_boxes)
         self.augmentations(aug_input)
         image = aug_input.image

@@ -115,7 +115,9 @@ def build_midog_train_loader(
     in batches of ``SOLVER.IMS_PER_BATCH`` over all processes.
 
     With ``cfg.SEED >= 0`` the image stream and the workers' NumPy/torch seeds
-    (hence patches and augmentations) are fixed by it.
+    (hence patches and augmentations) are fixed by it; with
+    ``DATALOADER.NUM_WORKERS: 0`` the mapper draws from the main process's NumPy
+    RNG instead, which ``default_setup`` seeds from ``cfg.SEED``.
     """
     if dataset is None:
         dataset = get_detection_dataset_dicts(

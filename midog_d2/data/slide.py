@@ -7,17 +7,22 @@ and whole-slide formats; ``openslide.open_slide`` falls back to a PIL-backed
 per-process LRU cache: a DataLoader worker (a forked process) opens its own
 handles instead of sharing its parent's.
 
-Everything is read at level 0 for now; resampling to the model's µm/px
-(``INPUT.MODEL_MPP``) belongs here too, on top of :func:`read_region`.
+Single-level tiled TIFFs with lossless tiles (MIDOG's ROIs) are read straight
+from their tiles with tifffile, bypassing OpenSlide's slower path; the pixels
+are the same. :func:`read_region_scaled` resamples a window to the model's
+µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see docs/slides.md.
 """
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+import cv2
 import numpy as np
 import openslide
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -25,8 +30,12 @@ __all__ = [
     "check_images",
     "open_slide",
     "read_region",
+    "read_region_scaled",
+    "resample_region",
+    "resample_scale",
     "slide_dimensions",
     "slide_mpp",
+    "slide_thumbnail",
     "set_cache_size",
     "clear_cache",
 ]
@@ -39,6 +48,8 @@ _PLAUSIBLE_MPP = (0.01, 50.0)
 
 _lock = threading.Lock()
 _cache: "OrderedDict[str, openslide.AbstractSlide]" = OrderedDict()
+# Direct tile readers (_TiledTiff), or None for files that OpenSlide must read.
+_tiff_cache: "OrderedDict[str, Optional[_TiledTiff]]" = OrderedDict()
 _cache_pid: Optional[int] = None
 # PIL-backed slides hold a whole decoded image (~150 MB for a MIDOG ROI), so
 # the cache stays small.
@@ -47,6 +58,8 @@ _cache_size = 8
 # closing the parent's OpenSlide state from a child is not safe.
 _inherited: list = []
 _fallback_logged: Set[str] = set()
+# A file's own µm/px (None: none usable), so that per-patch lookups cost nothing.
+_mpp_cache: Dict[str, Optional[float]] = {}
 
 
 class UnreadableSlideError(OSError):
@@ -60,8 +73,9 @@ def set_cache_size(size: int) -> None:
         raise ValueError(f"cache size must be >= 1, got {size}")
     with _lock:
         _cache_size = size
-        while len(_cache) > _cache_size:
-            _cache.popitem(last=False)
+        for cache in (_cache, _tiff_cache):
+            while len(cache) > _cache_size:
+                cache.popitem(last=False)
 
 
 def clear_cache() -> None:
@@ -69,6 +83,8 @@ def clear_cache() -> None:
     with _lock:
         _reset_for_this_process()
         _cache.clear()
+        _tiff_cache.clear()
+        _mpp_cache.clear()
 
 
 def _reset_for_this_process() -> None:
@@ -77,6 +93,8 @@ def _reset_for_this_process() -> None:
         if _cache_pid is not None:
             _inherited.extend(_cache.values())
         _cache.clear()
+        # Direct readers own only a file descriptor: closing the child's copy is safe.
+        _tiff_cache.clear()
         _cache_pid = os.getpid()
 
 
@@ -126,19 +144,140 @@ def open_slide(path: str) -> openslide.AbstractSlide:
     return slide
 
 
-def read_region(path: str, x: int, y: int, width: int, height: int) -> np.ndarray:
+# Tile codecs read without OpenSlide: lossless ones only, so the pixels are OpenSlide's.
+_DIRECT_COMPRESSIONS = (1, 8, 32946)  # none, Adobe deflate, old-style deflate
+_DIRECT_PREDICTORS = (1, 2)  # none, horizontal differencing
+
+
+class _TiledTiff:
     """
-    Level-0 pixels ``[y, y + height) x [x, x + width)`` of ``path`` as a
-    (height, width, 3) uint8 RGB array. Parts outside the image (``x``/``y`` may
-    be negative) are white (255), and transparent pixels are composited on white.
+    Level 0 of a single-level, tiled, 8-bit RGB TIFF with lossless tiles, read
+    straight from its tiles: positioned reads (``os.pread``) and tifffile's
+    stateless tile decoder, so threads may share one reader. A forked process
+    opens its own (the caches are per process).
     """
+
+    def __init__(self, path: str, page: "tifffile.TiffPage"):
+        self.path = path
+        self.width, self.height = int(page.imagewidth), int(page.imagelength)
+        self.tile_w, self.tile_h = int(page.tilewidth), int(page.tilelength)
+        self.tiles_across = -(-self.width // self.tile_w)
+        self.offsets = [int(v) for v in page.dataoffsets]
+        self.counts = [int(v) for v in page.databytecounts]
+        self.decode = page.decode
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self):
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def _tile(self, index: int) -> Optional[np.ndarray]:
+        count = self.counts[index]
+        if count == 0:
+            return None  # a sparse tile: OpenSlide leaves it transparent
+        data = os.pread(self.fd, count, self.offsets[index])
+        if len(data) != count:
+            raise UnreadableSlideError(f"cannot read tile {index} of {self.path}: the file is truncated")
+        try:
+            segment = self.decode(data, index)[0]
+            return segment.reshape(self.tile_h, self.tile_w, 3)
+        except Exception as e:  # tifffile raises codec-specific errors
+            raise UnreadableSlideError(f"cannot decode tile {index} of {self.path}: {e}") from e
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        # Filling costs ~0.1 ms a patch: skip it when every pixel gets overwritten.
+        out = np.empty((height, width, 3), np.uint8) if inside else np.full((height, width, 3), 255, np.uint8)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        tw, th = self.tile_w, self.tile_h
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                ax0, ay0 = max(x0, tx * tw), max(y0, ty * th)
+                ax1, ay1 = min(x1, (tx + 1) * tw), min(y1, (ty + 1) * th)
+                tile = self._tile(ty * self.tiles_across + tx)
+                dst = out[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
+                if tile is None:
+                    dst[:] = 255
+                else:
+                    dst[:] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
+        return out
+
+
+def _direct_readable(page: "tifffile.TiffPage", dimensions: Tuple[int, int]) -> bool:
+    orientation = page.tags.get(274)
+    return bool(
+        page.is_tiled
+        and (page.imagewidth, page.imagelength) == tuple(dimensions)
+        and page.imagedepth == 1
+        and page.tiledepth == 1
+        and page.compression in _DIRECT_COMPRESSIONS
+        and page.predictor in _DIRECT_PREDICTORS
+        and page.photometric == 2  # RGB
+        and page.planarconfig == 1  # interleaved samples
+        and page.bitspersample == 8
+        and page.samplesperpixel == 3
+        and page.sampleformat == 1
+        and page.fillorder == 1
+        and (orientation is None or orientation.value == 1)
+    )
+
+
+def _open_tiled_tiff(path: str) -> Optional[_TiledTiff]:
+    """A direct reader of ``path`` when it is a single-level tiled TIFF with
+    lossless 8-bit RGB tiles (OpenSlide's generic-tiff), else None."""
+    slide = open_slide(path)
+    if (
+        not isinstance(slide, openslide.OpenSlide)
+        or slide.level_count != 1
+        or slide.properties.get(openslide.PROPERTY_NAME_VENDOR) != "generic-tiff"
+    ):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            if not _direct_readable(page, slide.dimensions):
+                return None
+            return _TiledTiff(path, page)
+    except Exception as e:  # anything tifffile cannot parse stays with OpenSlide, which opened it
+        logger.debug("%s: no direct tile reader (%s); reading through OpenSlide", path, e)
+        return None
+
+
+def _tiled_tiff(path: str) -> Optional[_TiledTiff]:
+    """The process's cached direct reader of ``path`` (None: read through OpenSlide)."""
+    key = os.path.abspath(path)
+    with _lock:
+        _reset_for_this_process()
+        if key in _tiff_cache:
+            _tiff_cache.move_to_end(key)
+            return _tiff_cache[key]
+    reader = _open_tiled_tiff(path)
+    with _lock:
+        _reset_for_this_process()
+        _tiff_cache[key] = reader
+        while len(_tiff_cache) > _cache_size:
+            _tiff_cache.popitem(last=False)
+    return reader
+
+
+def _check_size(path: str, width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise ValueError(f"read_region({path}): width and height must be positive, got {width} x {height}")
+        raise ValueError(f"reading {path}: width and height must be positive, got {width} x {height}")
+
+
+def _read_openslide(path: str, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+    """(height, width) RGB pixels of ``level`` whose top-left lies at level-0 (x, y); white outside."""
     slide = open_slide(path)
     try:
-        rgba = np.asarray(slide.read_region((int(x), int(y)), 0, (int(width), int(height))))
+        rgba = np.asarray(slide.read_region((int(x), int(y)), level, (int(width), int(height))))
     except (openslide.OpenSlideError, OSError, ValueError) as e:
-        raise UnreadableSlideError(f"cannot read region ({x}, {y}, {width}, {height}) of {path}: {e}") from e
+        raise UnreadableSlideError(
+            f"cannot read region ({x}, {y}, {width}, {height}) at level {level} of {path}: {e}"
+        ) from e
     if rgba.ndim != 3 or rgba.shape[2] != 4:
         raise UnreadableSlideError(f"{path}: unexpected region shape {rgba.shape}")
     alpha = rgba[..., 3:]
@@ -147,6 +286,124 @@ def read_region(path: str, x: int, y: int, width: int, height: int) -> np.ndarra
     # read_region returns un-premultiplied RGBA; regions outside the image have alpha 0.
     rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
     return ((rgb + 127) // 255).astype(np.uint8)
+
+
+def read_region(path: str, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """
+    Level-0 pixels ``[y, y + height) x [x, x + width)`` of ``path`` as a
+    (height, width, 3) uint8 RGB array. Parts outside the image (``x``/``y`` may
+    be negative) are white (255), and transparent pixels are composited on white.
+    """
+    _check_size(path, width, height)
+    direct = _tiled_tiff(path)
+    if direct is not None:
+        return direct.read(int(x), int(y), int(width), int(height))
+    return _read_openslide(path, x, y, width, height)
+
+
+def resample_scale(mpp: float, model_mpp: Optional[float], tolerance: float = 0.0) -> float:
+    """
+    Output pixels per level-0 pixel that bring an image of ``mpp`` µm/px to
+    ``model_mpp`` (``INPUT.MODEL_MPP``): ``mpp / model_mpp``, or exactly 1 (read
+    as is) when ``model_mpp`` is None/0 or the ratio is within ``tolerance``
+    (``INPUT.MPP_TOLERANCE``) of 1.
+    """
+    if not model_mpp:
+        return 1.0
+    if not (mpp > 0 and model_mpp > 0):
+        raise ValueError(f"µm/px must be positive, got image {mpp} and model {model_mpp}")
+    scale = float(mpp) / float(model_mpp)
+    return 1.0 if abs(scale - 1.0) <= tolerance else scale
+
+
+def _shrink(src: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:
+    # fx/fy (no dsize) keep the scale exact: output pixel j averages source [j/scale, (j+1)/scale).
+    out = cv2.resize(src, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    if out.shape[0] < height or out.shape[1] < width:
+        raise AssertionError(f"resampled {src.shape} by {scale} to {out.shape}, short of {height} x {width}")
+    return np.ascontiguousarray(out[:height, :width])
+
+
+def resample_region(
+    read: Callable[[int, int, int, int], np.ndarray], x: int, y: int, width: int, height: int, scale: float
+) -> np.ndarray:
+    """
+    The window of :func:`read_region_scaled` from any level-0 reader
+    ``read(x, y, w, h) -> (h, w, 3) uint8``: (height, width) output pixels, pixel
+    (i, j) covering level-0 ``[x + j / scale, x + (j + 1) / scale)`` horizontally
+    (likewise vertically). Down (scale < 1): area averaging (INTER_AREA).
+    Up: bilinear, output pixel centres at level-0 ``x + (j + 0.5) / scale``, as
+    ``cv2.resize`` of the whole image would place them.
+    """
+    x, y, width, height = int(x), int(y), int(width), int(height)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    if scale == 1.0:
+        return read(x, y, width, height)
+    if scale < 1.0:
+        return _shrink(read(x, y, math.ceil(width / scale) + 1, math.ceil(height / scale) + 1), scale, width, height)
+    # One pixel of margin on each side: border output pixels interpolate with their
+    # true neighbours (white outside the image), not with a replicated edge.
+    src = read(x - 1, y - 1, math.ceil(width / scale) + 3, math.ceil(height / scale) + 3)
+    a = 1.0 / scale
+    b = 0.5 * a - 0.5 + 1.0  # source index of output pixel 0's centre, margin included
+    m = np.array([[a, 0.0, b], [0.0, a, b]])
+    return cv2.warpAffine(src, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def read_region_scaled(path: str, x: int, y: int, width: int, height: int, scale: float) -> np.ndarray:
+    """
+    A (height, width, 3) uint8 RGB window of ``path`` resampled by ``scale``
+    output pixels per level-0 pixel (:func:`resample_scale`; > 1 enlarges). The
+    window starts at level-0 (``x``, ``y``) and covers ``width / scale`` x
+    ``height / scale`` level-0 pixels: output point (u, v) is level-0
+    (x + u / scale, y + v / scale). ``scale == 1`` is :func:`read_region`.
+
+    Shrinking reads the best pyramid level (OpenSlide's
+    ``get_best_level_for_downsample``) and area-averages it; a level within half
+    an output pixel of the wanted size over the window is used as is. Enlarging
+    interpolates level 0 bilinearly. Outside the image is white.
+    """
+    _check_size(path, width, height)
+    if scale == 1.0:
+        return read_region(path, x, y, width, height)
+    level = 0
+    if 0 < scale < 1.0:
+        slide = open_slide(path)
+        if slide.level_count > 1:
+            level = slide.get_best_level_for_downsample(1.0 / scale)
+    if level == 0:
+        return resample_region(lambda *r: read_region(path, *r), x, y, width, height, scale)
+    # OpenSlide puts the read's first level pixel at level-0 (x, y) exactly.
+    level_scale = scale * open_slide(path).level_downsamples[level]
+    if abs(level_scale - 1.0) * max(width, height) < 0.5:
+        return _read_openslide(path, x, y, width, height, level)
+    w, h = math.ceil(width / level_scale) + 1, math.ceil(height / level_scale) + 1
+    return _shrink(_read_openslide(path, x, y, w, h, level), level_scale, width, height)
+
+
+def slide_thumbnail(path: str, max_side: int) -> Tuple[np.ndarray, float]:
+    """
+    The whole image of ``path`` shrunk to fit ``max_side`` x ``max_side``
+    (aspect kept, never enlarged) as ``(rgb, scale)``: a (h, w, 3) uint8 array and
+    thumbnail pixels per level-0 pixel (``w / width``; the height's rounding
+    differs by under a pixel). Uses OpenSlide's ``get_thumbnail``, which reads
+    the best pyramid level; transparent areas come out in the slide's
+    background colour (white by default).
+    """
+    if max_side < 1:
+        raise ValueError(f"slide_thumbnail({path}): max_side must be >= 1, got {max_side}")
+    slide = open_slide(path)
+    width, height = slide.dimensions
+    if max(width, height) <= max_side:
+        return read_region(path, 0, 0, width, height), 1.0
+    try:
+        thumb = slide.get_thumbnail((int(max_side), int(max_side)))
+    except (openslide.OpenSlideError, OSError, ValueError) as e:
+        raise UnreadableSlideError(f"cannot make a thumbnail of {path}: {e}") from e
+    rgb = np.asarray(thumb.convert("RGB"))
+    return rgb, rgb.shape[1] / width
 
 
 def slide_dimensions(path: str) -> Tuple[int, int]:
@@ -170,14 +427,11 @@ def _tiff_tag_mpp(path: str) -> Optional[float]:
     return per_unit / float(xres)
 
 
-def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
-    """
-    µm per pixel of ``path``: OpenSlide's ``openslide.mpp-x`` (the mean with
-    ``mpp-y`` when both exist), or for TIFFs read through PIL the resolution
-    tags; otherwise ``fallback`` (``DATASETS.MIDOG.FALLBACK_MPP``), logged once
-    per file. Values outside 0.01-50 µm/px (e.g. a 72-dpi default) count as
-    absent. Raises ValueError when there is neither.
-    """
+def _file_mpp(path: str) -> Optional[float]:
+    """The file's own µm/px (None when absent), cached: mappers ask once per patch."""
+    key = os.path.abspath(path)
+    if key in _mpp_cache:
+        return _mpp_cache[key]
     slide = open_slide(path)
     props = slide.properties
     mpp = None
@@ -189,6 +443,19 @@ def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
         mpp = None
     if mpp is None and isinstance(slide, openslide.ImageSlide):
         mpp = _tiff_tag_mpp(path)
+    _mpp_cache[key] = mpp
+    return mpp
+
+
+def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
+    """
+    µm per pixel of ``path``: OpenSlide's ``openslide.mpp-x`` (the mean with
+    ``mpp-y`` when both exist), or for TIFFs read through PIL the resolution
+    tags; otherwise ``fallback`` (``DATASETS.MIDOG.FALLBACK_MPP``), logged once
+    per file and process. Values outside 0.01-50 µm/px (e.g. a 72-dpi default)
+    count as absent. Raises ValueError when there is neither.
+    """
+    mpp = _file_mpp(path)
     if mpp is not None and _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1]:
         return mpp
     reason = "has no resolution metadata" if mpp is None else f"reports an implausible {mpp:.4g} µm/px"

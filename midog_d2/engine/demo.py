@@ -29,7 +29,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
-from ..data import load_midog_json, load_options_from_config, read_region, register_midog, seeded_val_split, slide_dimensions
+from ..data import load_midog_json, load_options_from_config, register_midog, seeded_val_split, slide_thumbnail
 from ..data.synthetic import PRESETS, generate_dataset
 from .trainer import MidogTrainer
 
@@ -87,15 +87,7 @@ def draw_overlay(
 ) -> None:
     """A picture of one image: ground-truth mitotic figures (green circles), hard
     negatives (blue circles), detections at or above ``threshold`` (red boxes, score)."""
-    width, height = slide_dimensions(file_name)
-    scale = min(1.0, max_side / max(width, height))
-    if scale < 1.0:
-        from ..data import open_slide
-
-        rgb = np.asarray(open_slide(file_name).get_thumbnail((int(width * scale), int(height * scale))).convert("RGB"))
-        scale = rgb.shape[1] / width
-    else:
-        rgb = read_region(file_name, 0, 0, width, height)
+    rgb, scale = slide_thumbnail(file_name, max_side)
     canvas = np.ascontiguousarray(rgb[:, :, ::-1])
     for ann in gt_annotations:
         x0, y0, x1, y1 = ann["bbox"]

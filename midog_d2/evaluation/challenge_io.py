@@ -305,6 +305,7 @@ def evaluate_prediction_file(
     mpp: float = 0.25,
     threshold: Optional[float] = None,
     pred_category_id: Optional[int] = None,
+    use_point_names: bool = False,
 ) -> Dict[str, Any]:
     """Score a prediction file against a MIDOG/MIDOG++ annotation file.
 
@@ -315,8 +316,9 @@ def evaluate_prediction_file(
 
     Predictions: Detectron2 ``coco_instances_results.json`` (pixels) or MIDOG points
     (mm, converted with ``mpp``), detected by :func:`detect_prediction_format`. Without
-    ``threshold``, TP/FP/FN/F1 use every coco detection, or the points a MIDOG file
-    names "mitotic figure" (the challenge's own rule); with it, ``score >= threshold``.
+    ``threshold``, TP/FP/FN/F1 use every prediction, or, with ``use_point_names``, the
+    points a MIDOG file names "mitotic figure" (the challenge's own rule: the
+    submitter's threshold is carried in the names); with it, ``score >= threshold``.
     The sweep and AP always use every detection.
 
     Returns :func:`~midog_d2.evaluation.midog_metrics.evaluate_points`' dict plus the
@@ -339,7 +341,7 @@ def evaluate_prediction_file(
             preds[image_id] = (xy, scores, None)
     else:
         for image_id, (xy_mm, prob, named) in load_point_predictions(predictions, dicts).items():
-            preds[image_id] = (xy_mm * (1000.0 / mpp), prob, named)
+            preds[image_id] = (xy_mm * (1000.0 / mpp), prob, named if use_point_names else None)
 
     images, ignored, unlabelled = [], 0, 0
     for d in dicts:

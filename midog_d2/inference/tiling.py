@@ -1,4 +1,5 @@
 """Whole-image inference in overlapping tiles, merged across tile seams."""
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -10,9 +11,13 @@ from torch import nn
 from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["TiledPredictor", "tile_grid", "suppress_close_points"]
+from ..data.slide import read_region_scaled, resample_scale
+
+__all__ = ["TiledPredictor", "tile_grid", "scaled_tile_grid", "suppress_close_points"]
 
 Region = Tuple[int, int, int, int]
+# A tile read at a scale: level-0 top-left (x, y) and its size (w, h) in model pixels.
+ScaledTile = Tuple[int, int, int, int]
 
 
 def _starts(lo: int, hi: int, size: int, stride: int) -> List[int]:
@@ -38,6 +43,32 @@ def tile_grid(region: Sequence[int], size: int, overlap: int) -> List[Region]:
         for ty in _starts(y0, y1, size, stride)
         for tx in _starts(x0, x1, size, stride)
     ]
+
+
+def scaled_tile_grid(region: Sequence[int], size: int, overlap: int, scale: float = 1.0) -> List[ScaledTile]:
+    """Tiles (x, y, w, h) covering level-0 ``region`` (x0, y0, x1, y1) when it is
+    read at ``scale`` model pixels per level-0 pixel: :func:`tile_grid` laid out in
+    model pixels (``size`` px squares, stride ``size - overlap``), each tile's origin
+    rounded to a level-0 pixel (x, y), its size (w, h) in model pixels; it covers
+    level-0 [x, x + w / scale) x [y, y + h / scale) inside ``region``. At scale 1
+    these are :func:`tile_grid`'s tiles."""
+    x0, y0, x1, y1 = (int(v) for v in region)
+    if scale == 1.0:
+        return [(a, b, c - a, d - b) for a, b, c, d in tile_grid(region, size, overlap)]
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    # The region in model pixels: those whose level-0 footprint lies inside it.
+    model_region = (math.ceil(x0 * scale), math.ceil(y0 * scale), math.floor(x1 * scale), math.floor(y1 * scale))
+    if model_region[2] <= model_region[0] or model_region[3] <= model_region[1]:
+        raise ValueError(f"region {tuple(region)} is under one pixel wide at scale {scale}")
+    tiles = []
+    for u0, v0, u1, v1 in tile_grid(model_region, size, overlap):
+        w, h = u1 - u0, v1 - v0
+        # Rounding may push a tile up to half a pixel past the region's far edge: pull it back.
+        x = min(max(round(u0 / scale), x0), max(x0, math.floor(x1 - w / scale)))
+        y = min(max(round(v0 / scale), y0), max(y0, math.floor(y1 - h / scale)))
+        tiles.append((x, y, w, h))
+    return tiles
 
 
 def suppress_close_points(
@@ -77,12 +108,6 @@ def suppress_close_points(
     return np.asarray(keep, dtype=np.int64)
 
 
-def _default_reader(path: str, x: int, y: int, w: int, h: int) -> np.ndarray:
-    from ..data import slide
-
-    return slide.read_region(path, x, y, w, h)
-
-
 class TiledPredictor(nn.Module):
     """
     Runs a detector over whole MIDOG images in tiles, so that
@@ -91,18 +116,24 @@ class TiledPredictor(nn.Module):
 
     Each input dict needs ``file_name`` and ``height``/``width`` (the image's level-0
     size), and may hold ``region`` (x0, y0, x1, y1: infer there only) and ``mpp``.
-    Tiles are read one batch at a time (``midog_d2.data.read_region``, RGB; the next
-    batch in a background thread while the model runs), converted to ``INPUT.FORMAT``
-    and given to the model as ``{"image", "height", "width"}``.
+    An image whose µm/px differs from ``INPUT.MODEL_MPP`` by more than
+    ``INPUT.MPP_TOLERANCE`` is read resampled to it (scale = mpp / MODEL_MPP model
+    pixels per level-0 pixel, :func:`midog_d2.data.read_region_scaled`): tiles are
+    ``TEST.TILE.SIZE`` model pixels (:func:`scaled_tile_grid`), and detections are
+    scaled back, so every output is in level-0 pixels.
+    Tiles are read one batch at a time (RGB; the next batch in a background thread
+    while the model runs), converted to ``INPUT.FORMAT`` and given to the model as
+    ``{"image", "height", "width"}``.
     Detections are moved to image coordinates and merged across seams: a detection
     closer than ``TEST.TILE.MERGE_RADIUS_UM`` to a higher-scoring one of the same class
     is dropped (the reference approach's slide-level suppression; it also acts within
     a tile, after the model's own per-tile NMS).
 
     Output per image: ``instances`` (image_size = (height, width); ``pred_boxes``,
-    ``scores``, ``pred_classes``, by decreasing score), ``tiles`` (T, 4) tile boxes and,
-    when the model gives them, ``tumor_probs`` (mean over tiles) and
-    ``foreground_prob`` (T,), one per tile.
+    ``scores``, ``pred_classes``, by decreasing score, level-0 pixels), ``tiles`` (T, 4)
+    level-0 tile boxes, ``scale`` (model pixels per level-0 pixel) and, when the model
+    gives them, ``tumor_probs`` (mean over tiles) and ``foreground_prob`` (T,), one per
+    tile.
     """
 
     def __init__(
@@ -116,16 +147,23 @@ class TiledPredictor(nn.Module):
         merge_radius_um: Optional[float] = None,
         input_format: Optional[str] = None,
         default_mpp: Optional[float] = None,
-        reader: Optional[Callable[[str, int, int, int, int], np.ndarray]] = None,
+        model_mpp: Optional[float] = None,
+        mpp_tolerance: Optional[float] = None,
+        reader: Optional[Callable[[str, int, int, int, int, float], np.ndarray]] = None,
     ):
         """
         Args:
             model: a detector taking Detectron2 inputs, in eval mode.
-            cfg: supplies TEST.TILE.*, INPUT.FORMAT and DATASETS.MIDOG.FALLBACK_MPP;
-                the keyword arguments override it.
-            default_mpp: µm/px of inputs without ``mpp`` (converts the merge radius).
-            reader: ``(path, x, y, w, h) -> (h, w, 3) uint8 RGB``; default
-                ``midog_d2.data.read_region``.
+            cfg: supplies TEST.TILE.*, INPUT.FORMAT, INPUT.MODEL_MPP, INPUT.MPP_TOLERANCE
+                and DATASETS.MIDOG.FALLBACK_MPP; the keyword arguments override it.
+            default_mpp: µm/px of inputs without ``mpp`` (converts the merge radius,
+                sets the scale).
+            model_mpp: µm/px the model works at; None/0 (the default without a cfg)
+                reads every image at its own resolution.
+            mpp_tolerance: relative µm/px difference read without resampling.
+            reader: ``(path, x, y, w, h, scale) -> (h, w, 3) uint8 RGB``, the window of
+                ``w`` x ``h`` model pixels from level-0 (x, y) at ``scale``; default
+                ``midog_d2.data.read_region_scaled``.
         """
         super().__init__()
 
@@ -146,7 +184,9 @@ class TiledPredictor(nn.Module):
         self.merge_radius_um = float(pick(merge_radius_um, "TEST.TILE.MERGE_RADIUS_UM", 6.25))
         self.input_format = pick(input_format, "INPUT.FORMAT", "BGR")
         self.default_mpp = float(pick(default_mpp, "DATASETS.MIDOG.FALLBACK_MPP", 0.25))
-        self.reader = reader or _default_reader
+        self.model_mpp = pick(model_mpp, "INPUT.MODEL_MPP", None)
+        self.mpp_tolerance = float(pick(mpp_tolerance, "INPUT.MPP_TOLERANCE", 0.0))
+        self.reader = reader or read_region_scaled
         if self.batch_size < 1:
             raise ValueError(f"TEST.TILE.BATCH_SIZE must be >= 1, got {self.batch_size}")
         tile_grid((0, 0, 1, 1), self.tile_size, self.overlap)  # validates size/overlap
@@ -157,25 +197,27 @@ class TiledPredictor(nn.Module):
         with torch.no_grad():
             return [self.predict_image(x) for x in batched_inputs]
 
-    def _tile_input(self, path: str, tile: Region) -> Dict[str, Any]:
-        x0, y0, x1, y1 = tile
-        rgb = self.reader(path, x0, y0, x1 - x0, y1 - y0)
-        if rgb.shape != (y1 - y0, x1 - x0, 3) or rgb.dtype != np.uint8:
+    def _tile_input(self, path: str, tile: "ScaledTile", scale: float) -> Dict[str, Any]:
+        x, y, w, h = tile
+        rgb = self.reader(path, x, y, w, h, scale)
+        if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
             raise ValueError(
                 f"{path}: reading tile {tile} gave an array of shape {rgb.shape} and dtype {rgb.dtype}, "
-                f"expected ({y1 - y0}, {x1 - x0}, 3) uint8 RGB"
+                f"expected ({h}, {w}, 3) uint8 RGB"
             )
         image = convert_PIL_to_numpy(Image.fromarray(rgb), self.input_format)
         chw = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return {"image": chw, "height": y1 - y0, "width": x1 - x0}
+        return {"image": chw, "height": h, "width": w}
 
-    def _batches(self, path: str, tiles: List[Region]) -> Iterator[Tuple[List[Region], List[Dict]]]:
+    def _batches(
+        self, path: str, tiles: List["ScaledTile"], scale: float
+    ) -> Iterator[Tuple[List["ScaledTile"], List[Dict]]]:
         """Batches of tile inputs; the next batch is read in a background thread while
         the model runs on the current one (at most two batches in memory)."""
         chunks = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
 
         def read(chunk):
-            return [self._tile_input(path, t) for t in chunk]
+            return [self._tile_input(path, t, scale) for t in chunk]
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(read, chunks[0])
@@ -191,16 +233,20 @@ class TiledPredictor(nn.Module):
         height, width = int(inp["height"]), int(inp["width"])
         region = inp.get("region")
         region = (0, 0, width, height) if region is None else tuple(int(round(float(v))) for v in region)
-        tiles = tile_grid(region, self.tile_size, self.overlap)
+        mpp = float(inp.get("mpp") or self.default_mpp)
+        scale = resample_scale(mpp, self.model_mpp, self.mpp_tolerance)
+        tiles = scaled_tile_grid(region, self.tile_size, self.overlap, scale)
 
         boxes, scores, classes = [], [], []
         tumor_sum, fg = None, []
-        for chunk, tile_inputs in self._batches(path, tiles):
+        for chunk, tile_inputs in self._batches(path, tiles, scale):
             outputs = self.model(tile_inputs)
             for (tx, ty, _, _), out in zip(chunk, outputs):
                 inst = out["instances"].to("cpu")
-                shift = torch.tensor([tx, ty, tx, ty], dtype=inst.pred_boxes.tensor.dtype)
-                boxes.append(inst.pred_boxes.tensor + shift)
+                b = inst.pred_boxes.tensor
+                shift = torch.tensor([tx, ty, tx, ty], dtype=b.dtype)
+                # model pixels of the tile -> level-0 pixels of the image
+                boxes.append((b if scale == 1.0 else b / scale) + shift)
                 scores.append(inst.scores)
                 classes.append(inst.pred_classes)
                 if "tumor_probs" in out:
@@ -212,7 +258,6 @@ class TiledPredictor(nn.Module):
         boxes_t = torch.cat(boxes) if boxes else torch.zeros((0, 4))
         scores_t = torch.cat(scores) if scores else torch.zeros((0,))
         classes_t = torch.cat(classes) if classes else torch.zeros((0,), dtype=torch.int64)
-        mpp = float(inp.get("mpp") or self.default_mpp)
         centres = ((boxes_t[:, :2] + boxes_t[:, 2:]) / 2).double().numpy()
         keep = suppress_close_points(centres, scores_t.double().numpy(), classes_t.numpy(), self.merge_radius_um / mpp)
         keep_t = torch.as_tensor(keep, dtype=torch.int64)
@@ -221,7 +266,12 @@ class TiledPredictor(nn.Module):
         result.pred_boxes = Boxes(boxes_t[keep_t])
         result.scores = scores_t[keep_t]
         result.pred_classes = classes_t[keep_t]
-        out: Dict[str, Any] = {"instances": result, "tiles": torch.tensor(tiles, dtype=torch.float32)}
+        tile_boxes = [(x, y, x + w / scale, y + h / scale) for x, y, w, h in tiles]
+        out: Dict[str, Any] = {
+            "instances": result,
+            "tiles": torch.tensor(tile_boxes, dtype=torch.float32),
+            "scale": scale,
+        }
         if tumor_sum is not None:
             out["tumor_probs"] = (tumor_sum / len(tiles)).float()
         if fg:
