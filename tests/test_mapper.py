@@ -140,6 +140,82 @@ def test_output_is_in_input_format(geometry_image, fmt):
     assert image[r_channel, y, x] == 220 and image[2 - r_channel, y, x] == 20
 
 
+# --- images at another µm/px than the model's ------------------------------------------------------
+@pytest.fixture(scope="module")
+def geometry_image_20x(tmp_path_factory):
+    """The geometry image as a 0.5 µm/px (20x) scan: patches are read enlarged 2x."""
+    rgb = np.empty((768, 1024, 3), np.uint8)
+    rgb[:] = BACKGROUND
+    for box, _, colour in GEOM_BOXES.values():
+        x1, y1, x2, y2 = box
+        rgb[y1:y2, x1:x2] = colour
+    path = write_tiff(tmp_path_factory.mktemp("geom20x") / "geom20x.tiff", rgb, mpp=0.5)
+    return make_dict(path, 1024, 768, [anno(b, c) for b, c, _ in GEOM_BOXES.values()])
+
+
+def test_patches_of_a_20x_image_are_read_at_the_models_mpp(geometry_image_20x, monkeypatch):
+    from midog_d2.data import read_region_scaled
+
+    m = mapper("RGB", model_mpp=0.25, mpp_tolerance=0.1)
+    assert m.scale(geometry_image_20x["file_name"]) == 2.0
+    monkeypatch.setattr(m, "sample_window", lambda *a, **k: (*WINDOW, "random"))
+    out = m(geometry_image_20x)
+    # 512 model pixels are 256 level-0 pixels: [100, 356)^2 holds only A's centre.
+    assert out["patch_origin"] == WINDOW and out["height"] == out["width"] == S
+    assert out["instances"].gt_classes.tolist() == [0]
+    x1, y1, x2, y2 = (2 * (v - 100) for v in GEOM_BOXES["A"][0])
+    assert out["instances"].gt_boxes.tensor.tolist() == [[x1, y1, x2, y2]]
+    image = out["image"].numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(image, read_region_scaled(geometry_image_20x["file_name"], 100, 100, S, S, 2.0))
+    # A's pixels are where its box says, to the blended boundary pixel.
+    mask = (image == GEOM_BOXES["A"][2]).all(-1)
+    assert mask[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].all()
+    grown = np.zeros_like(mask)
+    grown[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1] = True
+    assert not (mask & ~grown).any()
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_scaled_patches_stay_inside_and_keep_their_boxes(sampling_image, scale):
+    m = mapper("RGB", p_mitotic=0.7, max_center_offset=0.45, model_mpp=0.25 / scale, mpp_tolerance=0.1)
+    assert m.scale(sampling_image["file_name"]) == scale
+    extent = S / scale  # level-0 pixels under a patch
+    np.random.seed(4)
+    for _ in range(25):
+        out = m(sampling_image)
+        x0, y0 = out["patch_origin"]
+        assert 0 <= x0 <= 2048 - extent and 0 <= y0 <= 1536 - extent
+        assert tuple(out["image"].shape) == (3, S, S) and not (out["image"] == 255).all(0).any()
+        inside = [a for a in sampling_image["annotations"]
+                  if x0 <= box_center(a["bbox"])[0] < x0 + extent and y0 <= box_center(a["bbox"])[1] < y0 + extent]
+        boxes = out["instances"].gt_boxes.tensor.numpy()
+        want = np.clip([[(a["bbox"][0] - x0) * scale, (a["bbox"][1] - y0) * scale,
+                         (a["bbox"][2] - x0) * scale, (a["bbox"][3] - y0) * scale] for a in inside], 0, S)
+        np.testing.assert_allclose(boxes, np.asarray(want).reshape(-1, 4), atol=1e-3)
+
+
+def test_mpp_within_tolerance_reads_patches_as_they_are(sampling_image):
+    native, close = mapper("RGB"), mapper("RGB", model_mpp=0.24, mpp_tolerance=0.1)
+    assert close.scale(sampling_image["file_name"]) == 1.0
+    for m in (native, close):
+        np.random.seed(5)
+        m.out = [m(sampling_image) for _ in range(3)]
+    for a, b in zip(native.out, close.out):
+        assert a["patch_origin"] == b["patch_origin"] and torch.equal(a["image"], b["image"])
+
+
+def test_image_without_mpp_uses_the_fallback_or_names_the_file(tmp_path):
+    png = tmp_path / "nompp.png"
+    Image.fromarray(np.full((600, 700, 3), 90, np.uint8)).save(png)
+    d = make_dict(str(png), 700, 600, [anno((300, 300, 350, 350), 0)])
+    m = mapper("RGB", p_mitotic=1.0, model_mpp=0.25, fallback_mpp=0.5)
+    assert m.scale(str(png)) == 2.0
+    out = m(d)
+    assert tuple(out["image"].shape) == (3, S, S) and (out["image"] == 90).all()
+    with pytest.raises(ValueError, match=r"nompp\.png has no resolution metadata"):
+        mapper("RGB", model_mpp=0.25)(d)
+
+
 # --- sampling -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sampling_image(tmp_path_factory):

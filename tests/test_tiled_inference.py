@@ -1,5 +1,6 @@
 """TiledPredictor: tile grid, seam merging, coordinates, aux outputs, and the real model
 under Detectron2's inference_on_dataset."""
+import math
 import uuid
 
 import cv2
@@ -309,8 +310,11 @@ def test_scaled_tile_grid_covers_the_region_in_model_pixels():
     for scale in (2.0, 1.996, 0.5, 0.8):
         tiles = scaled_tile_grid(region, 512, 52, scale)
         covered = np.zeros((900, 1200), bool)
+        # the region in model pixels: 2400 x 1800 at scale 2, 600 x 450 at 0.5, ...
+        mw = math.floor(1300 * scale) - math.ceil(100 * scale)
+        mh = math.floor(950 * scale) - math.ceil(50 * scale)
         for x, y, w, h in tiles:
-            assert (w, h) == (min(512, int((1200) * scale)), min(512, int(900 * scale))) or w <= 512 and h <= 512
+            assert (w, h) == (min(512, mw), min(512, mh))
             # inside the region, and neighbours overlap by about OVERLAP model pixels
             assert region[0] <= x and x + w / scale <= region[2] + 1e-9
             assert region[1] <= y and y + h / scale <= region[3] + 1e-9

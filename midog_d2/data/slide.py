@@ -361,9 +361,10 @@ def read_region_scaled(path: str, x: int, y: int, width: int, height: int, scale
     (x + u / scale, y + v / scale). ``scale == 1`` is :func:`read_region`.
 
     Shrinking reads the best pyramid level (OpenSlide's
-    ``get_best_level_for_downsample``) and area-averages it; a level within half
-    an output pixel of the wanted size over the window is used as is. Enlarging
-    interpolates level 0 bilinearly. Outside the image is white.
+    ``get_best_level_for_downsample``, counting a level within half an output
+    pixel over the window of the wanted scale as that scale) and area-averages
+    it, or takes it as it is when it is that close. Enlarging interpolates level
+    0 bilinearly. Outside the image is white.
     """
     _check_size(path, width, height)
     if scale == 1.0:
@@ -372,7 +373,10 @@ def read_region_scaled(path: str, x: int, y: int, width: int, height: int, scale
     if 0 < scale < 1.0:
         slide = open_slide(path)
         if slide.level_count > 1:
-            level = slide.get_best_level_for_downsample(1.0 / scale)
+            # Scanners' levels are rarely exact (a "2x" level at 2.0005): accept one up to
+            # half a pixel over the window finer than asked, instead of falling back to
+            # the level below, which is 2-4 times larger to read.
+            level = slide.get_best_level_for_downsample(1.0 / scale * (1.0 + 0.5 / max(width, height)))
     if level == 0:
         return resample_region(lambda *r: read_region(path, *r), x, y, width, height, scale)
     # OpenSlide puts the read's first level pixel at level-0 (x, y) exactly.

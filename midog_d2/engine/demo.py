@@ -102,6 +102,11 @@ def draw_overlay(
         cv2.rectangle(canvas, p0, p1, (0, 0, 255), 2)
         cv2.putText(canvas, f"{det['score']:.2f}", (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, (0, 0, 255), 1, cv2.LINE_AA)
+    legend = [("ground truth: mitotic figure", (0, 200, 0)), ("ground truth: hard negative", (255, 120, 0)),
+              (f"detection, score >= {threshold:.2f}", (0, 0, 255))]
+    cv2.rectangle(canvas, (0, 0), (300, 12 + 22 * len(legend)), (255, 255, 255), -1)
+    for i, (text, colour) in enumerate(legend):
+        cv2.putText(canvas, text, (8, 24 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA)
     cv2.imwrite(out_file, canvas)
 
 
@@ -109,7 +114,10 @@ def _summary_rows(name: str, results: Dict[str, dict]) -> List[tuple]:
     rows = []
     for dataset, res in results.items():
         midog, bbox = res.get("midog", {}), res.get("bbox", {})
-        rows.append((name, dataset, bbox.get("AP50", float("nan")), midog.get("F1"), midog.get("threshold"),
+        ap50 = bbox.get("AP50", float("nan"))
+        # COCOEvaluator gives NaN when the model detected nothing at all.
+        ap50 = f"{ap50:.1f}" if np.isfinite(ap50) else "0 (no detections)"
+        rows.append((name, dataset, ap50, midog.get("F1"), midog.get("threshold"),
                      midog.get("best_F1"), midog.get("AP50_points"), midog.get("TP"), midog.get("FP"), midog.get("FN")))
     return rows
 
