@@ -203,8 +203,8 @@ def _add_test_config(cfg: CN) -> None:
     _C.TEST.MIDOG.RADIUS_UM = 7.5
     _C.TEST.MIDOG.SCORE_THRESHOLD = 0.5
     # Metric (as the event storage names it) whose best value keeps
-    # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50";
-    # "" disables the best checkpoint.
+    # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50"
+    # (with several DATASETS.TEST: "<dataset>/midog/F1"); "" disables it.
     _C.TEST.BEST_CHECKPOINT_METRIC = "midog/F1"
     # Whole-image inference in tiles (midog_d2.inference.TiledPredictor).
     _C.TEST.TILE = CN()

@@ -46,6 +46,7 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
         "TEST.TILE.SIZE", "256",
         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
         "DATALOADER.NUM_WORKERS", "0",
+        "TEST.EVAL_PERIOD", "2",
         "OUTPUT_DIR", str(out),
     ]
     _train_net([*config, *opts], tmp_path)
@@ -54,6 +55,8 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert state["iteration"] == 2
     assert any(k.startswith("tumor_head.") for k in state["model"])
+    # Periodic evaluation at iteration 2 fed the best-checkpoint hook (TEST.BEST_CHECKPOINT_METRIC).
+    assert (out / "model_best.pth").is_file()
     metrics_file = out / "inference" / "midog_test" / "midog_metrics.json"
     trained = json.loads(metrics_file.read_text())
     assert trained["num_images"] == 1 and trained["tp"] + trained["fn"] > 0
