@@ -22,6 +22,7 @@ setup(
         "openslide-bin",
         "pycocotools",
         "tifffile",
+        "imagecodecs",
     ],
     extras_require={"test": ["pytest"]},
 )

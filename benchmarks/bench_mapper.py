@@ -3,6 +3,7 @@
 
     python benchmarks/bench_mapper.py [--config-file configs/Base-MultiTask-RetinaNet.yaml]
         [--compression zlib|none] [--mpp 0.25] [--image PATH] [--patches 200] [--runs 5] [--hed]
+        [--openslide]
 
 Reads 512-px patches with the config's augmentation (flips + ColorJitter; ``--hed``
 adds HED stain augmentation) from a 7000 x 5000 px tiled TIFF (256-px tiles,
@@ -29,6 +30,7 @@ from detectron2.structures import BoxMode
 
 from midog_d2 import add_midog_config
 from midog_d2.data import MidogPatchMapper, read_region_scaled
+from midog_d2.data import slide as slide_module
 from midog_d2.data.transforms import RGB_FROM_HED
 
 WIDTH, HEIGHT, TILE = 7000, 5000, 256
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--hed", action="store_true", help="also HED stain augmentation")
+    parser.add_argument("--openslide", action="store_true",
+                        help="read through OpenSlide instead of the direct tile reader (for comparison)")
     args = parser.parse_args()
 
     # One data-loader worker is one single-threaded process.
@@ -84,6 +88,9 @@ def main() -> None:
         make_image(args.image, args.compression, args.mpp)
 
     print(f"{args.image}: {os.path.getsize(args.image) / (WIDTH * HEIGHT * 3):.0%} of the raw pixel bytes")
+    if args.openslide:
+        slide_module._tiled_tiff = lambda path: None  # every read goes through OpenSlide
+    print(f"reader: {'OpenSlide' if slide_module._tiled_tiff(args.image) is None else 'direct tile reader'}")
 
     cfg = get_cfg()
     add_midog_config(cfg)

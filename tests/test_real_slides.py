@@ -144,7 +144,8 @@ def test_shrinking_reads_the_pyramid_level():
 
 @pytest.mark.parametrize("path, scale, level0_window", [(CMU, None, (1000, 1600, 300, 300)),
                                                          (TCGA, 0.5, (1800, 1300, 600, 600)),
-                                                         (TCGA, 0.8, (1800, 1300, 300, 300))])
+                                                         (TCGA, 0.8, (1800, 1300, 300, 300))],
+                         ids=["cmu-enlarged", "tcga-level1", "tcga-level0-shrunk"])
 def test_coordinates_round_trip_through_the_model_frame(path, scale, level0_window):
     """A piece of tissue cut at a known level-0 place is found in the window read at the
     model's scale, and mapped back to within a level-0 pixel of that place."""
@@ -201,7 +202,7 @@ class TemplateDetector(nn.Module):
     (CMU, None, MODEL_MPP, (900, 1400, 1700, 2000), [(1000, 1500), (1143, 1700), (1550, 1850)]),
     # No µm/px (fallback 0.5, as the test mapper gives it) read at 1.0: level 1 of the pyramid.
     (TCGA, 0.5, 1.0, (1500, 1000, 3000, 2200), [(1700, 1200), (2300, 1500), (2000, 1800)]),
-])
+], ids=["cmu-enlarged", "tcga-level1"])
 def test_tiled_predictor_finds_tissue_at_its_level0_place(path, mpp, model_mpp, region, places):
     mpp = mpp or slide_mpp(path)
     scale = resample_scale(mpp, model_mpp, 0.1)
@@ -237,7 +238,7 @@ def test_tiled_predictor_finds_tissue_at_its_level0_place(path, mpp, model_mpp, 
 # --- thumbnails ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [CMU, TCGA])
+@pytest.mark.parametrize("path", [CMU, TCGA], ids=["cmu", "tcga"])
 def test_thumbnail_aspect_and_scale(path):
     w, h = slide_dimensions(path)
     thumb, scale = slide_thumbnail(path, 300)

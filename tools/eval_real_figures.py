@@ -50,8 +50,12 @@ def main():
         if args.limit:
             dicts = dicts[: args.limit]
         sets[split] = build_placed_crops(dicts, tiles, size=args.size, seed=seed)
+        if split == "test":
+            # The shortcut check: windows cut around a random other nucleus instead.
+            sets["control"] = build_placed_crops(dicts, tiles, size=args.size, seed=seed, control=True)
     result = {"eval_tiles": eval_names, "size": args.size, "seed": args.seed,
-              "darkest_blob_rank1": baseline_rank1(sets["test"]), "chance_rank1": chance_rank1(sets["test"])}
+              "darkest_blob_rank1": baseline_rank1(sets["test"]), "chance_rank1": chance_rank1(sets["test"]),
+              "control_set_chance_rank1": chance_rank1(sets["control"])}
     if not args.baseline_only:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         model = MidogTrainer.build_model(cfg)
@@ -62,6 +66,9 @@ def main():
         tile_det = predict_points(model, [t.image for t in tiles], fmt, batch_size=1)
         result.update(weights=cfg.MODEL.WEIGHTS, threshold=thr, val_f1=val_f1,
                       test=evaluate_placed(sets["test"], det["test"], thr),
+                      # rank-1 on the random-nucleus windows: how often the top detection is
+                      # the window's (position-only) nucleus rather than anything else
+                      control_set=evaluate_placed(sets["control"], det["control"], thr),
                       tiles_fp_per_mm2=false_detections_per_mm2(tile_det, [t.image.shape[:2] for t in tiles], thr))
     out = args.output or os.path.join(cfg.OUTPUT_DIR, "placed_crops.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -36,3 +36,12 @@ from .transforms import ColorJitter, ColorJitterTransform, HEDStainTransform, Ra
 from . import synthetic
 # Real mitotic-figure crops (AMi-Br AtNorM-MD) as MIDOG-style files (real_figures.py).
 from .real_figures import convert_real_figures, load_real_figures, scan_real_figures, split_real_figures
+# Real-figure training canvases and the placed-crop evaluation set (canvas.py).
+from .canvas import (
+    CanvasOptions,
+    PlacedCrop,
+    RealFigureCanvasMapper,
+    build_placed_crops,
+    build_real_figure_train_loader,
+    load_context_tiles,
+)

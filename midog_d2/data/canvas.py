@@ -468,23 +468,37 @@ def canvas_augmentations(cfg) -> List[T.Augmentation]:
 
 
 def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextTile], size: int = 256,
-                       seed: int = 0, opts: Optional[CanvasOptions] = None) -> List[PlacedCrop]:
+                       seed: int = 0, opts: Optional[CanvasOptions] = None, control: bool = False) -> List[PlacedCrop]:
     """
     One :class:`PlacedCrop` per crop of ``dicts`` (held-out crops): cut to a random
     asymmetric window around its figure (same rule as training), randomly flipped/rotated,
     feather-blended at a random position of a random ``size`` x ``size`` region of a random
     evaluation ``tiles`` tile Reinhard-matched to the crop. Seeded: same inputs and seed =
     same set.
+
+    ``control=True`` builds the set the shortcut control is scored on: the window is cut
+    around a random other nucleus (:func:`control_points`, seeded by ``seed``) and that
+    nucleus is the ``figure``; the real figure goes to ``extra["real_figure"]`` and crops
+    with no other nucleus are left out. Only position can tell such a nucleus from the
+    others, so a model scoring above chance there has learned position.
     """
     opts = opts or CanvasOptions()
+    if control:
+        pts = control_points(dicts, opts.min_control_distance, seed, margin=opts.margin)
+        keep = [i for i, p in enumerate(pts) if p is not None]
+        dicts, pts = [dicts[i] for i in keep], [pts[i] for i in keep]
     if not tiles:
         raise ValueError("build_placed_crops: no context tiles")
     rng = np.random.default_rng(seed)
     out = []
-    for d in dicts:
+    for i, d in enumerate(dicts):
         rgb = read_crop(d["file_name"])
         content = tuple(d.get("content_box") or (0, 0, rgb.shape[1], rgb.shape[0]))
-        rgb, point, content = _dihedral(rgb, _figure_centre(d), content, int(rng.integers(4)), bool(rng.random() < 0.5))
+        real = _figure_centre(d)
+        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        rgb2, point, content2 = _dihedral(rgb, pts[i] if control else real, content, k, flip)
+        _, real, _ = _dihedral(rgb, real, content, k, flip)
+        rgb, content = rgb2, content2
         win = _positive_window(rng, point, content, opts)
         if win is None:  # a figure too close to the tissue border for the margin: keep it, any window
             win = content
@@ -495,7 +509,8 @@ def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextT
         y = int(rng.integers(0, size - (y1 - y0) + 1))
         _blend(canvas, rgb[y0:y1, x0:x1], x, y, opts.feather)
         out.append(PlacedCrop(canvas, (x + point[0] - x0, y + point[1] - y0), (x, y, x + x1 - x0, y + y1 - y0),
-                              bool(d.get("atypical", False)), d["file_name"], tile))
+                              bool(d.get("atypical", False)), d["file_name"], tile,
+                              {"real_figure": (x + real[0] - x0, y + real[1] - y0)}))
     return out
 
 
