@@ -69,7 +69,9 @@ def main():
                       # rank-1 on the random-nucleus windows: how often the top detection is
                       # the window's (position-only) nucleus rather than anything else
                       control_set=evaluate_placed(sets["control"], det["control"], thr),
-                      tiles_fp_per_mm2=false_detections_per_mm2(tile_det, [t.image.shape[:2] for t in tiles], thr))
+                      tiles_fp_per_mm2=false_detections_per_mm2(tile_det, [t.image.shape[:2] for t in tiles], thr),
+                      tiles_mm2=sum(t.image.shape[0] * t.image.shape[1] for t in tiles) * 0.25e-3 ** 2,
+                      tiles_detections={t.name: int((sc >= thr).sum()) for t, (_, sc) in zip(tiles, tile_det)})
     out = args.output or os.path.join(cfg.OUTPUT_DIR, "placed_crops.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:

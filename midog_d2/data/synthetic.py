@@ -171,9 +171,11 @@ SCANNERS: Dict[str, Scanner] = {
         # Saturated, red-orange eosin, warm background, softer focus, Aperio's JPEG q70.
         Scanner("Aperio CS2", 0.25, (0.50, 0.80, 0.30), (0.02, 0.86, 0.62), (1.15, 1.25),
                 (242, 230, 232), blur=0.35, sharpen=0.0, noise=2.5, jpeg_quality=70),
-        # Pale, blue haematoxylin, grey-pink eosin, strong sharpening and noise.
+        # Pale, blue haematoxylin, grey-pink eosin, out-of-focus with strong sharpening,
+        # noise and heavy JPEG: the blur softens the ragged outline that tells a mitosis
+        # from a dark imposter on the training scanners (all sharper than 0.4 µm).
         Scanner("Leica GT450", 0.26, (0.72, 0.66, 0.20), (0.20, 0.95, 0.24), (0.75, 0.65),
-                (248, 248, 250), blur=0.15, sharpen=0.8, noise=3.5, jpeg_quality=80),
+                (248, 248, 250), blur=0.7, sharpen=0.8, noise=3.5, jpeg_quality=60),
         # Dark, dull, greyish; soft focus.
         Scanner("3D Histech", 0.25, (0.64, 0.70, 0.32), (0.14, 0.92, 0.36), (1.3, 1.05),
                 (232, 232, 234), blur=0.4, sharpen=0.0, noise=2.0, jpeg_quality=85),
