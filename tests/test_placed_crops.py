@@ -1,5 +1,4 @@
 """Placed-crop metrics and baselines (midog_d2.evaluation.placed_crops)."""
-from pathlib import Path
 
 import cv2
 import numpy as np

