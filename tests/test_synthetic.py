@@ -18,7 +18,6 @@ from midog_d2.data.synthetic import (
     generate_dataset,
     load_positions,
     render_image,
-    render_preview,
     write_tiff,
 )
 

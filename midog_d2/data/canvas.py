@@ -35,7 +35,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from .transforms import ColorJitter, RandomHEDStain
+from .transforms import build_color_augmentation
 
 __all__ = [
     "EVAL_TILES",
@@ -45,7 +45,6 @@ __all__ = [
     "RealFigureCanvasMapper",
     "build_placed_crops",
     "build_real_figure_train_loader",
-    "canvas_augmentations",
     "compose_canvas",
     "context_tile_names",
     "read_crop",
@@ -451,18 +450,6 @@ def canvas_options_from_config(cfg) -> CanvasOptions:
                          min_control_distance=c.MIN_CONTROL_DISTANCE, seed=cfg.SEED if cfg.SEED >= 0 else 0)
 
 
-def canvas_augmentations(cfg) -> List[T.Augmentation]:
-    """HED stain and colour jitter of the whole canvas, from ``cfg.INPUT.HED`` / ``COLOR_JITTER``."""
-    fmt = cfg.INPUT.FORMAT
-    augs: List[T.Augmentation] = []
-    if cfg.INPUT.HED.ENABLED:
-        augs.append(RandomHEDStain(cfg.INPUT.HED.SIGMA, cfg.INPUT.HED.BIAS, image_format=fmt))
-    cj = cfg.INPUT.COLOR_JITTER
-    if cj.ENABLED:
-        augs.append(ColorJitter(cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE, image_format=fmt))
-    return augs
-
-
 # ----------------------------------------------------------------------------- evaluation set
 
 
@@ -533,5 +520,5 @@ def build_real_figure_train_loader(cfg):
     train_names, _ = context_tile_names(cfg)
     tiles = load_context_tiles(cfg.DATASETS.REAL_FIGURES.TILE_DIR, train_names)
     mapper = RealFigureCanvasMapper(dataset, tiles, canvas_options_from_config(cfg), cfg.INPUT.FORMAT,
-                                    canvas_augmentations(cfg))
+                                    build_color_augmentation(cfg))
     return build_midog_train_loader(cfg, mapper=mapper, dataset=dataset)

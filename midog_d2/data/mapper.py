@@ -18,7 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Boxes, Instances
 
 from .slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
-from .transforms import ColorJitter, RandomHEDStain
+from .transforms import build_color_augmentation
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
 
@@ -31,16 +31,10 @@ def build_patch_augmentation(cfg) -> List[T.Augmentation]:
     """The training augmentations of a patch, from ``INPUT.*``: optional HED stain
     augmentation, the paper's ColorJitter (both in ``INPUT.FORMAT`` channel
     order), then independent horizontal and vertical flips."""
-    fmt = cfg.INPUT.FORMAT
-    augs: List[T.Augmentation] = []
     # Colour before flips: colour ops are per pixel (contrast uses the global mean),
     # so the order changes nothing, but OpenCV reads flipped views only after a
     # slow copy, while the final CHW copy takes them at no extra cost.
-    if cfg.INPUT.HED.ENABLED:
-        augs.append(RandomHEDStain(cfg.INPUT.HED.SIGMA, cfg.INPUT.HED.BIAS, image_format=fmt))
-    cj = cfg.INPUT.COLOR_JITTER
-    if cj.ENABLED:
-        augs.append(ColorJitter(cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE, image_format=fmt))
+    augs: List[T.Augmentation] = build_color_augmentation(cfg)
     if cfg.INPUT.RANDOM_FLIP_HV:
         # RandomFlip does one direction per instance: two instances, drawn independently.
         augs.append(T.RandomFlip(prob=0.5, horizontal=True, vertical=False))

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from detectron2.structures import BoxMode
 

@@ -10,7 +10,7 @@ All randomness comes from NumPy's global RNG, like Detectron2's own augmentation
 Detectron2 seeds it per data-loader worker, so a fixed seed gives fixed draws.
 """
 import threading
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "HEDStainTransform",
     "RandomHEDStain",
     "RGB_FROM_HED",
+    "build_color_augmentation",
 ]
 
 _FORMATS = ("BGR", "RGB")
@@ -276,3 +277,17 @@ class RandomHEDStain(T.Augmentation):
         alpha = np.random.uniform(1.0 - self.sigma, 1.0 + self.sigma, size=3)
         beta = np.random.uniform(-self.bias, self.bias, size=3)
         return HEDStainTransform(alpha, beta, self.image_format)
+
+
+def build_color_augmentation(cfg) -> List[T.Augmentation]:
+    """Colour augmentations from ``INPUT.*``, in ``INPUT.FORMAT`` channel order: the
+    optional HED stain augmentation, then the paper's ColorJitter."""
+    fmt = cfg.INPUT.FORMAT
+    augs: List[T.Augmentation] = []
+    if cfg.INPUT.HED.ENABLED:
+        augs.append(RandomHEDStain(cfg.INPUT.HED.SIGMA, cfg.INPUT.HED.BIAS, image_format=fmt))
+    cj = cfg.INPUT.COLOR_JITTER
+    if cj.ENABLED:
+        augs.append(ColorJitter(cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE, image_format=fmt))
+    return augs
+
