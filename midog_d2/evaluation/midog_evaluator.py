@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .midog_metrics import (
     DEFAULT_RADIUS_UM,
     ImagePoints,
     evaluate_points,
+    points_in_region,
     roc_auc,
 )
 
@@ -41,13 +42,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MPP = 0.25
-
-
-def _in_region(xy: np.ndarray, region: Optional[Sequence[float]]) -> np.ndarray:
-    if region is None:
-        return np.ones(len(xy), dtype=bool)
-    x0, y0, x1, y1 = region
-    return (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
 
 
 def _all_centres(record: Dict[str, Any]) -> np.ndarray:
@@ -188,12 +182,12 @@ class MidogEvaluator(DatasetEvaluator):
                 centres = _all_centres(gt)
                 for (x0, y0, x1, y1), p in zip(rec["tiles"], rec["foreground_prob"]):
                     fg_scores.append(p)
-                    fg_labels.append(bool(_in_region(centres, (x0, y0, x1, y1)).any()))
+                    fg_labels.append(bool(points_in_region(centres, (x0, y0, x1, y1)).any()))
             gt_xy = gt_points(gt, MITOTIC_CLASS)
-            keep = _in_region(rec["centres"], rec["region"])
+            keep = points_in_region(rec["centres"], rec["region"])
             images.append(
                 ImagePoints(
-                    gt=gt_xy[_in_region(gt_xy, rec["region"])],
+                    gt=gt_xy[points_in_region(gt_xy, rec["region"])],
                     pred=rec["centres"][keep],
                     scores=rec["scores"][keep],
                     mpp=mpp,

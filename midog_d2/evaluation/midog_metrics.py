@@ -30,6 +30,7 @@ __all__ = [
     "SWEEP_THRESHOLDS",
     "greedy_match",
     "count_matches",
+    "points_in_region",
     "precision_recall_f1",
     "sweep_thresholds",
     "ap50_points",
@@ -113,6 +114,15 @@ def _greedy(candidates: Sequence[np.ndarray], alive: np.ndarray) -> np.ndarray:
                 matched[g] = p
                 break
     return matched
+
+
+def points_in_region(xy: np.ndarray, region: Optional[Sequence[float]]) -> np.ndarray:
+    """Mask of the points (N, 2) inside ``region`` (x0, y0, x1, y1), half-open like
+    pixel ranges; None is the whole plane."""
+    if region is None:
+        return np.ones(len(xy), dtype=bool)
+    x0, y0, x1, y1 = region
+    return (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
 
 
 def greedy_match(gt: np.ndarray, pred: np.ndarray, radius: float) -> np.ndarray:

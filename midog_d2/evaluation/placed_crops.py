@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from .midog_metrics import greedy_match, precision_recall_f1
+from .midog_metrics import greedy_match, points_in_region, precision_recall_f1
 
 __all__ = [
     "Detections",
@@ -44,11 +44,6 @@ def darkest_blob(rgb: np.ndarray, sigma: float = 4.0, region: Optional[Sequence[
     return float(x + x0), float(y + y0)
 
 
-def _in_region(points: np.ndarray, region: Sequence[float]) -> np.ndarray:
-    x0, y0, x1, y1 = region
-    return (points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)
-
-
 def _group_name(atypical: bool) -> str:
     return "atypical" if atypical else "normal"
 
@@ -67,7 +62,7 @@ def evaluate_placed(samples: Sequence[Any], detections: Sequence[Detections], th
     for s, (pts, scores) in zip(samples, detections):
         pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        keep = _in_region(pts, s.neighbourhood(margin))
+        keep = points_in_region(pts, s.neighbourhood(margin))
         pts, scores = pts[keep], scores[keep]
         gt = np.asarray([s.figure], dtype=np.float64)
         rank1 = bool(len(scores)) and float(np.hypot(*(pts[int(np.argmax(scores))] - gt[0]))) <= radius
