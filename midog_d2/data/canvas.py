@@ -35,7 +35,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from .transforms import build_color_augmentation
+from .transforms import build_color_augmentation, rgb_to_format
 
 __all__ = [
     "EVAL_TILES",
@@ -427,7 +427,7 @@ class RealFigureCanvasMapper:
         neg = [self._item(j) for j in others[self.opts.crops - 1:]]
         strength = float(rng.uniform(*self.opts.match_strength))
         canvas, points = compose_canvas(rng, pos, neg, self.tiles, self.opts, strength)
-        image = canvas if self.image_format == "RGB" else np.ascontiguousarray(canvas[:, :, ::-1])
+        image = rgb_to_format(canvas, self.image_format)
         image = self.augmentations(T.AugInput(image)).apply_image(image) if len(self.augmentations.augs) else image
         S = self.opts.size
         half = BOX_SIZE / 2

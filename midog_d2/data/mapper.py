@@ -8,7 +8,6 @@ tiles itself.
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 
@@ -18,7 +17,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Boxes, Instances
 
 from .slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
-from .transforms import build_color_augmentation
+from .transforms import build_color_augmentation, rgb_to_format
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
 
@@ -71,11 +70,6 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
 
 def _inside(points: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return (points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)
-
-
-def _to_format(rgb: np.ndarray, image_format: str) -> np.ndarray:
-    # a contiguous copy (not a ::-1 view), which the colour ops read faster
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if image_format == "BGR" else rgb
 
 
 class MidogPatchMapper(DatasetMapper):
@@ -238,7 +232,7 @@ class MidogPatchMapper(DatasetMapper):
         rgb = read_region_scaled(file_name, x0, y0, s, s, scale)
         if rgb.shape != (s, s, 3):
             raise ValueError(f"{file_name}: reading the patch gave shape {rgb.shape}, expected {(s, s, 3)}")
-        image = _to_format(rgb, self.image_format)
+        image = rgb_to_format(rgb, self.image_format)
 
         keep = _inside(_centres(boxes), x0, y0, x0 + s / scale, y0 + s / scale)
         patch_boxes = boxes[keep] - np.array([x0, y0, x0, y0], dtype=np.float32)

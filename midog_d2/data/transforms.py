@@ -25,6 +25,7 @@ __all__ = [
     "RandomHEDStain",
     "RGB_FROM_HED",
     "build_color_augmentation",
+    "rgb_to_format",
 ]
 
 _FORMATS = ("BGR", "RGB")
@@ -37,6 +38,12 @@ def _check_format(image_format: str) -> str:
     if image_format not in _FORMATS:
         raise ValueError(f"image_format must be one of {_FORMATS}, got {image_format!r}")
     return image_format
+
+
+def rgb_to_format(rgb: np.ndarray, image_format: str) -> np.ndarray:
+    """An RGB uint8 image in ``image_format`` ("BGR" or "RGB") channel order; BGR
+    comes back as a contiguous copy (not a ::-1 view), which the colour ops read faster."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if _check_format(image_format) == "BGR" else rgb
 
 
 def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
