@@ -194,6 +194,11 @@ def _add_dataloader_config(cfg: CN) -> None:
     # an epoch at once; the trainer logs epoch = iteration * IMS_PER_BATCH /
     # PATCHES_PER_EPOCH. 0 means one patch per training image.
     _C.DATALOADER.PATCHES_PER_EPOCH = 0
+    # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
+    # crops, midog_d2.data.real_figures) relative to the others: atypical figures are
+    # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other
+    # crops drawn into the same real-figure canvas. 1 = sampled as they come.
+    _C.DATALOADER.ATYPICAL_WEIGHT = 1.0
 
 
 def _add_test_config(cfg: CN) -> None:

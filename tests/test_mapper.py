@@ -374,6 +374,22 @@ def test_sampler_draws_images_by_weight(balance):
         assert abs(types[t] - n * p) <= 3 * np.sqrt(n * p * (1 - p)), (t, types)
 
 
+def test_sample_weight_oversamples_and_bad_weights_are_refused():
+    dicts = [{"file_name": f"{i}.png", "annotations": []} for i in range(10)]
+    dicts[0]["sample_weight"] = 9.0  # one image as likely as the nine others together
+    w = image_weights(dicts)
+    assert w[0].item() == pytest.approx(0.5) and w[1:].sum().item() == pytest.approx(0.5)
+    with_types = [dict(d, tumor_type="a" if i < 5 else "b") for i, d in enumerate(dicts)]
+    wt = image_weights(with_types, balance_tumor_types=True)  # balancing first, then the weight
+    # per image 1/5 in each type, times the weight: 9/5 + 4/5 for type a, 5/5 for b
+    assert wt[0].item() == pytest.approx(9 / 18) and wt[5:].sum().item() == pytest.approx(5 / 18)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="3.png"):
+            image_weights([dict(d, sample_weight=bad) if i == 3 else d for i, d in enumerate(dicts)])
+    with pytest.raises(ValueError, match="sample_weight 0"):
+        image_weights([dict(d, sample_weight=0.0) for d in dicts])
+
+
 def test_sampler_is_seeded_and_sharded_by_rank():
     w = image_weights(tumor_dicts(), True)
     first = lambda s, k=50: [i for _, i in zip(range(k), s)]  # noqa: E731

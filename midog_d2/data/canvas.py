@@ -413,6 +413,11 @@ class RealFigureCanvasMapper:
         if not self._usable.any():
             raise ValueError("RealFigureCanvasMapper: no usable crop")
         self._usable_idx = np.flatnonzero(self._usable)
+        # The other crops of a canvas are drawn like the sampler draws the first one.
+        w = np.array([float(dataset[i].get("sample_weight", 1.0)) for i in self._usable_idx])
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError("RealFigureCanvasMapper: sample_weight must be finite, >= 0 and not all 0")
+        self._usable_p = w / w.sum()
 
     def _item(self, i: int):
         return self._images[i], self._points[i], self._contents[i]
@@ -422,7 +427,8 @@ class RealFigureCanvasMapper:
         i = self._index.get(dataset_dict["file_name"])
         if i is None or not self._usable[i]:
             i = int(rng.choice(self._usable_idx))
-        others = rng.choice(self._usable_idx, size=self.opts.crops - 1 + self.opts.negative_windows)
+        others = rng.choice(self._usable_idx, size=self.opts.crops - 1 + self.opts.negative_windows,
+                            p=self._usable_p)
         pos = [self._item(i)] + [self._item(j) for j in others[: self.opts.crops - 1]]
         neg = [self._item(j) for j in others[self.opts.crops - 1:]]
         strength = float(rng.uniform(*self.opts.match_strength))
@@ -512,11 +518,20 @@ def context_tile_names(cfg) -> Tuple[List[str], List[str]]:
 def build_real_figure_train_loader(cfg):
     """Detectron2's training loader over the real-figure training crops
     (``DATASETS.REAL_FIGURES.TRAIN_JSON``), each mapped to a canvas by
-    :class:`RealFigureCanvasMapper` on the training context tiles."""
+    :class:`RealFigureCanvasMapper` on the training context tiles; atypical crops
+    are drawn ``DATALOADER.ATYPICAL_WEIGHT`` times as often as normal ones."""
     from .real_figures import load_real_figures
     from .sampler import build_midog_train_loader
 
     dataset = load_real_figures(cfg.DATASETS.REAL_FIGURES.TRAIN_JSON)
+    weight = float(cfg.DATALOADER.ATYPICAL_WEIGHT)
+    if not (0 < weight < float("inf")):
+        raise ValueError(f"DATALOADER.ATYPICAL_WEIGHT must be a positive number, got {weight}")
+    for d in dataset:
+        if d.get("atypical"):
+            d["sample_weight"] = weight
+    n_atyp = sum(bool(d.get("atypical")) for d in dataset)
+    logger.info("Real-figure training crops: %d (%d atypical, sampling weight %.3g)", len(dataset), n_atyp, weight)
     train_names, _ = context_tile_names(cfg)
     tiles = load_context_tiles(cfg.DATASETS.REAL_FIGURES.TILE_DIR, train_names)
     mapper = RealFigureCanvasMapper(dataset, tiles, canvas_options_from_config(cfg), cfg.INPUT.FORMAT,

@@ -44,7 +44,9 @@ def image_weights(dataset_dicts: List[Dict[str, Any]], balance_tumor_types: bool
     """
     Sampling weight of each image (sums to 1): uniform, or with
     ``balance_tumor_types`` uniform over tumor types first (images whose
-    ``tumor_type`` is None form one group) and then over the images of a type.
+    ``tumor_type`` is None form one group) and then over the images of a type;
+    then multiplied by each dict's ``sample_weight`` (default 1), which lets a
+    loader oversample a rare kind of image (e.g. atypical figures).
     """
     if not dataset_dicts:
         raise ValueError("image_weights: no training images")
@@ -55,6 +57,14 @@ def image_weights(dataset_dicts: List[Dict[str, Any]], balance_tumor_types: bool
         counts = Counter(types)
         logger.info("Balancing %d tumor types: %s", len(counts), dict(counts))
         w = torch.tensor([1.0 / counts[t] for t in types], dtype=torch.float64)
+    extra = torch.tensor([float(d.get("sample_weight", 1.0)) for d in dataset_dicts], dtype=torch.float64)
+    bad = [d.get("file_name", i) for i, (d, e) in enumerate(zip(dataset_dicts, extra.tolist()))
+           if not (e >= 0 and e < float("inf"))]
+    if bad:
+        raise ValueError(f"image_weights: sample_weight must be finite and >= 0; bad for {bad[:5]}")
+    w = w * extra
+    if w.sum() <= 0:
+        raise ValueError("image_weights: every image has sample_weight 0")
     return w / w.sum()
 
 

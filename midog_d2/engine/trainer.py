@@ -9,6 +9,8 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
 from ..data import MidogTestMapper, build_midog_train_loader, register_from_config
@@ -72,5 +74,8 @@ def setup_cfg(config_file: str, opts: Optional[list] = None, args=None) -> CfgNo
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
+        # default_setup logs detectron2 and fvcore only; the project's own messages
+        # (images left out, sampling weights, fallback µm/px) belong in the same log.
+        setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="midog_d2")
     register_from_config(cfg)
     return cfg
