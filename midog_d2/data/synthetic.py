@@ -25,10 +25,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from .realistic import RealSources
 
 __all__ = [
     "TumorType",
@@ -277,7 +280,7 @@ class Cell:
     x: float
     y: float
     category_id: int  # 1 mitotic figure, 2 not mitotic figure
-    kind: str  # one of MITOSIS_KINDS or IMPOSTER_KINDS
+    kind: str  # one of MITOSIS_KINDS or IMPOSTER_KINDS; for real pixels, the source crop file
 
 
 # --------------------------------------------------------------------------- noise
@@ -860,6 +863,7 @@ def generate_dataset(
     positions_from: Optional[Path] = None,
     json_name: str = "synthetic_midog.json",
     csv_name: str = "synthetic_midog.csv",
+    real_sources: Optional["RealSources"] = None,
 ) -> Dict[str, object]:
     """
     Render every image of ``spec`` into ``out_dir`` with its annotations.
@@ -873,6 +877,10 @@ def generate_dataset(
         positions_from: a MIDOG++ JSON; cells are placed at its real annotation
             positions (the densest window of an annotated image of the same tumor
             type, assumed at 0.25 µm/px) instead of at random.
+        real_sources: build every image from real tissue and real mitotic figures
+            (:mod:`midog_d2.data.realistic`) instead of drawing it; the domains'
+            scanners still render the stains. Annotations then name their
+            ``source_crop``.
 
     Returns:
         ``{"json_file", "csv_file", "image_root", "images": [{id, file_name, tumor, scanner,
@@ -880,7 +888,11 @@ def generate_dataset(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if real_sources is not None and positions_from is not None:
+        raise ValueError("generate_dataset: positions_from places drawn cells; it cannot be used with real_sources")
     positions = load_positions(positions_from) if positions_from is not None else None
+    # Tumor types met in training, in a fixed order: each gets its own share of real tissue.
+    train_tumors = list(dict.fromkeys(d.tumor for d in spec.domains if d.split == "train"))
     w, h = spec.image_size
     images, annotations, records = [], [], []
     slide = 0
@@ -903,7 +915,14 @@ def generate_dataset(
                 pos = _crop_positions(rng, pool[int(rng.integers(len(pool)))], (w, h), mpp)
             n_mit = int(rng.poisson(spec.mitoses_per_mm2 * tumor.mitosis_factor * area_mm2))
             n_imp = int(rng.poisson(spec.imposters_per_mm2 * tumor.imposter_factor * area_mm2))
-            rgb, cells = render_image(tumor, scanner, (w, h), mpp, rng, n_mit, n_imp, pos)
+            if real_sources is None:
+                rgb, cells = render_image(tumor, scanner, (w, h), mpp, rng, n_mit, n_imp, pos)
+            else:
+                from .realistic import render_realistic_image  # it builds on this module
+
+                rgb, cells = render_realistic_image(
+                    scanner, (w, h), mpp, rng, real_sources, real_sources.tissue_for(domain.tumor, train_tumors),
+                    n_mit, n_imp, heldout=domain.split == "test")
             file_name = f"{slide:03d}.tiff"
             write_tiff(out_dir / file_name, rgb, mpp, spec.compression)
             images.append({"license": 1, "file_name": file_name, "id": slide, "width": w, "height": h,
@@ -916,8 +935,11 @@ def generate_dataset(
                 other = 3 - c.category_id
                 votes = [c.category_id, c.category_id] + ([other] if rng.random() < 0.15 else
                                                           [c.category_id] * int(rng.random() < 0.5))
-                annotations.append({"bbox": [x1, y1, x1 + BOX_SIZE, y1 + BOX_SIZE], "category_id": c.category_id,
-                                    "image_id": slide, "labels": votes, "id": ann_id})
+                ann = {"bbox": [x1, y1, x1 + BOX_SIZE, y1 + BOX_SIZE], "category_id": c.category_id,
+                       "image_id": slide, "labels": votes, "id": ann_id}
+                if real_sources is not None:
+                    ann["source_crop"] = c.kind
+                annotations.append(ann)
             records.append({"id": slide, "file_name": file_name, "tumor": domain.tumor,
                             "scanner": domain.scanner, "split": domain.split, "mpp": mpp, "cells": cells})
     data = {
@@ -926,6 +948,15 @@ def generate_dataset(
             "seed": seed,
             "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
             "positions_from": Path(positions_from).name if positions_from is not None else None,
+            "real_appearance": None if real_sources is None else {
+                "train_tiles": [t.name for t in real_sources.train_tiles],
+                "heldout_tiles": [t.name for t in real_sources.heldout_tiles],
+                "tissue": {d.tumor: [t.name for t in real_sources.tissue_for(d.tumor, train_tumors)]
+                           for d in spec.domains},
+                "train_crops_used": len(real_sources.train_figures.used),
+                "heldout_crops_used": len(real_sources.heldout_figures.used),
+                "reshuffles": real_sources.train_figures.reshuffles + real_sources.heldout_figures.reshuffles,
+            },
         },
         "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
         "images": images,

