@@ -191,6 +191,17 @@ def test_placed_crops_are_seeded_and_hide_the_figure_in_a_window(crops):
     c = build_placed_crops(crops, _tile(), size=200, seed=5, control=True)
     for p in c:
         assert np.hypot(p.figure[0] - p.extra["real_figure"][0], p.figure[1] - p.extra["real_figure"][1]) >= 40
+    # whole crops: the window is the crop's whole tissue, the target still the control nucleus
+    w = build_placed_crops(crops, _tile(), size=200, seed=5, control=True, whole_crop=True)
+    assert len(w) == len(c)
+    for p in w:
+        x0, y0, x1, y1 = p.window
+        assert (x1 - x0, y1 - y0) == (128, 128)
+        fx, fy = p.figure
+        assert min(fx - x0, fy - y0, x1 - fx, y1 - fy) >= 16  # control_points' margin
+        assert 80 < _grey(p.image)[int(fy), int(fx)] < 200  # a mid-grey nucleus, not the figure
+        rx, ry = p.extra["real_figure"]
+        assert _grey(p.image)[int(ry), int(rx)] < 80 and (rx - x0, ry - y0) == (64, 64)
 
 
 def test_errors_name_the_problem(tmp_path, crops):

@@ -53,9 +53,13 @@ def main():
         if split == "test":
             # The shortcut check: windows cut around a random other nucleus instead.
             sets["control"] = build_placed_crops(dicts, tiles, size=args.size, seed=seed, control=True)
+            # The same random nuclei in their whole crops: no window says where they are.
+            sets["control_whole"] = build_placed_crops(dicts, tiles, size=args.size, seed=seed, control=True,
+                                                       whole_crop=True)
     result = {"eval_tiles": eval_names, "size": args.size, "seed": args.seed,
               "darkest_blob_rank1": baseline_rank1(sets["test"]), "chance_rank1": chance_rank1(sets["test"]),
-              "control_set_chance_rank1": chance_rank1(sets["control"])}
+              "control_set_chance_rank1": chance_rank1(sets["control"]),
+              "control_whole_set_chance_rank1": chance_rank1(sets["control_whole"])}
     if not args.baseline_only:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         model = MidogTrainer.build_model(cfg)
@@ -69,6 +73,7 @@ def main():
                       # rank-1 on the random-nucleus windows: how often the top detection is
                       # the window's (position-only) nucleus rather than anything else
                       control_set=evaluate_placed(sets["control"], det["control"], thr),
+                      control_whole_set=evaluate_placed(sets["control_whole"], det["control_whole"], thr),
                       tiles_fp_per_mm2=false_detections_per_mm2(tile_det, [t.image.shape[:2] for t in tiles], thr),
                       tiles_mm2=sum(t.image.shape[0] * t.image.shape[1] for t in tiles) * 0.25e-3 ** 2,
                       tiles_detections={t.name: int((sc >= thr).sum()) for t, (_, sc) in zip(tiles, tile_det)})

@@ -460,7 +460,8 @@ def canvas_options_from_config(cfg) -> CanvasOptions:
 
 
 def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextTile], size: int = 256,
-                       seed: int = 0, opts: Optional[CanvasOptions] = None, control: bool = False) -> List[PlacedCrop]:
+                       seed: int = 0, opts: Optional[CanvasOptions] = None, control: bool = False,
+                       whole_crop: bool = False) -> List[PlacedCrop]:
     """
     One :class:`PlacedCrop` per crop of ``dicts`` (held-out crops): cut to a random
     asymmetric window around its figure (same rule as training), randomly flipped/rotated,
@@ -473,6 +474,11 @@ def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextT
     nucleus is the ``figure``; the real figure goes to ``extra["real_figure"]`` and crops
     with no other nucleus are left out. Only position can tell such a nucleus from the
     others, so a model scoring above chance there has learned position.
+
+    ``whole_crop=True`` pastes each crop's whole tissue (``content_box``) instead of a
+    window cut around the target: with ``control=True`` the random nucleus then sits
+    wherever it happens to be in its crop, so a model that found it on the windowed set
+    by its place in the window loses that help here.
     """
     opts = opts or CanvasOptions()
     if control:
@@ -491,9 +497,9 @@ def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextT
         rgb2, point, content2 = _dihedral(rgb, pts[i] if control else real, content, k, flip)
         _, real, _ = _dihedral(rgb, real, content, k, flip)
         rgb, content = rgb2, content2
-        win = _positive_window(rng, point, content, opts)
-        if win is None:  # a figure too close to the tissue border for the margin: keep it, any window
-            win = content
+        win = None if whole_crop else _positive_window(rng, point, content, opts)
+        if win is None:  # whole crops, or a figure too close to the tissue border for the margin
+            win = tuple(int(v) for v in content)
         x0, y0, x1, y1 = win
         canvas, tile = _context(rng, tiles, size)
         canvas = np.ascontiguousarray(reinhard_match(canvas, *_lab_stats([rgb[y0:y1, x0:x1]]), 1.0))
