@@ -182,6 +182,11 @@ def _add_input_config(cfg: CN) -> None:
     # crop, seeded by SEED) at least MIN_CONTROL_DISTANCE px from the figure.
     _C.INPUT.CANVAS.CONTROL = False
     _C.INPUT.CANVAS.MIN_CONTROL_DISTANCE = 40.0
+    # Fraction of the figure-free windows cut around a random unlabelled nucleus (at least
+    # MIN_CONTROL_DISTANCE px from the labelled cell, whose box they leave out) by the same
+    # asymmetric rule as figure windows, so that "a cell well inside a window" is no cue
+    # (docs/real_figures.md, "What was tried"). 0 = all from side strips.
+    _C.INPUT.CANVAS.DECOY_FRACTION = 0.0
 
 
 def _add_dataloader_config(cfg: CN) -> None:

@@ -37,11 +37,11 @@ FIGURE = (64, 64)
 NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104), (64, 16)]
 
 
-def _write_crop(path: Path, rng: np.random.Generator) -> None:
+def _write_crop(path: Path, rng: np.random.Generator, nucleus=(120, 80, 140)) -> None:
     """A 128 px pink crop: a near-black 'figure' disc at FIGURE, mid-grey nuclei elsewhere."""
     img = np.full((128, 128, 3), (200, 150, 200), np.uint8) + rng.integers(0, 12, (128, 128, 3)).astype(np.uint8)
     for x, y in NUCLEI:
-        cv2.circle(img, (x, y), 7, (120, 80, 140), -1)
+        cv2.circle(img, (x, y), 7, nucleus, -1)
     cv2.circle(img, FIGURE, 9, (20, 10, 40), -1)
     cv2.imwrite(str(path), img[:, :, ::-1])
 
@@ -148,6 +148,33 @@ def test_real_figure_loader_sets_the_atypical_weight(tmp_path, crops, monkeypatc
     with pytest.raises(ValueError, match="ATYPICAL_WEIGHT"):
         canvas_mod.build_real_figure_train_loader(cfg)
 
+
+def test_decoy_windows_are_cut_around_unlabelled_nuclei_and_keep_the_figure_out(tmp_path):
+    # pale nuclei, so that anything dark on a canvas is a piece of a figure disc
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(6):
+        _write_crop(tmp_path / f"{i}.png", rng, nucleus=(170, 130, 180))
+        crops.append(_dict(tmp_path / f"{i}.png"))
+    np.random.seed(0)
+    opts = CanvasOptions(size=256, crops=2, negative_windows=8, decoy_fraction=1.0)
+    mapper = RealFigureCanvasMapper(crops, _tile(), opts, image_format="RGB")
+    for i in range(6):
+        out = mapper(crops[i])
+        grey = _grey(out["image"].numpy().transpose(1, 2, 0))
+        centres = out["instances"].gt_boxes.get_centers().numpy()
+        assert len(centres) >= 1 and all(grey[int(y), int(x)] < 80 for x, y in centres)
+        # the only dark blobs are the labelled figures: no decoy window brought a piece of one in
+        n, _ = cv2.connectedComponents((grey < 80).astype(np.uint8))
+        assert n - 1 == len(centres)
+    # every crop's decoys are nuclei of the fixture, at least MIN_CONTROL_DISTANCE from its figure
+    assert len(mapper._decoys) > 0
+    for cand in mapper._decoys.values():
+        assert len(cand) and all(np.hypot(x - FIGURE[0], y - FIGURE[1]) >= opts.min_control_distance for x, y in cand)
+        assert all(min(np.hypot(x - a, y - b) for a, b in NUCLEI) <= 3 for x, y in cand)
+
+
+def test_control_moves_the_box_to_another_nucleus(crops):
     np.random.seed(0)
     pts = control_points(crops, min_distance=40, seed=3)
     for p in pts:

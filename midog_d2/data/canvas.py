@@ -90,6 +90,7 @@ class CanvasOptions:
     negative_clearance: int = 36  # least distance from the figure centre to a negative window
     match_strength: Tuple[float, float] = (0.6, 1.0)  # Reinhard strength range (training)
     control: bool = False  # box moved to a random other nucleus (shortcut control)
+    decoy_fraction: float = 0.0  # negative windows cut around an unlabelled nucleus, by the positive rule
     min_control_distance: float = 40.0
     seed: int = 0  # seeds the control points (fixed per crop)
 
@@ -354,9 +355,24 @@ def compose_canvas(rng: np.random.Generator, crops: Sequence[Tuple[np.ndarray, T
     points = []
     # Positives first so that they are never crowded out; negatives fill the gaps.
     jobs = [(c, True) for c in crops] + [(n, False) for n in negatives]
-    for (rgb, point, content), positive in jobs:
-        rgb, point, content = _dihedral(rgb, point, content, int(rng.integers(4)), bool(rng.random() < 0.5))
-        win = (_positive_window if positive else _negative_window)(rng, point, content, opts)
+    for job, positive in jobs:
+        rgb, point, content = job[:3]
+        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        decoy = None
+        if not positive and opts.decoy_fraction > 0 and len(job) > 3 and len(job[3]):
+            if rng.random() < opts.decoy_fraction:
+                _, decoy, _ = _dihedral(rgb, tuple(job[3][rng.integers(len(job[3]))]), content, k, flip)
+        rgb, point, content = _dihedral(rgb, point, content, k, flip)
+        if decoy is not None:
+            # A window cut around an unlabelled nucleus exactly as around a labelled one, so
+            # "a cell well inside a pasted window" says nothing; it must leave out the
+            # labelled cell's whole box.
+            win = _positive_window(rng, decoy, content, opts)
+            h = BOX_SIZE / 2
+            if win is None or (win[0] - h < point[0] < win[2] + h and win[1] - h < point[1] < win[3] + h):
+                win = _negative_window(rng, point, content, opts)
+        else:
+            win = (_positive_window if positive else _negative_window)(rng, point, content, opts)
         if win is None:
             continue
         x0, y0, x1, y1 = win
@@ -413,6 +429,7 @@ class RealFigureCanvasMapper:
         if not self._usable.any():
             raise ValueError("RealFigureCanvasMapper: no usable crop")
         self._usable_idx = np.flatnonzero(self._usable)
+        self._decoys: Dict[int, np.ndarray] = {}
         # The other crops of a canvas are drawn like the sampler draws the first one.
         w = np.array([float(dataset[i].get("sample_weight", 1.0)) for i in self._usable_idx])
         if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
@@ -422,6 +439,18 @@ class RealFigureCanvasMapper:
     def _item(self, i: int):
         return self._images[i], self._points[i], self._contents[i]
 
+    def _negative_item(self, i: int):
+        """:meth:`_item` plus the crop's unlabelled nuclei (for decoy windows), cached."""
+        if self.opts.decoy_fraction <= 0:
+            return self._item(i)
+        if i not in self._decoys:
+            x0, y0, x1, y1 = self._contents[i]
+            m = self.opts.margin
+            cand = nucleus_candidates(self._images[i], box=(x0 + m, y0 + m, x1 - m, y1 - m))
+            px, py = self._points[i]
+            self._decoys[i] = cand[np.hypot(cand[:, 0] - px, cand[:, 1] - py) >= self.opts.min_control_distance]
+        return (*self._item(i), self._decoys[i])
+
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         rng = np.random.default_rng(np.random.randint(2 ** 31))
         i = self._index.get(dataset_dict["file_name"])
@@ -430,7 +459,7 @@ class RealFigureCanvasMapper:
         others = rng.choice(self._usable_idx, size=self.opts.crops - 1 + self.opts.negative_windows,
                             p=self._usable_p)
         pos = [self._item(i)] + [self._item(j) for j in others[: self.opts.crops - 1]]
-        neg = [self._item(j) for j in others[self.opts.crops - 1:]]
+        neg = [self._negative_item(j) for j in others[self.opts.crops - 1:]]
         strength = float(rng.uniform(*self.opts.match_strength))
         canvas, points = compose_canvas(rng, pos, neg, self.tiles, self.opts, strength)
         image = rgb_to_format(canvas, self.image_format)
@@ -453,7 +482,7 @@ def canvas_options_from_config(cfg) -> CanvasOptions:
     return CanvasOptions(size=c.SIZE, crops=c.CROPS, negative_windows=c.NEGATIVE_WINDOWS, min_window=c.MIN_WINDOW,
                          margin=c.MARGIN, feather=c.FEATHER, negative_clearance=c.NEGATIVE_CLEARANCE,
                          match_strength=tuple(c.MATCH_STRENGTH), control=c.CONTROL,
-                         min_control_distance=c.MIN_CONTROL_DISTANCE, seed=cfg.SEED if cfg.SEED >= 0 else 0)
+                         min_control_distance=c.MIN_CONTROL_DISTANCE, decoy_fraction=c.DECOY_FRACTION, seed=cfg.SEED if cfg.SEED >= 0 else 0)
 
 
 # ----------------------------------------------------------------------------- evaluation set
