@@ -346,6 +346,8 @@ def compose_canvas(rng: np.random.Generator, crops: Sequence[Tuple[np.ndarray, T
     ``crops``/``negatives``: (RGB crop, labelled point, content box). Each positive crop
     gives an asymmetric window around its point, each negative one a window clear of it,
     after a random dihedral transform; both are feather-blended at random free places.
+    A negative may carry a 4th item, (N, 2) unlabelled nuclei: with
+    ``opts.decoy_fraction`` its window is then cut around one of them by the positive rule.
     """
     S = opts.size
     canvas, _ = _context(rng, tiles, S)
