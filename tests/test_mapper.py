@@ -62,15 +62,20 @@ GEOM_BOXES = {  # name: (box, category, colour)
 WINDOW = (100, 100)
 
 
-@pytest.fixture(scope="module")
-def geometry_image(tmp_path_factory):
+def _geometry_dict(folder, name: str, **tiff_kwargs):
+    """A 1024 x 768 image of the GEOM_BOXES coloured boxes on BACKGROUND, and its dict."""
     rgb = np.empty((768, 1024, 3), np.uint8)
     rgb[:] = BACKGROUND
     for box, _, colour in GEOM_BOXES.values():
         x1, y1, x2, y2 = box
         rgb[y1:y2, x1:x2] = colour
-    path = write_tiff(tmp_path_factory.mktemp("geom") / "geom.tiff", rgb)
+    path = write_tiff(folder / name, rgb, **tiff_kwargs)
     return make_dict(path, 1024, 768, [anno(b, c) for b, c, _ in GEOM_BOXES.values()])
+
+
+@pytest.fixture(scope="module")
+def geometry_image(tmp_path_factory):
+    return _geometry_dict(tmp_path_factory.mktemp("geom"), "geom.tiff")
 
 
 def expected_box(box, flips):
@@ -144,13 +149,7 @@ def test_output_is_in_input_format(geometry_image, fmt):
 @pytest.fixture(scope="module")
 def geometry_image_20x(tmp_path_factory):
     """The geometry image as a 0.5 µm/px (20x) scan: patches are read enlarged 2x."""
-    rgb = np.empty((768, 1024, 3), np.uint8)
-    rgb[:] = BACKGROUND
-    for box, _, colour in GEOM_BOXES.values():
-        x1, y1, x2, y2 = box
-        rgb[y1:y2, x1:x2] = colour
-    path = write_tiff(tmp_path_factory.mktemp("geom20x") / "geom20x.tiff", rgb, mpp=0.5)
-    return make_dict(path, 1024, 768, [anno(b, c) for b, c, _ in GEOM_BOXES.values()])
+    return _geometry_dict(tmp_path_factory.mktemp("geom20x"), "geom20x.tiff", mpp=0.5)
 
 
 def test_patches_of_a_20x_image_are_read_at_the_models_mpp(geometry_image_20x, monkeypatch):

@@ -80,7 +80,7 @@ def test_stain_unmixing_inverts_beer_lambert():
 def test_composition_puts_figures_at_their_cells_and_seams_everywhere(crops):
     rng = np.random.default_rng(3)
     pool = CropPool(crops, "test")
-    rgb, cells, windows = compose_real_tissue(rng, [_textured_tile()], pool, pool, (700, 700), 4, 4,
+    rgb, cells, windows = compose_real_tissue(rng, [_textured_tile()], pool, (700, 700), 4, 4,
                                               CanvasOptions(), min_distance=44.0, margin=25)
     assert rgb.shape == (700, 700, 3) and rgb.dtype == np.uint8
     figures = [c for c in cells if c[2] == 1]

@@ -35,6 +35,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from .sampler import image_weights
 from .transforms import build_color_augmentation, rgb_to_format
 
 __all__ = [
@@ -53,8 +54,10 @@ __all__ = [
     "feather_mask",
     "load_context_tiles",
     "nucleus_candidates",
+    "other_nuclei",
     "reinhard_match",
     "split_tiles",
+    "tile_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,12 +143,18 @@ def _tile_scale(name: str) -> float:
     return _LEVEL_SCALE.get(int(m.group(1)), 2.0) if m else 1.0
 
 
-def load_context_tiles(tile_dir: str, names: Optional[Sequence[str]] = None) -> List[ContextTile]:
-    """The PNG tiles of ``tile_dir`` (or only ``names``), RGB, enlarged by their level's factor."""
+def tile_names(tile_dir: str) -> List[str]:
+    """The sorted names of the PNG tiles in ``tile_dir`` (clear error if it is missing)."""
     if not os.path.isdir(tile_dir):
         raise FileNotFoundError(f"context tile folder not found: {tile_dir}")
+    return sorted(n for n in os.listdir(tile_dir) if n.lower().endswith(".png"))
+
+
+def load_context_tiles(tile_dir: str, names: Optional[Sequence[str]] = None) -> List[ContextTile]:
+    """The PNG tiles of ``tile_dir`` (or only ``names``), RGB, enlarged by their level's factor."""
+    available = tile_names(tile_dir)  # also the clear error for a missing folder
     if names is None:
-        names = sorted(n for n in os.listdir(tile_dir) if n.lower().endswith(".png"))
+        names = available
     tiles = []
     for name in names:
         path = os.path.join(tile_dir, name)
@@ -184,6 +193,15 @@ def nucleus_candidates(rgb: np.ndarray, sigma: float = 4.0, quantile: float = 0.
     return np.stack([xs + x0, ys + y0], axis=1).astype(np.float64)
 
 
+def other_nuclei(rgb: np.ndarray, point: Sequence[float], content: Sequence[int], margin: int,
+                 min_distance: float) -> np.ndarray:
+    """(N, 2) nucleus candidates of a crop at least ``margin`` px inside its ``content``
+    box and ``min_distance`` px from its labelled ``point``."""
+    x0, y0, x1, y1 = content
+    cand = nucleus_candidates(rgb, box=(x0 + margin, y0 + margin, x1 - margin, y1 - margin))
+    return cand[np.hypot(cand[:, 0] - point[0], cand[:, 1] - point[1]) >= min_distance]
+
+
 def control_points(dicts: Sequence[Dict[str, Any]], min_distance: float = 40.0, seed: int = 0,
                    images: Optional[Sequence[np.ndarray]] = None, margin: int = 16) -> List[Optional[Tuple[float, float]]]:
     """For each crop, one random other nucleus at least ``min_distance`` px from its figure
@@ -192,10 +210,8 @@ def control_points(dicts: Sequence[Dict[str, Any]], min_distance: float = 40.0, 
     out = []
     for i, d in enumerate(dicts):
         rgb = images[i] if images is not None else read_crop(d["file_name"])
-        cx, cy = _figure_centre(d)
-        x0, y0, x1, y1 = d.get("content_box") or (0, 0, rgb.shape[1], rgb.shape[0])
-        cand = nucleus_candidates(rgb, box=(x0 + margin, y0 + margin, x1 - margin, y1 - margin))
-        cand = cand[np.hypot(cand[:, 0] - cx, cand[:, 1] - cy) >= min_distance]
+        content = d.get("content_box") or (0, 0, rgb.shape[1], rgb.shape[0])
+        cand = other_nuclei(rgb, _figure_centre(d), content, margin, min_distance)
         out.append(tuple(cand[rng.integers(len(cand))]) if len(cand) else None)
     return out
 
@@ -433,10 +449,7 @@ class RealFigureCanvasMapper:
         self._usable_idx = np.flatnonzero(self._usable)
         self._decoys: Dict[int, np.ndarray] = {}
         # The other crops of a canvas are drawn like the sampler draws the first one.
-        w = np.array([float(dataset[i].get("sample_weight", 1.0)) for i in self._usable_idx])
-        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
-            raise ValueError("RealFigureCanvasMapper: sample_weight must be finite, >= 0 and not all 0")
-        self._usable_p = w / w.sum()
+        self._usable_p = image_weights([dataset[i] for i in self._usable_idx]).numpy()
 
     def _item(self, i: int):
         return self._images[i], self._points[i], self._contents[i]
@@ -446,11 +459,8 @@ class RealFigureCanvasMapper:
         if self.opts.decoy_fraction <= 0:
             return self._item(i)
         if i not in self._decoys:
-            x0, y0, x1, y1 = self._contents[i]
-            m = self.opts.margin
-            cand = nucleus_candidates(self._images[i], box=(x0 + m, y0 + m, x1 - m, y1 - m))
-            px, py = self._points[i]
-            self._decoys[i] = cand[np.hypot(cand[:, 0] - px, cand[:, 1] - py) >= self.opts.min_control_distance]
+            self._decoys[i] = other_nuclei(self._images[i], self._points[i], self._contents[i], self.opts.margin,
+                                           self.opts.min_control_distance)
         return (*self._item(i), self._decoys[i])
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
@@ -548,8 +558,7 @@ def context_tile_names(cfg) -> Tuple[List[str], List[str]]:
     rf = cfg.DATASETS.REAL_FIGURES
     if not os.path.isdir(rf.TILE_DIR):
         raise FileNotFoundError(f"DATASETS.REAL_FIGURES.TILE_DIR not found: {rf.TILE_DIR}")
-    names = sorted(n for n in os.listdir(rf.TILE_DIR) if n.lower().endswith(".png"))
-    return split_tiles(names, tuple(rf.EVAL_TILES) or EVAL_TILES)
+    return split_tiles(tile_names(rf.TILE_DIR), tuple(rf.EVAL_TILES) or EVAL_TILES)
 
 
 def build_real_figure_train_loader(cfg):

