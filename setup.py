@@ -4,6 +4,7 @@
 Detectron2 is not listed in ``install_requires``: it is not on PyPI under its own
 name. Install it first (see README.md), then ``pip install -e .``.
 """
+
 from setuptools import find_packages, setup
 
 setup(

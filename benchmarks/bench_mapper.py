@@ -14,6 +14,7 @@ the CPU time per patch (less sensitive to other load on the machine), and the
 medians of the stages (region read, augmentation) for profiling.
 Target: >= 100 patches/s.
 """
+
 import argparse
 import os
 import statistics
@@ -46,33 +47,62 @@ def make_image(path: str, compression: str, mpp: float) -> None:
     rgb = 256 * np.exp(-od) - 1 + rng.normal(0, 4, size=(HEIGHT, WIDTH, 1)).astype(np.float32)
     rgb = np.clip(rgb, 0, 255).astype(np.uint8)
     res = 1e4 / mpp
-    tifffile.imwrite(path, rgb, tile=(TILE, TILE), photometric="rgb",
-                     compression=None if compression == "none" else compression,
-                     resolution=(res, res), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        rgb,
+        tile=(TILE, TILE),
+        photometric="rgb",
+        compression=None if compression == "none" else compression,
+        resolution=(res, res),
+        resolutionunit="CENTIMETER",
+    )
 
 
 def make_dict(path: str):
     rng = np.random.default_rng(1)
     annotations = []
     for i, (x, y) in enumerate(rng.uniform([25, 25], [WIDTH - 25, HEIGHT - 25], size=(80, 2))):
-        annotations.append({"bbox": [x - 25, y - 25, x + 25, y + 25], "bbox_mode": BoxMode.XYXY_ABS,
-                            "category_id": i % 2})
-    return {"file_name": path, "image_id": 1, "width": WIDTH, "height": HEIGHT,
-            "tumor_type": "human breast cancer", "tumor_label": 0, "labelled": True, "annotations": annotations}
+        annotations.append(
+            {
+                "bbox": [x - 25, y - 25, x + 25, y + 25],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": i % 2,
+            }
+        )
+    return {
+        "file_name": path,
+        "image_id": 1,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "tumor_type": "human breast cancer",
+        "tumor_label": 0,
+        "labelled": True,
+        "annotations": annotations,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="configs/Base-MultiTask-RetinaNet.yaml")
-    parser.add_argument("--image", default="",
-                        help="the test image (default: $TMPDIR/midog_bench_7000x5000_<compression>.tiff)")
-    parser.add_argument("--compression", default="zlib", choices=["zlib", "none"], help="zlib = deflate")
+    parser.add_argument(
+        "--image",
+        default="",
+        help="the test image (default: $TMPDIR/midog_bench_7000x5000_<compression>.tiff)",
+    )
+    parser.add_argument(
+        "--compression", default="zlib", choices=["zlib", "none"], help="zlib = deflate"
+    )
     parser.add_argument("--mpp", type=float, default=0.25, help="µm/px of the test image")
     parser.add_argument("--patches", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--hed", action="store_true", help="also HED stain augmentation")
-    parser.add_argument("--openslide", action="store_true",
-                        help="read through OpenSlide instead of the direct tile reader (for comparison)")
+    parser.add_argument(
+        "--openslide",
+        action="store_true",
+        help="read through OpenSlide instead of the direct tile reader (for comparison)",
+    )
     args = parser.parse_args()
 
     # One data-loader worker is one single-threaded process.
@@ -81,16 +111,25 @@ def main() -> None:
 
     args.image = args.image or os.path.join(
         os.environ.get("TMPDIR", "/tmp"),
-        f"midog_bench_{WIDTH}x{HEIGHT}_{args.compression}" + ("" if args.mpp == 0.25 else f"_{args.mpp}mpp") + ".tiff",
+        f"midog_bench_{WIDTH}x{HEIGHT}_{args.compression}"
+        + ("" if args.mpp == 0.25 else f"_{args.mpp}mpp")
+        + ".tiff",
     )
     if not os.path.isfile(args.image):
-        print(f"writing {args.image} ({WIDTH} x {HEIGHT}, {TILE}-px tiles, {args.compression}) ...", flush=True)
+        print(
+            f"writing {args.image} ({WIDTH} x {HEIGHT}, {TILE}-px tiles, {args.compression}) ...",
+            flush=True,
+        )
         make_image(args.image, args.compression, args.mpp)
 
-    print(f"{args.image}: {os.path.getsize(args.image) / (WIDTH * HEIGHT * 3):.0%} of the raw pixel bytes")
+    print(
+        f"{args.image}: {os.path.getsize(args.image) / (WIDTH * HEIGHT * 3):.0%} of the raw pixel bytes"
+    )
     if args.openslide:
         slide_module._tiled_tiff = lambda path: None  # every read goes through OpenSlide
-    print(f"reader: {'OpenSlide' if slide_module._tiled_tiff(args.image) is None else 'direct tile reader'}")
+    print(
+        f"reader: {'OpenSlide' if slide_module._tiled_tiff(args.image) is None else 'direct tile reader'}"
+    )
 
     cfg = get_cfg()
     add_midog_config(cfg)
@@ -101,8 +140,10 @@ def main() -> None:
     d = make_dict(args.image)
     s = cfg.INPUT.PATCH.SIZE
     scale = mapper.scale(args.image)
-    print(f"augmentations: {mapper.augmentations}; patches read at scale {scale:g} (INPUT.MODEL_MPP "
-          f"{cfg.INPUT.MODEL_MPP}, image {args.mpp} µm/px)")
+    print(
+        f"augmentations: {mapper.augmentations}; patches read at scale {scale:g} (INPUT.MODEL_MPP "
+        f"{cfg.INPUT.MODEL_MPP}, image {args.mpp} µm/px)"
+    )
 
     np.random.seed(0)
     for _ in range(20):  # warm-up: open the slide, fill OpenSlide's tile cache a little
@@ -119,15 +160,20 @@ def main() -> None:
         t0 = time.perf_counter()
         patches = [read_region_scaled(args.image, x, y, s, s, scale) for x, y in windows]
         reads.append((time.perf_counter() - t0) / args.patches * 1e3)
-        patches = [cv2.cvtColor(p, cv2.COLOR_RGB2BGR) if mapper.image_format == "BGR" else p for p in patches]
+        patches = [
+            cv2.cvtColor(p, cv2.COLOR_RGB2BGR) if mapper.image_format == "BGR" else p
+            for p in patches
+        ]
         t0 = time.perf_counter()
         for p in patches:
             mapper.augmentations(T.AugInput(p, boxes=np.zeros((0, 4), np.float32)))
         augs.append((time.perf_counter() - t0) / args.patches * 1e3)
     print(f"patches/s per run: {[round(r, 1) for r in rates]}")
-    print(f"median: {statistics.median(rates):.1f} patches/s; per patch {statistics.median(cpu):.2f} ms of CPU time "
-          f"(stages, wall: read_region {statistics.median(reads):.2f} ms, "
-          f"augmentation {statistics.median(augs):.2f} ms)")
+    print(
+        f"median: {statistics.median(rates):.1f} patches/s; per patch {statistics.median(cpu):.2f} ms of CPU time "
+        f"(stages, wall: read_region {statistics.median(reads):.2f} ms, "
+        f"augmentation {statistics.median(augs):.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

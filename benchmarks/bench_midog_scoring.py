@@ -5,6 +5,7 @@
 
 Prints medians over ``--repeats`` runs, as a markdown table.
 """
+
 import argparse
 import json
 import os
@@ -63,30 +64,78 @@ def main():
             for im in images:
                 count_matches(im, 7.5, t)
 
-    rows.append(("F1 sweep, 100 thresholds (exact, memoised)", "100 images x 200 predictions", median_time(lambda: sweep_thresholds(images), args.repeats)))
-    rows.append(("F1 sweep, naive: matching rerun per threshold", "100 images x 200 predictions", median_time(naive, args.repeats)))
-    rows.append(("AP50 on points", "100 images x 200 predictions", median_time(lambda: ap50_points(images), args.repeats)))
-    rows.append(("evaluate_points (all metrics + 5 tumors)", "100 images x 200 predictions", median_time(lambda: evaluate_points(images, threshold=0.5), args.repeats)))
+    rows.append(
+        (
+            "F1 sweep, 100 thresholds (exact, memoised)",
+            "100 images x 200 predictions",
+            median_time(lambda: sweep_thresholds(images), args.repeats),
+        )
+    )
+    rows.append(
+        (
+            "F1 sweep, naive: matching rerun per threshold",
+            "100 images x 200 predictions",
+            median_time(naive, args.repeats),
+        )
+    )
+    rows.append(
+        (
+            "AP50 on points",
+            "100 images x 200 predictions",
+            median_time(lambda: ap50_points(images), args.repeats),
+        )
+    )
+    rows.append(
+        (
+            "evaluate_points (all metrics + 5 tumors)",
+            "100 images x 200 predictions",
+            median_time(lambda: evaluate_points(images, threshold=0.5), args.repeats),
+        )
+    )
 
     rng = np.random.default_rng(0)
-    n = 88 * 100  # a 7000 x 5000 image: 16 x 11 tiles of 512 px at stride 460, up to 100 detections each
+    n = (
+        88 * 100
+    )  # a 7000 x 5000 image: 16 x 11 tiles of 512 px at stride 460, up to 100 detections each
     centres = rng.uniform(0, [7000, 5000], (n, 2))
     scores = rng.uniform(0, 1, n)
     classes = np.zeros(n, dtype=np.int64)
-    rows.append(("seam merging (suppress_close_points, 25 px)", f"{n} detections, one image", median_time(lambda: suppress_close_points(centres, scores, classes, 25.0), args.repeats)))
+    rows.append(
+        (
+            "seam merging (suppress_close_points, 25 px)",
+            f"{n} detections, one image",
+            median_time(
+                lambda: suppress_close_points(centres, scores, classes, 25.0), args.repeats
+            ),
+        )
+    )
 
     gt = SHARED / "data" / "MIDOGpp.json"
     if gt.is_file():
         data = json.loads(gt.read_text())
-        preds = [{"image_id": a["image_id"], "category_id": 0, "bbox": [a["bbox"][0] + 3, a["bbox"][1], 50, 50],
-                  "score": float(s)} for a, s in zip(data["annotations"], rng.uniform(0, 1, len(data["annotations"])))]
+        preds = [
+            {
+                "image_id": a["image_id"],
+                "category_id": 0,
+                "bbox": [a["bbox"][0] + 3, a["bbox"][1], 50, 50],
+                "score": float(s),
+            }
+            for a, s in zip(data["annotations"], rng.uniform(0, 1, len(data["annotations"])))
+        ]
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "coco_instances_results.json")
             with open(path, "w") as f:
                 json.dump(preds, f)
-            rows.append(("evaluate_prediction_file (CLI path, incl. JSON loading)",
-                         f"MIDOG++: 553 images, {len(preds)} predictions",
-                         median_time(lambda: evaluate_prediction_file(gt, path, threshold=0.5), max(1, args.repeats // 2))))
+            rows.append(
+                (
+                    "evaluate_prediction_file (CLI path, incl. JSON loading)",
+                    f"MIDOG++: 553 images, {len(preds)} predictions",
+                    median_time(
+                        lambda: evaluate_prediction_file(gt, path, threshold=0.5),
+                        max(1, args.repeats // 2),
+                    ),
+                )
+            )
 
     print(f"| what | data | median (s), {args.repeats} runs |\n|---|---|---|")
     for what, data_desc, t in rows:

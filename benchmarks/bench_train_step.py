@@ -8,6 +8,7 @@ A step is forward + backward + Adam step. The two models are timed alternately
 (stock, multi-task, stock, ...) so that machine noise hits both alike; the
 report gives medians and their ratio.
 """
+
 import argparse
 import copy
 import statistics
@@ -38,7 +39,9 @@ def make_batch(batch: int, size: int, num_tumors: int, device: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="configs/Base-MultiTask-RetinaNet.yaml")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
@@ -88,8 +91,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["MultiTaskRetinaNet"] / med["RetinaNet"]
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} size={args.size} "
-          f"steps={args.steps} (after {args.warmup} warm-up)")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} size={args.size} "
+        f"steps={args.steps} (after {args.warmup} warm-up)"
+    )
     print("| model | parameters | median step (s) | patches/s |")
     print("|---|---|---|---|")
     for k in models:

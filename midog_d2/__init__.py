@@ -3,11 +3,14 @@
 Importing the package registers what it adds: the ``MultiTaskRetinaNet``
 meta-architecture (``MODEL.META_ARCHITECTURE: "MultiTaskRetinaNet"``).
 """
+
 import warnings
 
 # Detectron2 scripts a few helpers with torch.jit.script, which torch >= 2.10
 # deprecates with a FutureWarning at every import; it says nothing to our users.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
 
 try:
     import detectron2  # noqa: F401

@@ -1,4 +1,5 @@
 """ImageNet weights: torchvision ResNet state dicts -> Detectron2 checkpoints."""
+
 from typing import Dict
 
 import numpy as np
@@ -11,9 +12,13 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
     (Detectron2's ``convert-torchvision-to-d2`` recipe). The classifier (``fc``)
     and BatchNorm counters are dropped: a detector has no use for them.
     """
-    missing = [k for k in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight") if k not in state_dict]
+    missing = [
+        k for k in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight") if k not in state_dict
+    ]
     if missing:
-        raise ValueError(f"No ResNet weights found in the state dict (missing {', '.join(missing)})")
+        raise ValueError(
+            f"No ResNet weights found in the state dict (missing {', '.join(missing)})"
+        )
     out = {}
     for old_k, v in state_dict.items():
         if old_k.startswith("fc.") or old_k.endswith("num_batches_tracked"):

@@ -1,4 +1,5 @@
 """Print the versions that matter for midog-d2: ``python -m midog_d2.collect_env``."""
+
 import importlib
 import os
 import sys
@@ -18,12 +19,16 @@ def _version(module: str) -> str:
 def collect_env_info() -> str:
     """A table of the interpreter, midog_d2 and its dependencies' versions."""
     rows: List[Tuple[str, str]] = [("Python", sys.version.replace("\n", " "))]
-    import detectron2
-    import midog_d2
     import torch
 
+    import detectron2
+
+    import midog_d2
+
     rows.append(("midog_d2", f"{midog_d2.__version__} @ {os.path.dirname(midog_d2.__file__)}"))
-    rows.append(("detectron2", f"{detectron2.__version__} @ {os.path.dirname(detectron2.__file__)}"))
+    rows.append(
+        ("detectron2", f"{detectron2.__version__} @ {os.path.dirname(detectron2.__file__)}")
+    )
     try:
         from detectron2 import _C  # noqa: F401
 

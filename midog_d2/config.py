@@ -4,6 +4,7 @@ Call :func:`add_midog_config` on a Detectron2 config before ``merge_from_file``.
 Every key this project adds is defined (and documented) here, grouped by the
 part of the pipeline that reads it.
 """
+
 from detectron2.config import CfgNode as CN
 
 # MIDOG++'s seven tumor types, in a fixed order: the tumor head's output i is
@@ -172,7 +173,9 @@ def _add_input_config(cfg: CN) -> None:
     _C.INPUT.CANVAS = CN()
     _C.INPUT.CANVAS.SIZE = 256  # canvas side (px)
     _C.INPUT.CANVAS.CROPS = 4  # figure windows tried per canvas
-    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = 10  # figure-free crop windows tried per canvas (fill the gaps)
+    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = (
+        10  # figure-free crop windows tried per canvas (fill the gaps)
+    )
     _C.INPUT.CANVAS.MIN_WINDOW = 48  # smallest window side (px)
     _C.INPUT.CANVAS.MARGIN = 16  # least distance from the figure to a window side (px)
     _C.INPUT.CANVAS.FEATHER = 10  # alpha ramp width at the window border (px)

@@ -1,4 +1,5 @@
 """Optimizers selectable by ``SOLVER.OPTIMIZER`` (Detectron2 only builds SGD)."""
+
 import torch
 
 from detectron2.config import CfgNode
@@ -15,7 +16,9 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     if name == "SGD":
         return build_d2_optimizer(cfg, model)
     if name not in _ADAM_FAMILY:
-        raise ValueError(f"SOLVER.OPTIMIZER must be one of SGD, ADAM, ADAMW; got {cfg.SOLVER.OPTIMIZER!r}")
+        raise ValueError(
+            f"SOLVER.OPTIMIZER must be one of SGD, ADAM, ADAMW; got {cfg.SOLVER.OPTIMIZER!r}"
+        )
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,

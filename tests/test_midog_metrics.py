@@ -1,5 +1,6 @@
 """MIDOG scoring: hand-worked matching cases, the sweep, AP50 against pycocotools, the
 Detectron2 evaluators and tools/evaluate_midog.py end to end."""
+
 import contextlib
 import io
 import json
@@ -10,11 +11,11 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from conftest import REPO, SHARED
 from midog_d2.evaluation import (
     ImagePoints,
     MidogEvaluator,
@@ -65,7 +66,9 @@ def test_image_without_ground_truth_makes_every_prediction_false_positive():
 
 
 def test_threshold_keeps_scores_at_or_above_it():
-    image = img([[100, 100], [300, 300]], [[100, 100], [300, 300], [600, 600]], scores=[0.9, 0.5, 0.7])
+    image = img(
+        [[100, 100], [300, 300]], [[100, 100], [300, 300], [600, 600]], scores=[0.9, 0.5, 0.7]
+    )
     assert count_matches(image) == (2, 1, 0)
     assert count_matches(image, threshold=0.5) == (2, 1, 0)
     assert count_matches(image, threshold=0.51) == (1, 1, 1)
@@ -73,7 +76,12 @@ def test_threshold_keeps_scores_at_or_above_it():
 
 
 def test_selected_points_count_when_no_threshold_is_given():
-    image = img([[100, 100], [300, 300]], [[100, 100], [300, 300]], scores=[0.9, 0.2], selected=[True, False])
+    image = img(
+        [[100, 100], [300, 300]],
+        [[100, 100], [300, 300]],
+        scores=[0.9, 0.2],
+        selected=[True, False],
+    )
     assert count_matches(image) == (1, 0, 1)
     assert count_matches(image, threshold=0.1) == (2, 0, 0)
 
@@ -98,7 +106,9 @@ def test_matching_is_greedy_in_ground_truth_order():
 
 
 def test_nearest_free_prediction_is_taken_and_ties_go_to_the_lower_index():
-    assert greedy_match(np.array([[0, 0]]), np.array([[20, 0], [10, 0], [0, 25]]), 30).tolist() == [1]
+    assert greedy_match(np.array([[0, 0]]), np.array([[20, 0], [10, 0], [0, 25]]), 30).tolist() == [
+        1
+    ]
     assert greedy_match(np.array([[0, 0]]), np.array([[10, 0], [0, 10]]), 30).tolist() == [0]
     assert greedy_match(np.array([[0, 0]]), np.array([[0, 10], [10, 0]]), 30).tolist() == [0]
 
@@ -143,9 +153,15 @@ def test_sweep_equals_matching_at_every_threshold():
     images = []
     for i in range(30):
         gt = rng.uniform(0, 400, (int(rng.integers(0, 12)), 2))
-        near = gt[rng.integers(0, max(len(gt), 1), 3)] + rng.normal(0, 15, (3, 2)) if len(gt) else np.zeros((0, 2))
+        near = (
+            gt[rng.integers(0, max(len(gt), 1), 3)] + rng.normal(0, 15, (3, 2))
+            if len(gt)
+            else np.zeros((0, 2))
+        )
         pred = np.concatenate([near, rng.uniform(0, 400, (int(rng.integers(0, 15)), 2))])
-        images.append(img(gt, pred, rng.uniform(0, 1, len(pred)), mpp=rng.choice([0.23, 0.25, 0.26])))
+        images.append(
+            img(gt, pred, rng.uniform(0, 1, len(pred)), mpp=rng.choice([0.23, 0.25, 0.26]))
+        )
     tp, fp, fn = sweep_thresholds(images)
     for k, t in enumerate(SWEEP_THRESHOLDS):
         counts = np.sum([count_matches(im, threshold=t) for im in images], axis=0)
@@ -184,14 +200,32 @@ def test_ap50_matches_pycocotools():
         images.append(img(gt, pred, scores, mpp=mpp))
         coco_images.append({"id": image_id, "width": 700, "height": 700})
         for x, y in gt:
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                            "bbox": [x - half, y - half, 2 * half, 2 * half], "area": 4 * half * half})
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [x - half, y - half, 2 * half, 2 * half],
+                    "area": 4 * half * half,
+                }
+            )
         for (x, y), s in zip(pred, scores):
-            dts.append({"image_id": image_id, "category_id": 1, "score": float(s),
-                        "bbox": [x - half, y - half, 2 * half, 2 * half]})
+            dts.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "score": float(s),
+                    "bbox": [x - half, y - half, 2 * half, 2 * half],
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {"images": coco_images, "annotations": gt_anns, "categories": [{"id": 1, "name": "mf"}]}
+        coco.dataset = {
+            "images": coco_images,
+            "annotations": gt_anns,
+            "categories": [{"id": 1, "name": "mf"}],
+        }
         coco.createIndex()
         ev = COCOeval(coco, coco.loadRes(dts), "bbox")
         ev.params.maxDets = [1, 10, 10000]
@@ -226,12 +260,36 @@ def dataset():
     (500, 500); image 2 (tumor B): one at (200, 200); image 3: never annotated."""
     name = f"midog_eval_test_{uuid.uuid4().hex[:8]}"
     dicts = [
-        {"image_id": 1, "file_name": "/x/001.tiff", "height": 1000, "width": 1000, "tumor_type": "A",
-         "tumor_label": 0, "labelled": True, "annotations": [ann(100, 100, 0), ann(300, 300, 0), ann(500, 500, 1)]},
-        {"image_id": 2, "file_name": "/x/002.tiff", "height": 1000, "width": 1000, "tumor_type": "B",
-         "tumor_label": 1, "labelled": True, "annotations": [ann(200, 200, 0)]},
-        {"image_id": 3, "file_name": "/x/003.tiff", "height": 1000, "width": 1000, "tumor_type": "B",
-         "tumor_label": 1, "labelled": False, "annotations": []},
+        {
+            "image_id": 1,
+            "file_name": "/x/001.tiff",
+            "height": 1000,
+            "width": 1000,
+            "tumor_type": "A",
+            "tumor_label": 0,
+            "labelled": True,
+            "annotations": [ann(100, 100, 0), ann(300, 300, 0), ann(500, 500, 1)],
+        },
+        {
+            "image_id": 2,
+            "file_name": "/x/002.tiff",
+            "height": 1000,
+            "width": 1000,
+            "tumor_type": "B",
+            "tumor_label": 1,
+            "labelled": True,
+            "annotations": [ann(200, 200, 0)],
+        },
+        {
+            "image_id": 3,
+            "file_name": "/x/003.tiff",
+            "height": 1000,
+            "width": 1000,
+            "tumor_type": "B",
+            "tumor_label": 1,
+            "labelled": False,
+            "annotations": [],
+        },
     ]
     DatasetCatalog.register(name, lambda: [dict(d) for d in dicts])
     MetadataCatalog.get(name).set(thing_classes=["mitotic figure", "hard negative"], mpp=0.25)
@@ -245,16 +303,27 @@ def dataset():
 def outputs_for(tiles=True):
     def inst(centres, scores, classes):
         i = Instances((1000, 1000))
-        i.pred_boxes = Boxes(torch.tensor([box(*c) for c in centres], dtype=torch.float32).reshape(-1, 4))
+        i.pred_boxes = Boxes(
+            torch.tensor([box(*c) for c in centres], dtype=torch.float32).reshape(-1, 4)
+        )
         i.scores = torch.tensor(scores, dtype=torch.float32)
         i.pred_classes = torch.tensor(classes, dtype=torch.int64)
         return i
 
-    inputs = [{"image_id": k, "file_name": f"/x/00{k}.tiff", "height": 1000, "width": 1000} for k in (1, 2, 3)]
+    inputs = [
+        {"image_id": k, "file_name": f"/x/00{k}.tiff", "height": 1000, "width": 1000}
+        for k in (1, 2, 3)
+    ]
     outputs = [
         # TP; FP on the hard negative; TP only below 0.5; a class-1 detection (not scored).
-        {"instances": inst([(105, 100), (500, 500), (300, 300), (700, 700)], [0.9, 0.8, 0.4, 0.95], [0, 0, 0, 1]),
-         "tumor_probs": torch.tensor([0.7, 0.3])},
+        {
+            "instances": inst(
+                [(105, 100), (500, 500), (300, 300), (700, 700)],
+                [0.9, 0.8, 0.4, 0.95],
+                [0, 0, 0, 1],
+            ),
+            "tumor_probs": torch.tensor([0.7, 0.3]),
+        },
         # A hit exactly at the radius (30 px).
         {"instances": inst([(200, 230)], [0.6], [0]), "tumor_probs": torch.tensor([0.6, 0.4])},
         # Unlabelled image: not scored.
@@ -262,7 +331,15 @@ def outputs_for(tiles=True):
     ]
     if tiles:
         tile_sets = [
-            ([[0, 0, 256, 256], [256, 256, 512, 512], [600, 600, 800, 800], [480, 480, 520, 520]], [0.9, 0.3, 0.5, 0.95]),
+            (
+                [
+                    [0, 0, 256, 256],
+                    [256, 256, 512, 512],
+                    [600, 600, 800, 800],
+                    [480, 480, 520, 520],
+                ],
+                [0.9, 0.3, 0.5, 0.95],
+            ),
             ([[0, 0, 100, 100]], [0.1]),
             ([[0, 0, 1000, 1000]], [0.0]),
         ]
@@ -326,7 +403,9 @@ def test_mitotic_coco_evaluator_scores_the_mitotic_class_only(dataset, tmp_path)
     # Envelope 1 to recall 1/3, 0.5 to 2/3, 0 beyond: AP50 = (34 + 33 * 0.5) / 101 = 50%.
     assert results["bbox"]["AP50"] == pytest.approx(50.0)
     gt = json.loads((tmp_path / f"{dataset}_mitotic_only_coco_format.json").read_text())
-    assert len(gt["annotations"]) == 3 and [c["name"] for c in gt["categories"]] == ["mitotic figure"]
+    assert len(gt["annotations"]) == 3 and [c["name"] for c in gt["categories"]] == [
+        "mitotic figure"
+    ]
     assert {i["id"] for i in gt["images"]} == {1, 2}
 
 
@@ -347,13 +426,38 @@ def write_gt(path, category_names=("mitotic figure", "not mitotic figure")):
     """001.tiff (breast): mitotic figures at (100, 100), (300, 300), hard negative at
     (500, 500); 002.tiff (lymphosarcoma): one at (200, 200); 003.tiff: never annotated."""
     anns = []
-    for image_id, (cx, cy), cat in [(1, (100, 100), 1), (1, (300, 300), 1), (1, (500, 500), 2), (2, (200, 200), 1)]:
-        anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": box(cx, cy)})
+    for image_id, (cx, cy), cat in [
+        (1, (100, 100), 1),
+        (1, (300, 300), 1),
+        (1, (500, 500), 2),
+        (2, (200, 200), 1),
+    ]:
+        anns.append(
+            {"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": box(cx, cy)}
+        )
     data = {
         "images": [
-            {"id": 1, "file_name": "001.tiff", "width": 1000, "height": 1000, "tumor_type": "human breast cancer"},
-            {"id": 2, "file_name": "002.tiff", "width": 1000, "height": 1000, "tumor_type": "canine lymphosarcoma"},
-            {"id": 3, "file_name": "003.tiff", "width": 1000, "height": 1000, "tumor_type": "human melanoma"},
+            {
+                "id": 1,
+                "file_name": "001.tiff",
+                "width": 1000,
+                "height": 1000,
+                "tumor_type": "human breast cancer",
+            },
+            {
+                "id": 2,
+                "file_name": "002.tiff",
+                "width": 1000,
+                "height": 1000,
+                "tumor_type": "canine lymphosarcoma",
+            },
+            {
+                "id": 3,
+                "file_name": "003.tiff",
+                "width": 1000,
+                "height": 1000,
+                "tumor_type": "human melanoma",
+            },
         ],
         "categories": [{"id": 1, "name": category_names[0]}, {"id": 2, "name": category_names[1]}],
         "annotations": anns,
@@ -363,21 +467,38 @@ def write_gt(path, category_names=("mitotic figure", "not mitotic figure")):
 
 
 # (image, centre px, score): TP, FP on the hard negative, TP below 0.5, unlabelled image.
-PREDICTIONS = [(1, (102, 100), 0.9), (1, (500, 500), 0.8), (1, (300, 310), 0.4), (2, (200, 229), 0.6), (3, (50, 50), 0.99)]
+PREDICTIONS = [
+    (1, (102, 100), 0.9),
+    (1, (500, 500), 0.8),
+    (1, (300, 310), 0.4),
+    (2, (200, 229), 0.6),
+    (3, (50, 50), 0.99),
+]
 
 
 def write_coco(path, category_id=0):
-    path.write_text(json.dumps([
-        {"image_id": i, "category_id": category_id, "bbox": [x - 25, y - 25, 50, 50], "score": s}
-        for i, (x, y), s in PREDICTIONS
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "image_id": i,
+                    "category_id": category_id,
+                    "bbox": [x - 25, y - 25, 50, 50],
+                    "score": s,
+                }
+                for i, (x, y), s in PREDICTIONS
+            ]
+        )
+    )
     return path
 
 
 def points_obj(image_id, threshold=0.5, mpp=0.25):
     inst = Instances((1000, 1000))
     rows = [(c, s) for i, c, s in PREDICTIONS if i == image_id]
-    inst.pred_boxes = Boxes(torch.tensor([box(*c) for c, _ in rows], dtype=torch.float64).reshape(-1, 4))
+    inst.pred_boxes = Boxes(
+        torch.tensor([box(*c) for c, _ in rows], dtype=torch.float64).reshape(-1, 4)
+    )
     inst.scores = torch.tensor([s for _, s in rows], dtype=torch.float64)
     inst.pred_classes = torch.zeros(len(rows), dtype=torch.int64)
     return instances_to_points_json(inst, mpp, threshold)
@@ -393,28 +514,56 @@ def test_cli_coco_results(tmp_path):
     gt = write_gt(tmp_path / "gt.json")
     out = tmp_path / "out" / "metrics.json"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(write_coco(tmp_path / "p.json")),
-                             "--output", str(out)])
+        evaluate_midog.main(
+            [
+                "--ground-truth",
+                str(gt),
+                "--predictions",
+                str(write_coco(tmp_path / "p.json")),
+                "--output",
+                str(out),
+            ]
+        )
     r = json.loads(out.read_text())
-    for key in ("tp", "fp", "fn", "precision", "recall", "f1", "threshold", "best_f1", "best_threshold", "per_tumor"):
+    for key in (
+        "tp",
+        "fp",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+        "threshold",
+        "best_f1",
+        "best_threshold",
+        "per_tumor",
+    ):
         assert key in r
     # No threshold: every detection of the labelled images counts.
-    assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0) and r["threshold"] is None and r["format"] == "coco"
+    assert (
+        (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
+        and r["threshold"] is None
+        and r["format"] == "coco"
+    )
     check_expected(r)
     assert "all/f1" in printed.getvalue()
-    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(tmp_path / "p.json"),
-                             "--threshold", "0.5"])
+    r = evaluate_midog.main(
+        ["--ground-truth", str(gt), "--predictions", str(tmp_path / "p.json"), "--threshold", "0.5"]
+    )
     assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1) and r["f1"] == pytest.approx(4 / 6)
     assert r["per_tumor"]["canine lymphoma"]["f1"] == 1.0
     # µm/px: at 0.3 µm/px the radius is 25 px, and (200, 229) misses.
-    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(tmp_path / "p.json"), "--mpp", "0.3"])
+    r = evaluate_midog.main(
+        ["--ground-truth", str(gt), "--predictions", str(tmp_path / "p.json"), "--mpp", "0.3"]
+    )
     assert (r["tp"], r["fp"], r["fn"]) == (2, 2, 1)
 
 
 def test_cli_coco_results_with_several_categories_needs_the_mitotic_id(tmp_path):
     gt = write_gt(tmp_path / "gt.json")
     p = write_coco(tmp_path / "p.json", category_id=1)
-    data = json.loads(p.read_text()) + [{"image_id": 1, "category_id": 2, "bbox": [0, 0, 50, 50], "score": 0.9}]
+    data = json.loads(p.read_text()) + [
+        {"image_id": 1, "category_id": 2, "bbox": [0, 0, 50, 50], "score": 0.9}
+    ]
     p.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"p\.json.*several categories"):
         evaluate_prediction_file(gt, p)
@@ -439,16 +588,29 @@ def test_cli_midog_points(tmp_path, form):
         pred.mkdir()
         for name, obj in objs.items():
             (pred / f"{name.split('.')[0]}.json").write_text(json.dumps(obj))
-    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(pred), "--output", str(tmp_path / "m.json")])
+    r = evaluate_midog.main(
+        [
+            "--ground-truth",
+            str(gt),
+            "--predictions",
+            str(pred),
+            "--output",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert r["format"] == "points"
     # Without --threshold every point counts...
     assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
     # ...or, on request, only those named "mitotic figure" (score >= 0.5 here).
-    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(pred), "--use-point-names"])
+    r = evaluate_midog.main(
+        ["--ground-truth", str(gt), "--predictions", str(pred), "--use-point-names"]
+    )
     assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1)
     assert r["best_f1"] == pytest.approx(6 / 7)
     assert r["ignored_predictions"] == (0 if form == "mapping_by_id" else 1)
-    r = evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(pred), "--threshold", "0.3"])
+    r = evaluate_midog.main(
+        ["--ground-truth", str(gt), "--predictions", str(pred), "--threshold", "0.3"]
+    )
     assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 0)
 
 
@@ -464,7 +626,9 @@ def test_points_round_trip_microns(tmp_path):
     gt = write_gt(tmp_path / "gt.json")
     pred = tmp_path / "points.json"
     pred.write_text(json.dumps({"001.tiff": points_obj(1, mpp=0.23)}))
-    (xy, prob, named), = load_point_predictions(pred, [{"image_id": 1, "file_name": "001.tiff"}]).values()
+    ((xy, prob, named),) = load_point_predictions(
+        pred, [{"image_id": 1, "file_name": "001.tiff"}]
+    ).values()
     assert xy[0] == pytest.approx([102 * 0.23e-3, 100 * 0.23e-3])
     assert prob.tolist() == [0.9, 0.8, 0.4] and named.tolist() == [True, True, False]
     r = evaluate_prediction_file(gt, pred, mpp=0.23, threshold=0.0)
@@ -490,11 +654,15 @@ def test_cli_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"stray\.json.*'999\.tiff' is not in the ground truth"):
         evaluate_prediction_file(gt, stray)
     badpoint = tmp_path / "badpoint.json"
-    badpoint.write_text(json.dumps({"001.tiff": {"type": "Multiple points", "points": [{"point": ["a"]}]}}))
+    badpoint.write_text(
+        json.dumps({"001.tiff": {"type": "Multiple points", "points": [{"point": ["a"]}]}})
+    )
     with pytest.raises(ValueError, match=r"badpoint\.json.*point #0"):
         evaluate_prediction_file(gt, badpoint)
     wrong_id = tmp_path / "wrong_id.json"
-    wrong_id.write_text(json.dumps([{"image_id": 42, "category_id": 0, "bbox": [0, 0, 50, 50], "score": 0.5}]))
+    wrong_id.write_text(
+        json.dumps([{"image_id": 42, "category_id": 0, "bbox": [0, 0, 50, 50], "score": 0.5}])
+    )
     with pytest.raises(ValueError, match=r"wrong_id\.json: image_id 42"):
         evaluate_prediction_file(gt, wrong_id)
 
@@ -503,8 +671,19 @@ def test_cli_entry_point_exits_with_the_error(tmp_path):
     gt = write_gt(tmp_path / "gt.json")
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate_midog.py"), "--ground-truth", str(gt),
-                           "--predictions", str(bad)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "evaluate_midog.py"),
+            "--ground-truth",
+            str(gt),
+            "--predictions",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "bad.json: not valid JSON" in proc.stderr
 
@@ -516,8 +695,15 @@ def test_real_midogpp_annotations(tmp_path):
     data = json.loads(gt.read_text())
     wanted = {1, 2, 3, 200, 201}  # 200 is one of the never-annotated images (151-200)
     mitotic = [a for a in data["annotations"] if a["category_id"] == 1 and a["image_id"] in wanted]
-    preds = [{"image_id": a["image_id"], "category_id": 0, "score": 0.8,
-              "bbox": [a["bbox"][0], a["bbox"][1], 50, 50]} for a in mitotic]
+    preds = [
+        {
+            "image_id": a["image_id"],
+            "category_id": 0,
+            "score": 0.8,
+            "bbox": [a["bbox"][0], a["bbox"][1], 50, 50],
+        }
+        for a in mitotic
+    ]
     preds.append({"image_id": 200, "category_id": 0, "bbox": [10, 10, 50, 50], "score": 0.9})
     p = tmp_path / "p.json"
     p.write_text(json.dumps(preds))

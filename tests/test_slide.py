@@ -1,4 +1,5 @@
 """The image reader (midog_d2.data.slide) on images generated here and on real slides."""
+
 import logging
 import multiprocessing as mp
 
@@ -7,9 +8,9 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from conftest import SHARED
 from PIL import Image
 
-from midog_d2.data import slide as slide_mod
 from midog_d2.data import (
     UnreadableSlideError,
     open_slide,
@@ -17,11 +18,9 @@ from midog_d2.data import (
     read_region_scaled,
     resample_region,
     resample_scale,
-    slide_dimensions,
-    slide_mpp,
 )
-
-from conftest import SHARED
+from midog_d2.data import slide as slide_mod
+from midog_d2.data import slide_dimensions, slide_mpp
 
 W, H = 900, 700  # not tile multiples: edge tiles are partial
 
@@ -45,12 +44,29 @@ def images(tmp_path_factory):
         "jpeg": d / "image.jpg",
         "dpi72": d / "dpi72.tiff",
     }
-    tifffile.imwrite(files["tiled"], px, tile=(256, 256), photometric="rgb",
-                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
-    tifffile.imwrite(files["plain"], px, photometric="rgb",
-                     resolution=(25400 / 0.5, 25400 / 0.5), resolutionunit="INCH")
-    tifffile.imwrite(files["dpi72"], px, tile=(256, 256), photometric="rgb",
-                     resolution=(72, 72), resolutionunit="INCH")
+    tifffile.imwrite(
+        files["tiled"],
+        px,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
+    tifffile.imwrite(
+        files["plain"],
+        px,
+        photometric="rgb",
+        resolution=(25400 / 0.5, 25400 / 0.5),
+        resolutionunit="INCH",
+    )
+    tifffile.imwrite(
+        files["dpi72"],
+        px,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(72, 72),
+        resolutionunit="INCH",
+    )
     Image.fromarray(px).save(files["png"])
     Image.fromarray(px).save(files["jpeg"], quality=95)
     return px, {k: str(v) for k, v in files.items()}
@@ -59,8 +75,14 @@ def images(tmp_path_factory):
 REGIONS = [(0, 0, 64, 32), (250, 240, 40, 30), (600, 500, 300, 200), (0, 0, W, H)]
 
 
-@pytest.mark.parametrize("kind, backend", [("tiled", openslide.OpenSlide), ("plain", openslide.ImageSlide),
-                                           ("png", openslide.ImageSlide)])
+@pytest.mark.parametrize(
+    "kind, backend",
+    [
+        ("tiled", openslide.OpenSlide),
+        ("plain", openslide.ImageSlide),
+        ("png", openslide.ImageSlide),
+    ],
+)
 def test_lossless_regions_exact(images, kind, backend):
     px, files = images
     assert isinstance(open_slide(files[kind]), backend)
@@ -68,7 +90,7 @@ def test_lossless_regions_exact(images, kind, backend):
     for x, y, w, h in REGIONS:
         region = read_region(files[kind], x, y, w, h)
         assert region.shape == (h, w, 3) and region.dtype == np.uint8
-        np.testing.assert_array_equal(region, px[y:y + h, x:x + w])
+        np.testing.assert_array_equal(region, px[y : y + h, x : x + w])
 
 
 def test_jpeg_region(images):
@@ -88,7 +110,7 @@ def test_out_of_bounds_white(images, kind):
     assert (region[:20] == 255).all() and (region[:, :10] == 255).all()
     np.testing.assert_array_equal(region[20:, 10:], px[:40, :40])
     region = read_region(files[kind], W - 30, H - 10, 64, 64)
-    np.testing.assert_array_equal(region[:10, :30], px[H - 10:, W - 30:])
+    np.testing.assert_array_equal(region[:10, :30], px[H - 10 :, W - 30 :])
     assert (region[10:] == 255).all() and (region[:, 30:] == 255).all()
     assert (read_region(files[kind], W + 5, 0, 16, 16) == 255).all()
     with pytest.raises(ValueError, match="width and height must be positive"):
@@ -99,7 +121,9 @@ def test_mpp_from_tags_and_fallback(images, caplog):
     _, files = images
     assert open_slide(files["tiled"]).properties["openslide.vendor"] == "generic-tiff"
     assert slide_mpp(files["tiled"]) == pytest.approx(0.25)  # OpenSlide, centimetre tags
-    assert slide_mpp(files["plain"]) == pytest.approx(0.5)  # untiled: PIL-backed, inch tags read here
+    assert slide_mpp(files["plain"]) == pytest.approx(
+        0.5
+    )  # untiled: PIL-backed, inch tags read here
     with pytest.raises(ValueError, match=r"image\.png has no resolution metadata and no fallback"):
         slide_mpp(files["png"])
     with pytest.raises(ValueError, match=r"dpi72\.tiff reports an implausible 352\.8 µm/px"):
@@ -184,21 +208,40 @@ def test_real_svs_slides():
 # --- direct tile reads of tiled TIFFs ---------------------------------------------------
 
 
-@pytest.mark.parametrize("compression, predictor, tile", [(None, None, 256), ("zlib", None, 256),
-                                                          ("zlib", 2, 128), ("zlib", None, 512)])
+@pytest.mark.parametrize(
+    "compression, predictor, tile",
+    [(None, None, 256), ("zlib", None, 256), ("zlib", 2, 128), ("zlib", None, 512)],
+)
 def test_direct_tile_reader_equals_openslide(tmp_path, compression, predictor, tile):
     px = _pixels(1)
     path = str(tmp_path / "roi.tiff")
-    tifffile.imwrite(path, px, tile=(tile, tile), photometric="rgb", compression=compression, predictor=predictor,
-                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        px,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression=compression,
+        predictor=predictor,
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
     assert slide_mod._tiled_tiff(path) is not None  # read without OpenSlide
     rng = np.random.default_rng(2)
     windows = REGIONS + [(-40, -30, 100, 90), (W - 50, H - 20, 120, 60), (W + 1, 10, 8, 8)]
-    windows += [(int(x), int(y), int(w), int(h)) for x, y, w, h in
-                zip(rng.integers(-100, W, 20), rng.integers(-100, H, 20), rng.integers(1, 600, 20), rng.integers(1, 600, 20))]
+    windows += [
+        (int(x), int(y), int(w), int(h))
+        for x, y, w, h in zip(
+            rng.integers(-100, W, 20),
+            rng.integers(-100, H, 20),
+            rng.integers(1, 600, 20),
+            rng.integers(1, 600, 20),
+        )
+    ]
     for x, y, w, h in windows:
         direct = read_region(path, x, y, w, h)
-        np.testing.assert_array_equal(direct, slide_mod._read_openslide(path, x, y, w, h), err_msg=str((x, y, w, h)))
+        np.testing.assert_array_equal(
+            direct, slide_mod._read_openslide(path, x, y, w, h), err_msg=str((x, y, w, h))
+        )
     np.testing.assert_array_equal(read_region(path, 0, 0, W, H), px)
 
 
@@ -208,7 +251,9 @@ def test_files_the_direct_reader_leaves_to_openslide(tmp_path):
     pyramid, with_alpha = str(tmp_path / "pyramid.tiff"), str(tmp_path / "rgba.tiff")
     with tifffile.TiffWriter(pyramid) as tw:
         tw.write(px, tile=(256, 256), photometric="rgb")
-        tw.write(np.ascontiguousarray(px[::2, ::2]), tile=(256, 256), photometric="rgb", subfiletype=1)
+        tw.write(
+            np.ascontiguousarray(px[::2, ::2]), tile=(256, 256), photometric="rgb", subfiletype=1
+        )
     tifffile.imwrite(with_alpha, rgba, tile=(256, 256), photometric="rgb", extrasamples=[2])
     assert open_slide(pyramid).level_count == 2
     for path in (pyramid, with_alpha):
@@ -226,12 +271,16 @@ def test_corrupt_tile_is_an_error_naming_the_file(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(UnreadableSlideError, match=r"cannot decode tile 0 of .*corrupt\.tiff"):
         read_region(str(path), 0, 0, 64, 64)
-    np.testing.assert_array_equal(read_region(str(path), 300, 300, 64, 64), _pixels()[300:364, 300:364])
+    np.testing.assert_array_equal(
+        read_region(str(path), 300, 300, 64, 64), _pixels()[300:364, 300:364]
+    )
 
 
 def _child_direct(path, parent_reader_id, queue):
     reader = slide_mod._tiled_tiff(path)
-    queue.put((reader is not None and id(reader) != parent_reader_id, read_region(path, 300, 200, 40, 30)))
+    queue.put(
+        (reader is not None and id(reader) != parent_reader_id, read_region(path, 300, 200, 40, 30))
+    )
 
 
 def test_direct_readers_are_per_process(images):
@@ -246,7 +295,9 @@ def test_direct_readers_are_per_process(images):
     proc.join(timeout=60)
     assert proc.exitcode == 0 and own
     np.testing.assert_array_equal(region, px[200:230, 300:340])
-    np.testing.assert_array_equal(read_region(files["tiled"], 300, 200, 40, 30), px[200:230, 300:340])
+    np.testing.assert_array_equal(
+        read_region(files["tiled"], 300, 200, 40, 30), px[200:230, 300:340]
+    )
 
 
 # --- resampling to the model's µm/px ----------------------------------------------------
@@ -277,8 +328,12 @@ def marker_slides(tmp_path_factory):
     with tifffile.TiffWriter(pyramid) as tw:
         tw.write(img, tile=(128, 128), photometric="rgb")
         # OpenSlide takes reduced-resolution pages (subfiletype 1) as pyramid levels.
-        tw.write(cv2.resize(img, (500, 400), interpolation=cv2.INTER_AREA), tile=(128, 128), photometric="rgb",
-                 subfiletype=1)
+        tw.write(
+            cv2.resize(img, (500, 400), interpolation=cv2.INTER_AREA),
+            tile=(128, 128),
+            photometric="rgb",
+            subfiletype=1,
+        )
     return img, flat, pyramid
 
 
@@ -289,12 +344,18 @@ def test_a_marker_is_found_where_it_lies_at_level_0(marker_slides, monkeypatch, 
     path = flat if kind == "flat" else pyramid
     levels = []
     read_openslide = slide_mod._read_openslide
-    monkeypatch.setattr(slide_mod, "_read_openslide", lambda *a: levels.append(a[5] if len(a) > 5 else 0) or read_openslide(*a))
+    monkeypatch.setattr(
+        slide_mod,
+        "_read_openslide",
+        lambda *a: levels.append(a[5] if len(a) > 5 else 0) or read_openslide(*a),
+    )
     x0, y0 = 380, 250  # the window's level-0 origin
     out = read_region_scaled(path, x0, y0, 160, 120, scale)
     assert out.shape == (120, 160, 3) and out.dtype == np.uint8
     # Shrinking by 2 or more reads the pyramid's half-size level; the flat file is read directly.
-    assert levels == ([1] if kind == "pyramid" and scale <= 0.5 else [0] if kind == "pyramid" else [])
+    assert levels == (
+        [1] if kind == "pyramid" and scale <= 0.5 else [0] if kind == "pyramid" else []
+    )
     u, v = _darkness_centroid(out)
     # model -> level 0: x0 + u / scale; area averaging and bilinear interpolation both
     # keep a symmetric marker's centroid, so only uint8 rounding is left.
@@ -312,8 +373,12 @@ def test_resampling_equals_resizing_the_whole_image(marker_slides):
     reader = lambda x, y, w, h: _pad_read(noise, x, y, w, h)  # noqa: E731
     # Origins whose model position x * scale is a whole pixel: the window is a crop of
     # the whole image resized (the same pixel grid).
-    for scale, x, y, interp, tol in [(2.0, 100, 150, cv2.INTER_LINEAR, 1), (1.25, 400, 320, cv2.INTER_LINEAR, 1),
-                                     (0.5, 200, 100, cv2.INTER_AREA, 0), (0.8, 250, 125, cv2.INTER_AREA, 1)]:
+    for scale, x, y, interp, tol in [
+        (2.0, 100, 150, cv2.INTER_LINEAR, 1),
+        (1.25, 400, 320, cv2.INTER_LINEAR, 1),
+        (0.5, 200, 100, cv2.INTER_AREA, 0),
+        (0.8, 250, 125, cv2.INTER_AREA, 1),
+    ]:
         whole = cv2.resize(noise, None, fx=scale, fy=scale, interpolation=interp)
         u, v = round(x * scale), round(y * scale)
         window = resample_region(reader, x, y, 200, 150, scale)
@@ -344,4 +409,6 @@ def test_resample_scale_and_tolerance():
 
 def test_scale_one_is_read_region(images):
     px, files = images
-    np.testing.assert_array_equal(read_region_scaled(files["tiled"], 5, 7, 100, 50, 1.0), px[7:57, 5:105])
+    np.testing.assert_array_equal(
+        read_region_scaled(files["tiled"], 5, 7, 100, 50, 1.0), px[7:57, 5:105]
+    )

@@ -1,4 +1,5 @@
 """The generated MIDOG-like dataset: files, format, determinism, pixels, domains."""
+
 import csv
 import dataclasses
 import hashlib
@@ -56,7 +57,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes(dataset, tmp_path):
     again = generate_dataset(tmp_path / "again", SPEC, seed=7)
     first = _digests(Path(dataset["image_root"]))
     assert first == _digests(Path(again["image_root"]))
-    assert set(first) == {"001.tiff", "002.tiff", "003.tiff", "004.tiff", "synthetic_midog.json", "synthetic_midog.csv"}
+    assert set(first) == {
+        "001.tiff",
+        "002.tiff",
+        "003.tiff",
+        "004.tiff",
+        "synthetic_midog.json",
+        "synthetic_midog.csv",
+    }
 
     other = generate_dataset(tmp_path / "other", SPEC, seed=8)
     od = _digests(Path(other["image_root"]))
@@ -86,17 +94,26 @@ def test_openslide_reads_dimensions_and_mpp(dataset, tmp_path):
         slide.close()
 
     # mpp=None draws each scanner at its native resolution, and tags it so
-    spec = dataclasses.replace(SPEC, domains=(Domain("canine lung cancer", "Hamamatsu S360", 1),), mpp=None,
-                               compression="none")
+    spec = dataclasses.replace(
+        SPEC,
+        domains=(Domain("canine lung cancer", "Hamamatsu S360", 1),),
+        mpp=None,
+        compression="none",
+    )
     out = generate_dataset(tmp_path, spec, seed=1)
     slide = openslide.open_slide(str(tmp_path / out["images"][0]["file_name"]))
-    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(SCANNERS["Hamamatsu S360"].mpp, abs=1e-6)
+    assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(
+        SCANNERS["Hamamatsu S360"].mpp, abs=1e-6
+    )
     assert slide.dimensions == SIZE
 
 
 def test_json_and_csv_have_the_midogpp_form(dataset):
     data, rows = _load(dataset)
-    assert data["categories"] == [{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "not mitotic figure"}]
+    assert data["categories"] == [
+        {"id": 1, "name": "mitotic figure"},
+        {"id": 2, "name": "not mitotic figure"},
+    ]
     images = {im["id"]: im for im in data["images"]}
     assert len(images) == 4
     for im in images.values():
@@ -125,7 +142,11 @@ def test_json_and_csv_have_the_midogpp_form(dataset):
     for i, im in images.items():
         assert by_id[i]["Tumor"] == im["tumor_type"]
     assert [(by_id[i]["Scanner"], by_id[i]["Dataset"]) for i in sorted(by_id)] == [
-        ("Hamamatsu XR", "train"), ("Hamamatsu XR", "train"), ("Aperio CS2", "train"), ("Leica GT450", "test")]
+        ("Hamamatsu XR", "train"),
+        ("Hamamatsu XR", "train"),
+        ("Aperio CS2", "train"),
+        ("Leica GT450", "test"),
+    ]
     assert by_id[3]["Species"] == "Canine" and by_id[1]["Species"] == "Human"
 
 
@@ -133,17 +154,28 @@ def test_project_loader_reads_the_dataset(dataset):
     from midog_d2.data import load_midog_json
 
     data, _ = _load(dataset)
-    dicts = load_midog_json(str(dataset["json_file"]), str(dataset["image_root"]), csv_file=str(dataset["csv_file"]))
+    dicts = load_midog_json(
+        str(dataset["json_file"]), str(dataset["image_root"]), csv_file=str(dataset["csv_file"])
+    )
     assert len(dicts) == 4
     n_ann = sum(len(d["annotations"]) for d in dicts)
     assert n_ann == len(data["annotations"])
     for d, rec in zip(sorted(dicts, key=lambda d: d["image_id"]), dataset["images"]):
         assert Path(d["file_name"]).exists()
-        assert d["tumor_type"] == rec["tumor"] and d["scanner"] == rec["scanner"] and d["split"] == rec["split"]
+        assert (
+            d["tumor_type"] == rec["tumor"]
+            and d["scanner"] == rec["scanner"]
+            and d["split"] == rec["split"]
+        )
         assert d["tumor_label"] >= 0
         got = sorted((a["category_id"], tuple(a["bbox"])) for a in d["annotations"])
-        want = sorted((c.category_id - 1, (round(c.x) - 25.0, round(c.y) - 25.0, round(c.x) + 25.0, round(c.y) + 25.0))
-                      for c in rec["cells"])
+        want = sorted(
+            (
+                c.category_id - 1,
+                (round(c.x) - 25.0, round(c.y) - 25.0, round(c.x) + 25.0, round(c.y) + 25.0),
+            )
+            for c in rec["cells"]
+        )
         assert got == want
 
 
@@ -157,7 +189,9 @@ def test_mitoses_are_darker_than_tissue_and_more_ragged_than_imposters():
     rng = np.random.default_rng(0)
     mit_c, rand_c, mit_shape, imp_shape = [], [], [], []
     for name in ("human breast cancer", "canine lymphoma", "canine soft tissue sarcoma"):
-        img, cells = render_image(TUMOR_TYPES[name], SCANNERS["Hamamatsu XR"], (768, 768), 0.25, rng, 10, 10)
+        img, cells = render_image(
+            TUMOR_TYPES[name], SCANNERS["Hamamatsu XR"], (768, 768), 0.25, rng, 10, 10
+        )
         od = _od(img)
         for c in cells:
             x, y = int(round(c.x)), int(round(c.y))
@@ -168,9 +202,13 @@ def test_mitoses_are_darker_than_tissue_and_more_ragged_than_imposters():
             mask = (box > np.percentile(box, 90)).astype(np.uint8)
             n, lab = cv2.connectedComponents(mask)
             big = np.argmax(np.bincount(lab.ravel())[1:]) + 1 if n > 1 else 0
-            cnts, _ = cv2.findContours((lab == big).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cnts, _ = cv2.findContours(
+                (lab == big).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
             area, per = cv2.contourArea(cnts[0]), cv2.arcLength(cnts[0], True)
-            (mit_shape if c.category_id == 1 else imp_shape).append(4 * np.pi * area / max(per, 1) ** 2)
+            (mit_shape if c.category_id == 1 else imp_shape).append(
+                4 * np.pi * area / max(per, 1) ** 2
+            )
         xs = rng.integers(25, 768 - 25, 40)
         ys = rng.integers(25, 768 - 25, 40)
         rand_c += [np.percentile(od[y - 15 : y + 15, x - 15 : x + 15], 95) for x, y in zip(xs, ys)]
@@ -198,8 +236,15 @@ def test_scanners_change_the_colours_of_the_same_tissue():
     means, ods = {}, {}
     for name, scanner in SCANNERS.items():
         # same rng state: same tissue, cells and noise draws; only acquisition differs
-        img, _ = render_image(TUMOR_TYPES["human breast cancer"], scanner, (256, 256), 0.25,
-                              np.random.default_rng(3), 3, 3)
+        img, _ = render_image(
+            TUMOR_TYPES["human breast cancer"],
+            scanner,
+            (256, 256),
+            0.25,
+            np.random.default_rng(3),
+            3,
+            3,
+        )
         means[name] = img.reshape(-1, 3).mean(0)
         ods[name] = _od(img).mean()
     names = list(SCANNERS)
@@ -213,8 +258,9 @@ def test_scanners_change_the_colours_of_the_same_tissue():
 
 def test_tumor_types_differ_in_cell_density():
     def nuclear_fraction(name):
-        img, _ = render_image(TUMOR_TYPES[name], SCANNERS["Hamamatsu XR"], (512, 512), 0.25,
-                              np.random.default_rng(5))
+        img, _ = render_image(
+            TUMOR_TYPES[name], SCANNERS["Hamamatsu XR"], (512, 512), 0.25, np.random.default_rng(5)
+        )
         return float((_od(img) > 1.6).mean())
 
     assert nuclear_fraction("canine lymphoma") > 1.5 * nuclear_fraction("human breast cancer")
@@ -222,10 +268,29 @@ def test_tumor_types_differ_in_cell_density():
 
 def _write_real_like_json(path: Path, cells):
     data = {
-        "images": [{"file_name": "001.tiff", "id": 1, "width": 7000, "height": 5000, "tumor_type": "canine lymphosarcoma"}],
-        "categories": [{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "not mitotic figure"}],
-        "annotations": [{"bbox": [x - 25, y - 25, x + 25, y + 25], "category_id": c, "image_id": 1, "labels": [c, c],
-                         "id": i + 1} for i, (x, y, c) in enumerate(cells)],
+        "images": [
+            {
+                "file_name": "001.tiff",
+                "id": 1,
+                "width": 7000,
+                "height": 5000,
+                "tumor_type": "canine lymphosarcoma",
+            }
+        ],
+        "categories": [
+            {"id": 1, "name": "mitotic figure"},
+            {"id": 2, "name": "not mitotic figure"},
+        ],
+        "annotations": [
+            {
+                "bbox": [x - 25, y - 25, x + 25, y + 25],
+                "category_id": c,
+                "image_id": 1,
+                "labels": [c, c],
+                "id": i + 1,
+            }
+            for i, (x, y, c) in enumerate(cells)
+        ],
     }
     path.write_text(json.dumps(data))
 
@@ -256,7 +321,9 @@ def test_positions_from_the_real_midogpp_file(tmp_path):
         pytest.skip(f"{src} not present")
     pos = load_positions(src)
     assert set(pos) == set(TUMOR_TYPES)  # lymphosarcoma resolved to canine lymphoma
-    spec = dataclasses.replace(SPEC, domains=(Domain("canine lymphoma", "3D Histech", 1),), image_size=(1024, 1024))
+    spec = dataclasses.replace(
+        SPEC, domains=(Domain("canine lymphoma", "3D Histech", 1),), image_size=(1024, 1024)
+    )
     out = generate_dataset(tmp_path, spec, seed=0, positions_from=src)
     assert len(out["images"][0]["cells"]) >= 1
 
@@ -273,11 +340,22 @@ def test_bad_inputs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="broken.json"):
         load_positions(bad)
     with pytest.raises(ValueError, match="box lies inside"):
-        render_image(TUMOR_TYPES["human breast cancer"], SCANNERS["Hamamatsu XR"], (200, 200), 0.25,
-                     np.random.default_rng(0), positions=[(10, 100, 1)])
+        render_image(
+            TUMOR_TYPES["human breast cancer"],
+            SCANNERS["Hamamatsu XR"],
+            (200, 200),
+            0.25,
+            np.random.default_rng(0),
+            positions=[(10, 100, 1)],
+        )
     with pytest.raises(ValueError, match="smaller than one"):
-        render_image(TUMOR_TYPES["human breast cancer"], SCANNERS["Hamamatsu XR"], (40, 40), 0.25,
-                     np.random.default_rng(0))
+        render_image(
+            TUMOR_TYPES["human breast cancer"],
+            SCANNERS["Hamamatsu XR"],
+            (40, 40),
+            0.25,
+            np.random.default_rng(0),
+        )
 
 
 def test_cli_and_preview(tmp_path):
@@ -293,10 +371,32 @@ def test_cli_and_preview(tmp_path):
         mod.main(["--out", str(tmp_path / "bad"), "--domain", "feline glioma@Hamamatsu XR"])
     assert not (tmp_path / "bad").exists()
     png = tmp_path / "preview.png"
-    mod.main(["--out", str(tmp_path / "d"), "--preset", "tiny", "--size", "300", "--seed", "2",
-              "--domain", "human breast cancer@Hamamatsu XR", "--domain", "canine lymphoma@Leica GT450",
-              "--holdout-scanner", "Leica GT450", "--images-per-domain", "1", "--test-images-per-domain", "2",
-              "--mitoses-per-mm2", "300", "--preview", str(png)])
+    mod.main(
+        [
+            "--out",
+            str(tmp_path / "d"),
+            "--preset",
+            "tiny",
+            "--size",
+            "300",
+            "--seed",
+            "2",
+            "--domain",
+            "human breast cancer@Hamamatsu XR",
+            "--domain",
+            "canine lymphoma@Leica GT450",
+            "--holdout-scanner",
+            "Leica GT450",
+            "--images-per-domain",
+            "1",
+            "--test-images-per-domain",
+            "2",
+            "--mitoses-per-mm2",
+            "300",
+            "--preview",
+            str(png),
+        ]
+    )
     with open(tmp_path / "d" / "synthetic_midog.csv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter=";"))
     assert [(r["Tumor"], r["Scanner"], r["Dataset"]) for r in rows] == [

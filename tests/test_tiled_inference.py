@@ -1,5 +1,6 @@
 """TiledPredictor: tile grid, seam merging, coordinates, aux outputs, and the real model
 under Detectron2's inference_on_dataset."""
+
 import math
 import uuid
 
@@ -7,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg
 from PIL import Image
 from torch import nn
 
@@ -15,7 +17,6 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from conftest import make_cfg
 from midog_d2.data import resample_region
 from midog_d2.evaluation import ImagePoints, MidogEvaluator, evaluate_points
 from midog_d2.inference import TiledPredictor, scaled_tile_grid, suppress_close_points, tile_grid
@@ -56,11 +57,13 @@ class BlobDetector(nn.Module):
             inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
             inst.scores = torch.tensor(scores, dtype=torch.float32)
             inst.pred_classes = torch.zeros(len(scores), dtype=torch.int64)
-            outs.append({
-                "instances": inst,
-                "tumor_probs": torch.tensor([0.9, 0.1] if n > 1 else [0.1, 0.9]),
-                "foreground_prob": torch.tensor(float(n > 1)),
-            })
+            outs.append(
+                {
+                    "instances": inst,
+                    "tumor_probs": torch.tensor([0.9, 0.1] if n > 1 else [0.1, 0.9]),
+                    "foreground_prob": torch.tensor(float(n > 1)),
+                }
+            )
         return outs
 
 
@@ -97,7 +100,14 @@ class ArrayReader:
 
 def predictor(image, **kw):
     reader = ArrayReader(image)
-    args = dict(tile_size=512, overlap=52, batch_size=3, merge_radius_um=6.25, input_format="BGR", reader=reader)
+    args = dict(
+        tile_size=512,
+        overlap=52,
+        batch_size=3,
+        merge_radius_um=6.25,
+        input_format="BGR",
+        reader=reader,
+    )
     args.update(kw)
     model = BlobDetector().eval()
     return TiledPredictor(model, **args).eval(), reader, model
@@ -137,7 +147,9 @@ def test_suppress_close_points_keeps_the_best_of_each_cluster_per_class():
     assert keep.tolist() == [1, 5, 4]
     assert suppress_close_points(c, s, cls, 0).tolist() == [1, 5, 4, 0, 2, 3]
     # Exactly at the radius is not "closer than": both stay.
-    assert suppress_close_points(np.array([[0.0, 0], [25, 0]]), np.array([0.9, 0.8]), np.zeros(2), 25).tolist() == [0, 1]
+    assert suppress_close_points(
+        np.array([[0.0, 0], [25, 0]]), np.array([0.9, 0.8]), np.zeros(2), 25
+    ).tolist() == [0, 1]
 
 
 # --- the wrapper with a deterministic model -----------------------------------------
@@ -177,11 +189,15 @@ def test_tiles_are_read_batch_by_batch_in_the_models_format():
     assert out["tiles"].shape == (12, 4)
     fg = out["foreground_prob"]
     # The blob lies in exactly the tiles that contain (700, 700) with its 20-px extent.
-    expected = [float(x0 <= 690 and x1 >= 710 and y0 <= 690 and y1 >= 710) for x0, y0, x1, y1 in out["tiles"].tolist()]
+    expected = [
+        float(x0 <= 690 and x1 >= 710 and y0 <= 690 and y1 >= 710)
+        for x0, y0, x1, y1 in out["tiles"].tolist()
+    ]
     assert fg.tolist() == expected and 1 <= sum(expected) < 12
     n_fg = sum(expected)
-    assert out["tumor_probs"].tolist() == pytest.approx([(0.9 * n_fg + 0.1 * (12 - n_fg)) / 12,
-                                                         (0.1 * n_fg + 0.9 * (12 - n_fg)) / 12])
+    assert out["tumor_probs"].tolist() == pytest.approx(
+        [(0.9 * n_fg + 0.1 * (12 - n_fg)) / 12, (0.1 * n_fg + 0.9 * (12 - n_fg)) / 12]
+    )
     assert centres(out["instances"]) == [[700.0, 700.0]]
     # An RGB model would not see blue markers as BGR channel 0: the conversion is real.
     tp_rgb, _, _ = predictor(image, input_format="RGB")
@@ -191,10 +207,14 @@ def test_tiles_are_read_batch_by_batch_in_the_models_format():
 def test_region_limits_inference_and_keeps_image_coordinates():
     image = make_image((800, 1200), [(150, 150), (700, 500), (1100, 700)])
     tp, reader, _ = predictor(image)
-    out = tp([{"file_name": "mem", "height": 800, "width": 1200, "region": (500, 300, 1000, 800)}])[0]
+    out = tp([{"file_name": "mem", "height": 800, "width": 1200, "region": (500, 300, 1000, 800)}])[
+        0
+    ]
     assert out["instances"].image_size == (800, 1200)
     assert centres(out["instances"]) == [[700.0, 500.0]]
-    assert all(500 <= x and x + w <= 1000 and 300 <= y and y + h <= 800 for x, y, w, h in reader.requests)
+    assert all(
+        500 <= x and x + w <= 1000 and 300 <= y and y + h <= 800 for x, y, w, h in reader.requests
+    )
 
 
 def test_merge_radius_is_converted_with_the_inputs_mpp():
@@ -202,11 +222,15 @@ def test_merge_radius_is_converted_with_the_inputs_mpp():
     image = make_image((300, 300), [(100, 100), (120, 100)], half=4)
     tp, _, _ = predictor(image)
     assert len(tp([{"file_name": "m", "height": 300, "width": 300}])[0]["instances"]) == 1
-    assert len(tp([{"file_name": "m", "height": 300, "width": 300, "mpp": 0.5}])[0]["instances"]) == 2
+    assert (
+        len(tp([{"file_name": "m", "height": 300, "width": 300, "mpp": 0.5}])[0]["instances"]) == 2
+    )
 
 
 def test_bad_reader_output_is_an_error_naming_the_file():
-    tp, _, _ = predictor(np.zeros((100, 100, 3), dtype=np.uint8), reader=lambda p, x, y, w, h, s: np.zeros((h, w)))
+    tp, _, _ = predictor(
+        np.zeros((100, 100, 3), dtype=np.uint8), reader=lambda p, x, y, w, h, s: np.zeros((h, w))
+    )
     with pytest.raises(ValueError, match="slide.tiff: reading tile"):
         tp([{"file_name": "slide.tiff", "height": 100, "width": 100}])
     tp.train()
@@ -220,17 +244,27 @@ def test_bad_reader_output_is_an_error_naming_the_file():
 @pytest.fixture
 def real_model_cfg():
     cfg = make_cfg()
-    cfg.merge_from_list([
-        # A small MultiTaskRetinaNet (R-18 FPN, 64 channels): the real code path, fast on a CPU.
-        "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.FPN.OUT_CHANNELS", "64",
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",  # keep the random model's detections
-        "TEST.DETECTIONS_PER_IMAGE", "20",
-        "TEST.TILE.SIZE", "256",
-        "TEST.TILE.OVERLAP", "52",
-        "TEST.TILE.BATCH_SIZE", "2",
-    ])
+    cfg.merge_from_list(
+        [
+            # A small MultiTaskRetinaNet (R-18 FPN, 64 channels): the real code path, fast on a CPU.
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.FPN.OUT_CHANNELS",
+            "64",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "0.0",  # keep the random model's detections
+            "TEST.DETECTIONS_PER_IMAGE",
+            "20",
+            "TEST.TILE.SIZE",
+            "256",
+            "TEST.TILE.OVERLAP",
+            "52",
+            "TEST.TILE.BATCH_SIZE",
+            "2",
+        ]
+    )
     return cfg
 
 
@@ -239,14 +273,18 @@ def test_real_model_single_tile_equals_the_model_itself(real_model_cfg, tmp_path
     model = build_model(real_model_cfg).eval()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)
-    tp = TiledPredictor(model, real_model_cfg, tile_size=256, merge_radius_um=0.0, reader=ArrayReader(image)).eval()
+    tp = TiledPredictor(
+        model, real_model_cfg, tile_size=256, merge_radius_um=0.0, reader=ArrayReader(image)
+    ).eval()
     out = tp([{"file_name": "m", "height": 200, "width": 240}])[0]
     with torch.no_grad():
         bgr = torch.as_tensor(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))
         ref = model([{"image": bgr, "height": 200, "width": 240}])[0]
     assert len(out["instances"]) == len(ref["instances"]) > 0
     order = torch.argsort(ref["instances"].scores, descending=True, stable=True)
-    assert torch.allclose(out["instances"].pred_boxes.tensor, ref["instances"].pred_boxes.tensor[order])
+    assert torch.allclose(
+        out["instances"].pred_boxes.tensor, ref["instances"].pred_boxes.tensor[order]
+    )
     assert torch.allclose(out["instances"].scores, ref["instances"].scores[order])
     assert torch.allclose(out["tumor_probs"], ref["tumor_probs"])
     assert out["foreground_prob"].tolist() == pytest.approx([float(ref["foreground_prob"])])
@@ -263,9 +301,18 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
     for k, (h, w) in enumerate([(300, 400), (200, 256)], start=1):
         path = tmp_path / f"{k:03d}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        dicts.append({"image_id": k, "file_name": str(path), "height": h, "width": w, "tumor_type": "human breast cancer",
-                      "tumor_label": 0, "labelled": True,
-                      "annotations": [{"bbox": [100, 100, 150, 150], "bbox_mode": 0, "category_id": 0}]})
+        dicts.append(
+            {
+                "image_id": k,
+                "file_name": str(path),
+                "height": h,
+                "width": w,
+                "tumor_type": "human breast cancer",
+                "tumor_label": 0,
+                "labelled": True,
+                "annotations": [{"bbox": [100, 100, 150, 150], "bbox_mode": 0, "category_id": 0}],
+            }
+        )
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(thing_classes=["mitotic figure", "hard negative"], mpp=0.25)
     try:
@@ -283,7 +330,13 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
         images = []
         for o in outs:
             b = o["instances"].pred_boxes.tensor.numpy()
-            images.append(ImagePoints(gt=[[125, 125]], pred=(b[:, :2] + b[:, 2:]) / 2, scores=o["instances"].scores.numpy()))
+            images.append(
+                ImagePoints(
+                    gt=[[125, 125]],
+                    pred=(b[:, :2] + b[:, 2:]) / 2,
+                    scores=o["instances"].scores.numpy(),
+                )
+            )
         expected = evaluate_points(images, threshold=0.5)
         assert (res["TP"], res["FP"], res["FN"]) == (expected["tp"], expected["fp"], expected["fn"])
         assert res["best_F1"] == pytest.approx(expected["best_f1"])
@@ -292,10 +345,14 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
         out = outs[0]
         assert out["instances"].image_size == (300, 400)
         assert len(out["tiles"]) == 4 and out["foreground_prob"].shape == (4,)
-        assert out["tumor_probs"].shape == (6,) and float(out["tumor_probs"].sum()) == pytest.approx(1.0, abs=1e-5)
+        assert out["tumor_probs"].shape == (6,) and float(
+            out["tumor_probs"].sum()
+        ) == pytest.approx(1.0, abs=1e-5)
         b = out["instances"].pred_boxes.tensor
         c = (b[:, :2] + b[:, 2:]) / 2
-        assert len(b) > 0 and bool((c[:, 0] >= 0).all() and (c[:, 0] <= 400).all() and (c[:, 1] <= 300).all())
+        assert len(b) > 0 and bool(
+            (c[:, 0] >= 0).all() and (c[:, 0] <= 400).all() and (c[:, 1] <= 300).all()
+        )
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -306,7 +363,9 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
 
 def test_scaled_tile_grid_covers_the_region_in_model_pixels():
     region = (100, 50, 1300, 950)
-    assert scaled_tile_grid(region, 512, 52) == [(a, b, c - a, d - b) for a, b, c, d in tile_grid(region, 512, 52)]
+    assert scaled_tile_grid(region, 512, 52) == [
+        (a, b, c - a, d - b) for a, b, c, d in tile_grid(region, 512, 52)
+    ]
     for scale in (2.0, 1.996, 0.5, 0.8):
         tiles = scaled_tile_grid(region, 512, 52, scale)
         covered = np.zeros((900, 1200), bool)
@@ -318,7 +377,10 @@ def test_scaled_tile_grid_covers_the_region_in_model_pixels():
             # inside the region, and neighbours overlap by about OVERLAP model pixels
             assert region[0] <= x and x + w / scale <= region[2] + 1e-9
             assert region[1] <= y and y + h / scale <= region[3] + 1e-9
-            covered[y - 50 : int(np.ceil(y + h / scale)) - 50, x - 100 : int(np.ceil(x + w / scale)) - 100] = True
+            covered[
+                y - 50 : int(np.ceil(y + h / scale)) - 50,
+                x - 100 : int(np.ceil(x + w / scale)) - 100,
+            ] = True
         assert covered.all(), scale
         xs = sorted({t[0] for t in tiles})
         steps = np.diff(xs)[:-1]  # the last column is shifted to end on the edge
@@ -354,7 +416,9 @@ def test_a_resolution_within_tolerance_is_read_as_it_is():
     tp, reader, _ = predictor(image, model_mpp=0.25, mpp_tolerance=0.1)
     out = tp([{"file_name": "mem", "height": 600, "width": 1000, "mpp": 0.2273}])[0]
     assert out["scale"] == 1.0 and set(reader.scales) == {1.0}
-    assert reader.requests == [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in tile_grid((0, 0, 1000, 600), 512, 52)]
+    assert reader.requests == [
+        (x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in tile_grid((0, 0, 1000, 600), 512, 52)
+    ]
     # The merge radius stays in µm: 6.25 µm at 0.2273 µm/px is 27.5 px.
     assert centres(out["instances"]) == [[486.0, 200.0]]
 

@@ -1,4 +1,5 @@
 """End to end: tools/train_net.py on a tiny generated dataset, then --eval-only from its checkpoint."""
+
 import json
 import shutil
 import subprocess
@@ -6,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import CONFIGS, REPO
+
 from midog_d2.data.synthetic import PRESETS, generate_dataset
 from midog_d2.engine.demo import split_for_domain_study
 
@@ -29,24 +30,42 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     config = ["--config-file", str(CONFIGS / "Demo-CPU-R18.yaml")]
     opts = [
-        "MODEL.DEVICE", "cpu",
-        "DATASETS.MIDOG.JSON_FILE", str(tiny_dataset["json_file"]),
-        "DATASETS.MIDOG.IMAGE_ROOT", str(tiny_dataset["image_root"]),
-        "DATASETS.MIDOG.CSV_FILE", str(tiny_dataset["csv_file"]),
-        "DATASETS.MIDOG.SPLIT", "csv",
-        "DATASETS.MIDOG.VAL_FRACTION", "0.0",
-        "DATASETS.TRAIN", "('midog_train',)",
-        "DATASETS.TEST", "('midog_test',)",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "3",
-        "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.STEPS", "()",
-        "INPUT.PATCH.SIZE", "128",
-        "TEST.TILE.SIZE", "256",
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-        "DATALOADER.NUM_WORKERS", "0",
-        "TEST.EVAL_PERIOD", "2",
-        "OUTPUT_DIR", str(out),
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.MIDOG.JSON_FILE",
+        str(tiny_dataset["json_file"]),
+        "DATASETS.MIDOG.IMAGE_ROOT",
+        str(tiny_dataset["image_root"]),
+        "DATASETS.MIDOG.CSV_FILE",
+        str(tiny_dataset["csv_file"]),
+        "DATASETS.MIDOG.SPLIT",
+        "csv",
+        "DATASETS.MIDOG.VAL_FRACTION",
+        "0.0",
+        "DATASETS.TRAIN",
+        "('midog_train',)",
+        "DATASETS.TEST",
+        "('midog_test',)",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.STEPS",
+        "()",
+        "INPUT.PATCH.SIZE",
+        "128",
+        "TEST.TILE.SIZE",
+        "256",
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.EVAL_PERIOD",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
     ]
     _train_net([*config, *opts], tmp_path)
     checkpoint = out / "model_final.pth"
@@ -74,7 +93,10 @@ def test_domain_split_holds_out_tumor_and_scanner():
     dicts = [
         {"image_id": i, "tumor_type": tumor, "scanner": scanner, "annotations": []}
         for i, (tumor, scanner) in enumerate(
-            [("breast", "A")] * 6 + [("lung", "B")] * 6 + [("net", "A")] * 3 + [("breast", "Leica")] * 3
+            [("breast", "A")] * 6
+            + [("lung", "B")] * 6
+            + [("net", "A")] * 3
+            + [("breast", "Leica")] * 3
         )
     ]
     splits = split_for_domain_study(dicts, "net", "Leica", val_fraction=0.25, seed=0)

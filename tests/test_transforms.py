@@ -1,4 +1,5 @@
 """Colour augmentations: ranges, torchvision semantics, channel order, HED deconvolution."""
+
 import cv2
 import numpy as np
 import pytest
@@ -52,7 +53,12 @@ def test_colorjitter_draws_factors_in_range_and_in_random_order():
         orders.add(names)
         for name, v in t.ops:
             values[name].append(v)
-    bounds = {"brightness": (0.65, 1.35), "contrast": (0.8, 1.2), "saturation": (0.9, 1.1), "hue": (-0.1, 0.1)}
+    bounds = {
+        "brightness": (0.65, 1.35),
+        "contrast": (0.8, 1.2),
+        "saturation": (0.9, 1.1),
+        "hue": (-0.1, 0.1),
+    }
     for name, (lo, hi) in bounds.items():
         v = np.array(values[name])
         assert v.min() >= lo and v.max() <= hi, name
@@ -77,7 +83,9 @@ def test_colorjitter_skips_zero_ops_and_validates():
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_identity_parameters_leave_the_image_unchanged(fmt):
     img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    t = ColorJitterTransform([("hue", 0.0), ("brightness", 1.0), ("saturation", 1.0), ("contrast", 1.0)], fmt)
+    t = ColorJitterTransform(
+        [("hue", 0.0), ("brightness", 1.0), ("saturation", 1.0), ("contrast", 1.0)], fmt
+    )
     out = t.apply_image(img)
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert np.abs(out.astype(int) - img).max() <= 1
@@ -121,7 +129,12 @@ def test_pure_red_stays_red_in_its_channel(fmt):
 def test_random_hue_shifts_within_its_range(fmt):
     rng = np.random.default_rng(5)
     hsv = np.stack(
-        [rng.uniform(0, 360, (32, 32)), rng.uniform(0.5, 1, (32, 32)), rng.uniform(0.5, 1, (32, 32))], -1
+        [
+            rng.uniform(0, 360, (32, 32)),
+            rng.uniform(0.5, 1, (32, 32)),
+            rng.uniform(0.5, 1, (32, 32)),
+        ],
+        -1,
     ).astype(np.float32)
     img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB if fmt == "RGB" else cv2.COLOR_HSV2BGR)
     img = (img * 255).round().astype(np.uint8)
@@ -131,7 +144,7 @@ def test_random_hue_shifts_within_its_range(fmt):
     shifts = []
     for _ in range(200):
         t = aug.get_transform(img)
-        (name, delta), = t.ops
+        ((name, delta),) = t.ops
         assert name == "hue" and -0.1 <= delta <= 0.1
         measured = circular_diff(hue_degrees(t.apply_image(img), fmt), h0)
         # the shift of every pixel is the drawn one (uint8 rounding aside) ...
@@ -145,7 +158,10 @@ def test_random_hue_shifts_within_its_range(fmt):
 
 def test_colour_transforms_leave_geometry_alone():
     boxes = np.array([[10.0, 20.0, 60.0, 70.0]])
-    for t in (ColorJitterTransform([("hue", 0.1), ("brightness", 1.2)]), HEDStainTransform([1.2] * 3, [0.1] * 3)):
+    for t in (
+        ColorJitterTransform([("hue", 0.1), ("brightness", 1.2)]),
+        HEDStainTransform([1.2] * 3, [0.1] * 3),
+    ):
         assert np.array_equal(t.apply_box(boxes.copy()), boxes)
         seg = np.arange(12, dtype=np.uint8).reshape(3, 4)
         assert np.array_equal(t.apply_segmentation(seg), seg)
@@ -169,7 +185,9 @@ def test_hed_changes_colour_when_on(fmt):
     img = in_format(he_like_image(), fmt)
     np.random.seed(1)
     aug = RandomHEDStain(sigma=0.2, bias=0.1, image_format=fmt)
-    diffs = [np.abs(aug.get_transform(img).apply_image(img).astype(int) - img).mean() for _ in range(10)]
+    diffs = [
+        np.abs(aug.get_transform(img).apply_image(img).astype(int) - img).mean() for _ in range(10)
+    ]
     assert min(diffs) > 1.0
 
 

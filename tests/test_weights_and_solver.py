@@ -1,4 +1,5 @@
 """ImageNet weights (torchvision conversion, Detectron2's C2 R-50 pickle), optimizers, set-up checks."""
+
 import pickle
 import subprocess
 import sys
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import CONFIGS, REPO, make_cfg
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 
-from conftest import CONFIGS, REPO, make_cfg
 from midog_d2.solver import build_optimizer
 
 
@@ -49,7 +50,9 @@ def test_torchvision_resnet50_converts_and_loads(tmp_path):
     dst = tmp_path / "R-50-tv.pkl"
     subprocess.run(
         [sys.executable, str(REPO / "tools" / "convert_torchvision_to_d2.py"), str(src), str(dst)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
     cfg = make_cfg(CONFIGS / "R50-torchvision-weights.yaml")
@@ -70,8 +73,14 @@ def test_converter_rejects_a_non_resnet_file(tmp_path):
     bad = tmp_path / "not_resnet.pth"
     torch.save({"encoder.weight": torch.zeros(3)}, bad)
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_torchvision_to_d2.py"), str(bad), str(tmp_path / "x.pkl")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "tools" / "convert_torchvision_to_d2.py"),
+            str(bad),
+            str(tmp_path / "x.pkl"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "not_resnet.pth" in result.stderr and "No ResNet weights" in result.stderr
@@ -85,8 +94,14 @@ def _d2_to_c2_name(name: str) -> str:
     if name == "stem.conv1.weight":
         return "conv1_w"
     stage, block, layer, *rest = name.split(".")
-    branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}[layer]
-    suffix = {"weight": "w"}[rest[0]] if rest[0] != "norm" else {"weight": "bn_s", "bias": "bn_b"}[rest[1]]
+    branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}[
+        layer
+    ]
+    suffix = (
+        {"weight": "w"}[rest[0]]
+        if rest[0] != "norm"
+        else {"weight": "bn_s", "bias": "bn_b"}[rest[1]]
+    )
     return f"{stage}_{block}_{branch}_{suffix}"
 
 
@@ -114,10 +129,13 @@ def test_detectron2_msra_r50_pickle_loads(tmp_path):
     assert len(expected) == 53 * 3
 
 
-@pytest.mark.parametrize("name,cls", [("ADAM", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                      ("SGD", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    "name,cls", [("ADAM", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("SGD", torch.optim.SGD)]
+)
 def test_optimizer_selected_by_config(name, cls):
-    cfg = make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "SOLVER.OPTIMIZER", name, "SOLVER.BASE_LR", 0.001)
+    cfg = make_cfg(
+        CONFIGS / "Base-MultiTask-RetinaNet.yaml", "SOLVER.OPTIMIZER", name, "SOLVER.BASE_LR", 0.001
+    )
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, cls)
@@ -129,8 +147,15 @@ def test_optimizer_selected_by_config(name, cls):
 
 
 def test_adam_with_gradient_clipping_clips():
-    cfg = make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "SOLVER.CLIP_GRADIENTS.ENABLED", True,
-                   "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0)
+    cfg = make_cfg(
+        CONFIGS / "Base-MultiTask-RetinaNet.yaml",
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        True,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+        "norm",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+        1.0,
+    )
     layer = torch.nn.Linear(4, 1)
     opt = build_optimizer(cfg, layer)
     assert isinstance(opt, torch.optim.Adam)
@@ -156,10 +181,17 @@ def test_import_without_detectron2_says_how_to_install():
 
 
 def test_collect_env_reports_versions_and_compiled_ops():
-    result = subprocess.run([sys.executable, "-m", "midog_d2.collect_env"], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "midog_d2.collect_env"], capture_output=True, text=True, check=True
+    )
     out = result.stdout
-    for key in ("detectron2", "detectron2 compiled ops (_C)", "torch", "CUDA available", "OpenSlide library"):
+    for key in (
+        "detectron2",
+        "detectron2 compiled ops (_C)",
+        "torch",
+        "CUDA available",
+        "OpenSlide library",
+    ):
         assert key in out
     import detectron2
 

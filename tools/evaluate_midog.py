@@ -10,6 +10,7 @@ points" JSON (one file, a file mapping image names/ids to point objects, or a
 directory of per-image files); see midog_d2.evaluation.challenge_io and
 docs/evaluation.md. Never-annotated images of the ground truth are not scored.
 """
+
 import argparse
 import json
 import sys
@@ -17,22 +18,48 @@ from pathlib import Path
 
 from midog_d2.evaluation import evaluate_prediction_file, format_results_table, json_safe
 
-SUMMARY_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "threshold", "best_f1", "best_threshold", "ap50")
+SUMMARY_KEYS = (
+    "tp",
+    "fp",
+    "fn",
+    "precision",
+    "recall",
+    "f1",
+    "threshold",
+    "best_f1",
+    "best_threshold",
+    "ap50",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--ground-truth", required=True, help="MIDOG / MIDOG++ annotation JSON")
     p.add_argument("--predictions", required=True, help="prediction JSON file or directory")
     p.add_argument("--radius-um", type=float, default=7.5, help="hit radius in µm (default 7.5)")
-    p.add_argument("--mpp", type=float, default=0.25, help="µm per pixel of the images (default 0.25)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="score threshold for TP/FP/FN/F1 (default: every prediction)")
-    p.add_argument("--use-point-names", action="store_true",
-                   help="without --threshold, count only the points a MIDOG points file names "
-                        "'mitotic figure' (the challenge's rule)")
-    p.add_argument("--pred-category-id", type=int, default=None,
-                   help="category_id of the mitotic figure in a coco results file with several classes")
+    p.add_argument(
+        "--mpp", type=float, default=0.25, help="µm per pixel of the images (default 0.25)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="score threshold for TP/FP/FN/F1 (default: every prediction)",
+    )
+    p.add_argument(
+        "--use-point-names",
+        action="store_true",
+        help="without --threshold, count only the points a MIDOG points file names "
+        "'mitotic figure' (the challenge's rule)",
+    )
+    p.add_argument(
+        "--pred-category-id",
+        type=int,
+        default=None,
+        help="category_id of the mitotic figure in a coco results file with several classes",
+    )
     p.add_argument("--output", default=None, help="write the metrics JSON here")
     return p.parse_args(argv)
 

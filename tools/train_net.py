@@ -6,6 +6,7 @@
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8
 """
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
@@ -16,7 +17,9 @@ def main(args):
     cfg = setup_cfg(args.config_file, args.opts, args)
     if args.eval_only:
         model = MidogTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         return MidogTrainer.test(cfg, model)
     trainer = MidogTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -8,6 +8,7 @@
         OUTPUT_DIR output/real_figures_cpu_r18_control
 Score a checkpoint with tools/eval_real_figures.py.
 """
+
 from detectron2.engine import default_argument_parser, launch
 
 from midog_d2.data.canvas import build_real_figure_train_loader
@@ -31,5 +32,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,4 +1,5 @@
 """MIDOG data: annotation loading, dataset registration and splits, the image reader."""
+
 # Loading, registration, splits and image reading (midog.py, register.py, slide.py).
 from .midog import CATEGORY_NAMES, canonical_tumor_type, load_midog_json
 from .register import (
@@ -21,6 +22,7 @@ from .slide import (
     slide_mpp,
     slide_thumbnail,
 )
+
 # Training patches, augmentations, sampling and test-time records (mapper.py,
 # transforms.py, sampler.py).
 from .mapper import MidogPatchMapper, MidogTestMapper, build_patch_augmentation
@@ -31,11 +33,25 @@ from .sampler import (
     labelled_images,
     patches_per_epoch,
 )
-from .transforms import ColorJitter, ColorJitterTransform, HEDStainTransform, RandomHEDStain, RandomHue
+from .transforms import (
+    ColorJitter,
+    ColorJitterTransform,
+    HEDStainTransform,
+    RandomHEDStain,
+    RandomHue,
+)
+
 # Generated MIDOG-like datasets for tests and the demo (synthetic.py).
 from . import synthetic
+
 # Real mitotic-figure crops (AMi-Br AtNorM-MD) as MIDOG-style files (real_figures.py).
-from .real_figures import convert_real_figures, load_real_figures, scan_real_figures, split_real_figures
+from .real_figures import (
+    convert_real_figures,
+    load_real_figures,
+    scan_real_figures,
+    split_real_figures,
+)
+
 # Real-figure training canvases and the placed-crop evaluation set (canvas.py).
 from .canvas import (
     CanvasOptions,
@@ -45,5 +61,6 @@ from .canvas import (
     build_real_figure_train_loader,
     load_context_tiles,
 )
+
 # Generated datasets built from real tissue and real figures (realistic.py).
 from . import realistic

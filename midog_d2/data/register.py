@@ -1,4 +1,5 @@
 """Register MIDOG datasets with Detectron2's DatasetCatalog / MetadataCatalog, and split them."""
+
 import logging
 import math
 import random
@@ -79,8 +80,13 @@ def register_midog(
         **(metadata or {}),
     }
     args = _frozen(
-        {"json_file": json_file, "image_root": image_root, "tumor_types": tumor_types,
-         "meta": meta, "load": load_options}
+        {
+            "json_file": json_file,
+            "image_root": image_root,
+            "tumor_types": tumor_types,
+            "meta": meta,
+            "load": load_options,
+        }
     )
     if name in DatasetCatalog.list():
         if name not in _REGISTERED:
@@ -133,7 +139,9 @@ def leave_one_tumor_out(
     present = sorted({d["tumor_type"] for d in dataset_dicts if d["tumor_type"] is not None})
     holdout = canonical_tumor_type(holdout_tumor, tumor_aliases, present)
     if holdout not in present:
-        raise ValueError(f"held-out tumor type {holdout_tumor!r} is not in the data; tumor types: {present}")
+        raise ValueError(
+            f"held-out tumor type {holdout_tumor!r} is not in the data; tumor types: {present}"
+        )
     train = [d for d in dataset_dicts if d["tumor_type"] != holdout]
     test = [d for d in dataset_dicts if d["tumor_type"] == holdout]
     return train, test
@@ -195,7 +203,9 @@ def register_from_config(cfg) -> List[str]:
     dicts = load_midog_json(c.JSON_FILE, c.IMAGE_ROOT, tumor_types=tumor_types, **load_options)
     if c.SPLIT == "csv":
         if not c.CSV_FILE:
-            raise ValueError("DATASETS.MIDOG.SPLIT='csv' needs DATASETS.MIDOG.CSV_FILE (the MIDOG++ CSV)")
+            raise ValueError(
+                "DATASETS.MIDOG.SPLIT='csv' needs DATASETS.MIDOG.CSV_FILE (the MIDOG++ CSV)"
+            )
         train, test = split_by_csv(dicts)
     elif c.SPLIT == "leave_one_tumor_out":
         train, test = leave_one_tumor_out(dicts, c.HOLDOUT_TUMOR, load_options["tumor_aliases"])
@@ -213,7 +223,9 @@ def register_from_config(cfg) -> List[str]:
         del _REGISTERED["midog_val"]
     for name, part in parts.items():
         register_midog(
-            name, c.JSON_FILE, c.IMAGE_ROOT,
+            name,
+            c.JSON_FILE,
+            c.IMAGE_ROOT,
             tumor_types=tumor_types,
             mpp=c.FALLBACK_MPP,
             metadata={"split": c.SPLIT},
@@ -222,6 +234,8 @@ def register_from_config(cfg) -> List[str]:
         )
     logger.info(
         "Registered MIDOG split %r from %s: %s",
-        c.SPLIT, c.JSON_FILE, ", ".join(f"{n} {len(p)} images" for n, p in parts.items()),
+        c.SPLIT,
+        c.JSON_FILE,
+        ", ".join(f"{n} {len(p)} images" for n, p in parts.items()),
     )
     return list(parts)

@@ -7,6 +7,7 @@ epoch at a time, with replacement and with per-image weights, so epoch ``k`` of 
 given seed is always the same multiset of images; the trainer converts
 iterations to epochs as ``iteration * SOLVER.IMS_PER_BATCH / patches_per_epoch``.
 """
+
 import itertools
 import logging
 from collections import Counter
@@ -36,11 +37,17 @@ def labelled_images(dataset_dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]
     key, an image counts as labelled when it has annotations)."""
     kept = [d for d in dataset_dicts if d.get("labelled", bool(d.get("annotations"))) is not False]
     if len(kept) < len(dataset_dicts):
-        logger.info("Training on %d images; left out %d unlabelled ones", len(kept), len(dataset_dicts) - len(kept))
+        logger.info(
+            "Training on %d images; left out %d unlabelled ones",
+            len(kept),
+            len(dataset_dicts) - len(kept),
+        )
     return kept
 
 
-def image_weights(dataset_dicts: List[Dict[str, Any]], balance_tumor_types: bool = False) -> torch.Tensor:
+def image_weights(
+    dataset_dicts: List[Dict[str, Any]], balance_tumor_types: bool = False
+) -> torch.Tensor:
     """
     Sampling weight of each image (sums to 1): uniform, or with
     ``balance_tumor_types`` uniform over tumor types first (images whose
@@ -57,9 +64,14 @@ def image_weights(dataset_dicts: List[Dict[str, Any]], balance_tumor_types: bool
         counts = Counter(types)
         logger.info("Balancing %d tumor types: %s", len(counts), dict(counts))
         w = torch.tensor([1.0 / counts[t] for t in types], dtype=torch.float64)
-    extra = torch.tensor([float(d.get("sample_weight", 1.0)) for d in dataset_dicts], dtype=torch.float64)
-    bad = [d.get("file_name", i) for i, (d, e) in enumerate(zip(dataset_dicts, extra.tolist()))
-           if not (e >= 0 and e < float("inf"))]
+    extra = torch.tensor(
+        [float(d.get("sample_weight", 1.0)) for d in dataset_dicts], dtype=torch.float64
+    )
+    bad = [
+        d.get("file_name", i)
+        for i, (d, e) in enumerate(zip(dataset_dicts, extra.tolist()))
+        if not (e >= 0 and e < float("inf"))
+    ]
     if bad:
         raise ValueError(f"image_weights: sample_weight must be finite and >= 0; bad for {bad[:5]}")
     w = w * extra
@@ -84,7 +96,9 @@ class MidogTrainingSampler(Sampler):
     takes every ``world_size``-th index starting at its rank.
     """
 
-    def __init__(self, weights: Sequence[float], patches_per_epoch: int, seed: Optional[int] = None):
+    def __init__(
+        self, weights: Sequence[float], patches_per_epoch: int, seed: Optional[int] = None
+    ):
         """
         Args:
             weights: one non-negative weight per image, not all zero.
@@ -92,11 +106,21 @@ class MidogTrainingSampler(Sampler):
             seed: the same on every process; None draws one shared by all of them.
         """
         w = torch.as_tensor(weights, dtype=torch.float64)
-        if w.ndim != 1 or len(w) == 0 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"MidogTrainingSampler: weights must be a non-empty 1-D vector of finite values >= 0, "
-                             f"not all 0; got {w.tolist()[:10]}...")
+        if (
+            w.ndim != 1
+            or len(w) == 0
+            or not torch.isfinite(w).all()
+            or (w < 0).any()
+            or w.sum() <= 0
+        ):
+            raise ValueError(
+                f"MidogTrainingSampler: weights must be a non-empty 1-D vector of finite values >= 0, "
+                f"not all 0; got {w.tolist()[:10]}..."
+            )
         if patches_per_epoch <= 0:
-            raise ValueError(f"MidogTrainingSampler: patches_per_epoch must be positive, got {patches_per_epoch}")
+            raise ValueError(
+                f"MidogTrainingSampler: patches_per_epoch must be positive, got {patches_per_epoch}"
+            )
         self.weights = w
         self.patches_per_epoch = int(patches_per_epoch)
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
@@ -110,7 +134,9 @@ class MidogTrainingSampler(Sampler):
         g = torch.Generator()
         g.manual_seed(self._seed)
         while True:
-            yield from torch.multinomial(self.weights, self.patches_per_epoch, replacement=True, generator=g).tolist()
+            yield from torch.multinomial(
+                self.weights, self.patches_per_epoch, replacement=True, generator=g
+            ).tolist()
 
 
 def build_midog_train_loader(
@@ -135,7 +161,9 @@ def build_midog_train_loader(
         )
     dataset = labelled_images(dataset)
     if not dataset:
-        raise ValueError(f"build_midog_train_loader: no labelled training images in {tuple(cfg.DATASETS.TRAIN)}")
+        raise ValueError(
+            f"build_midog_train_loader: no labelled training images in {tuple(cfg.DATASETS.TRAIN)}"
+        )
     if mapper is None:
         mapper = MidogPatchMapper(cfg, is_train=True)
     seed = cfg.SEED if cfg.SEED >= 0 else None

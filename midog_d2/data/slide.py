@@ -12,6 +12,7 @@ from their tiles with tifffile, bypassing OpenSlide's slower path; the pixels
 are the same. :func:`read_region_scaled` resamples a window to the model's
 µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see docs/slides.md.
 """
+
 import logging
 import math
 import os
@@ -178,7 +179,9 @@ class _TiledTiff:
             return None  # a sparse tile: OpenSlide leaves it transparent
         data = os.pread(self.fd, count, self.offsets[index])
         if len(data) != count:
-            raise UnreadableSlideError(f"cannot read tile {index} of {self.path}: the file is truncated")
+            raise UnreadableSlideError(
+                f"cannot read tile {index} of {self.path}: the file is truncated"
+            )
         try:
             segment = self.decode(data, index)[0]
             return segment.reshape(self.tile_h, self.tile_w, 3)
@@ -190,7 +193,11 @@ class _TiledTiff:
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
         inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
         # Filling costs ~0.1 ms a patch: skip it when every pixel gets overwritten.
-        out = np.empty((height, width, 3), np.uint8) if inside else np.full((height, width, 3), 255, np.uint8)
+        out = (
+            np.empty((height, width, 3), np.uint8)
+            if inside
+            else np.full((height, width, 3), 255, np.uint8)
+        )
         if x0 >= x1 or y0 >= y1:
             return out
         tw, th = self.tile_w, self.tile_h
@@ -266,10 +273,14 @@ def _tiled_tiff(path: str) -> Optional[_TiledTiff]:
 
 def _check_size(path: str, width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise ValueError(f"reading {path}: width and height must be positive, got {width} x {height}")
+        raise ValueError(
+            f"reading {path}: width and height must be positive, got {width} x {height}"
+        )
 
 
-def _read_openslide(path: str, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+def _read_openslide(
+    path: str, x: int, y: int, width: int, height: int, level: int = 0
+) -> np.ndarray:
     """(height, width) RGB pixels of ``level`` whose top-left lies at level-0 (x, y); white outside."""
     slide = open_slide(path)
     try:
@@ -320,12 +331,19 @@ def _shrink(src: np.ndarray, scale: float, width: int, height: int) -> np.ndarra
     # fx/fy (no dsize) keep the scale exact: output pixel j averages source [j/scale, (j+1)/scale).
     out = cv2.resize(src, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     if out.shape[0] < height or out.shape[1] < width:
-        raise AssertionError(f"resampled {src.shape} by {scale} to {out.shape}, short of {height} x {width}")
+        raise AssertionError(
+            f"resampled {src.shape} by {scale} to {out.shape}, short of {height} x {width}"
+        )
     return np.ascontiguousarray(out[:height, :width])
 
 
 def resample_region(
-    read: Callable[[int, int, int, int], np.ndarray], x: int, y: int, width: int, height: int, scale: float
+    read: Callable[[int, int, int, int], np.ndarray],
+    x: int,
+    y: int,
+    width: int,
+    height: int,
+    scale: float,
 ) -> np.ndarray:
     """
     The window of :func:`read_region_scaled` from any level-0 reader
@@ -341,18 +359,30 @@ def resample_region(
     if scale == 1.0:
         return read(x, y, width, height)
     if scale < 1.0:
-        return _shrink(read(x, y, math.ceil(width / scale) + 1, math.ceil(height / scale) + 1), scale, width, height)
+        return _shrink(
+            read(x, y, math.ceil(width / scale) + 1, math.ceil(height / scale) + 1),
+            scale,
+            width,
+            height,
+        )
     # One pixel of margin on each side: border output pixels interpolate with their
     # true neighbours (white outside the image), not with a replicated edge.
     src = read(x - 1, y - 1, math.ceil(width / scale) + 3, math.ceil(height / scale) + 3)
     a = 1.0 / scale
     b = 0.5 * a - 0.5 + 1.0  # source index of output pixel 0's centre, margin included
     m = np.array([[a, 0.0, b], [0.0, a, b]])
-    return cv2.warpAffine(src, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        src,
+        m,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
-def read_region_scaled(path: str, x: int, y: int, width: int, height: int, scale: float) -> np.ndarray:
+def read_region_scaled(
+    path: str, x: int, y: int, width: int, height: int, scale: float
+) -> np.ndarray:
     """
     A (height, width, 3) uint8 RGB window of ``path`` resampled by ``scale``
     output pixels per level-0 pixel (:func:`resample_scale`; > 1 enlarges). The
@@ -376,7 +406,9 @@ def read_region_scaled(path: str, x: int, y: int, width: int, height: int, scale
             # Scanners' levels are rarely exact (a "2x" level at 2.0005): accept one up to
             # half a pixel over the window finer than asked, instead of falling back to
             # the level below, which is 2-4 times larger to read.
-            level = slide.get_best_level_for_downsample(1.0 / scale * (1.0 + 0.5 / max(width, height)))
+            level = slide.get_best_level_for_downsample(
+                1.0 / scale * (1.0 + 0.5 / max(width, height))
+            )
     if level == 0:
         return resample_region(lambda *r: read_region(path, *r), x, y, width, height, scale)
     # OpenSlide puts the read's first level pixel at level-0 (x, y) exactly.
@@ -440,7 +472,11 @@ def _file_mpp(path: str) -> Optional[float]:
     props = slide.properties
     mpp = None
     try:
-        values = [float(props[k]) for k in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y) if k in props]
+        values = [
+            float(props[k])
+            for k in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
+            if k in props
+        ]
         if values:
             mpp = sum(values) / len(values)
     except ValueError:
@@ -462,9 +498,13 @@ def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
     mpp = _file_mpp(path)
     if mpp is not None and _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1]:
         return mpp
-    reason = "has no resolution metadata" if mpp is None else f"reports an implausible {mpp:.4g} µm/px"
+    reason = (
+        "has no resolution metadata" if mpp is None else f"reports an implausible {mpp:.4g} µm/px"
+    )
     if fallback is None:
-        raise ValueError(f"{path} {reason} and no fallback µm/px was given (DATASETS.MIDOG.FALLBACK_MPP)")
+        raise ValueError(
+            f"{path} {reason} and no fallback µm/px was given (DATASETS.MIDOG.FALLBACK_MPP)"
+        )
     key = os.path.abspath(path)
     if key not in _fallback_logged:
         _fallback_logged.add(key)
@@ -472,7 +512,9 @@ def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
     return float(fallback)
 
 
-def check_images(dataset_dicts: Iterable[Dict[str, Any]], read_pixels: bool = True) -> List[Tuple[str, str]]:
+def check_images(
+    dataset_dicts: Iterable[Dict[str, Any]], read_pixels: bool = True
+) -> List[Tuple[str, str]]:
     """
     Every problem with the images of ``dataset_dicts``, as (file_name, problem):
     missing, unreadable (cannot be opened or, with ``read_pixels``, a
@@ -499,10 +541,15 @@ def check_images(dataset_dicts: Iterable[Dict[str, Any]], read_pixels: bool = Tr
             w, h = slide.dimensions
             if "width" in d and "height" in d and (w, h) != (d["width"], d["height"]):
                 problems.append(
-                    (path, f"size {w} x {h} differs from the annotation file's {d['width']} x {d['height']}")
+                    (
+                        path,
+                        f"size {w} x {h} differs from the annotation file's {d['width']} x {d['height']}",
+                    )
                 )
             elif read_pixels:
-                slide.read_region((max(w // 2 - 32, 0), max(h // 2 - 32, 0)), 0, (min(64, w), min(64, h)))
+                slide.read_region(
+                    (max(w // 2 - 32, 0), max(h // 2 - 32, 0)), 0, (min(64, w), min(64, h))
+                )
         except (openslide.OpenSlideError, OSError, ValueError) as e:
             problems.append((path, f"unreadable: {e}"))
         finally:

@@ -17,6 +17,7 @@ and turned into RGB by Beer-Lambert with the scanner's stain matrix, so that a
 scanner shift is a shift of the stain vectors, as in real slides.
 See docs/synthetic_data.md for the domains and presets.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,6 +58,7 @@ BOX_SIZE = 50
 MITOSIS_KINDS = ("metaphase", "prometaphase", "anaphase", "telophase")
 IMPOSTER_KINDS = ("pyknotic", "hyperchromatic", "lymphocyte")
 
+
 @dataclass(frozen=True)
 class TumorType:
     """Tissue parameters of one tumor type; lengths in µm."""
@@ -85,7 +87,11 @@ class TumorType:
     nucleoli: float = 0.0  # probability of a visible nucleolus
     mitosis_factor: float = 1.0  # multiplies SyntheticSpec.mitoses_per_mm2
     imposter_factor: float = 1.0  # multiplies SyntheticSpec.imposters_per_mm2
-    imposter_mix: Tuple[float, float, float] = (0.4, 0.35, 0.25)  # pyknotic, hyperchromatic, lymphocyte
+    imposter_mix: Tuple[float, float, float] = (
+        0.4,
+        0.35,
+        0.25,
+    )  # pyknotic, hyperchromatic, lymphocyte
 
 
 @dataclass(frozen=True)
@@ -109,55 +115,163 @@ TUMOR_TYPES: Dict[str, TumorType] = {
     t.name: t
     for t in (
         TumorType(
-            "human breast cancer", "Human", "UMC Utrecht",
-            nucleus_radius=4.2, nucleus_radius_sd=0.9, aspect=(1.0, 1.6), irregularity=0.07,
-            cell_spacing=11.0, cellularity=0.55, nest_scale=45.0, lumen=0.06, fat=0.08, fibre=1.0,
-            chromatin="vesicular", nucleus_stain=0.85, cytoplasm_eosin=0.45, cytoplasm_haem=0.10,
-            cell_borders=0.15, nucleoli=0.6,
+            "human breast cancer",
+            "Human",
+            "UMC Utrecht",
+            nucleus_radius=4.2,
+            nucleus_radius_sd=0.9,
+            aspect=(1.0, 1.6),
+            irregularity=0.07,
+            cell_spacing=11.0,
+            cellularity=0.55,
+            nest_scale=45.0,
+            lumen=0.06,
+            fat=0.08,
+            fibre=1.0,
+            chromatin="vesicular",
+            nucleus_stain=0.85,
+            cytoplasm_eosin=0.45,
+            cytoplasm_haem=0.10,
+            cell_borders=0.15,
+            nucleoli=0.6,
         ),
         TumorType(
-            "canine lung cancer", "Canine", "FU Berlin",
-            nucleus_radius=3.6, nucleus_radius_sd=0.6, aspect=(1.1, 1.8), irregularity=0.05,
-            cell_spacing=9.5, cellularity=0.6, nest_scale=30.0, lumen=0.13, fat=0.0, fibre=0.7,
-            chromatin="coarse", nucleus_stain=1.0, cytoplasm_eosin=0.55, cytoplasm_haem=0.05,
-            cell_borders=0.25, nucleoli=0.3, imposter_mix=(0.5, 0.3, 0.2),
+            "canine lung cancer",
+            "Canine",
+            "FU Berlin",
+            nucleus_radius=3.6,
+            nucleus_radius_sd=0.6,
+            aspect=(1.1, 1.8),
+            irregularity=0.05,
+            cell_spacing=9.5,
+            cellularity=0.6,
+            nest_scale=30.0,
+            lumen=0.13,
+            fat=0.0,
+            fibre=0.7,
+            chromatin="coarse",
+            nucleus_stain=1.0,
+            cytoplasm_eosin=0.55,
+            cytoplasm_haem=0.05,
+            cell_borders=0.25,
+            nucleoli=0.3,
+            imposter_mix=(0.5, 0.3, 0.2),
         ),
         TumorType(
-            "canine lymphoma", "Canine", "FU Berlin",
-            nucleus_radius=3.1, nucleus_radius_sd=0.45, aspect=(1.0, 1.25), irregularity=0.06,
-            cell_spacing=7.2, cellularity=1.0, nest_scale=80.0, lumen=0.0, fat=0.0, fibre=0.3,
-            chromatin="dense", nucleus_stain=1.15, cytoplasm_eosin=0.35, cytoplasm_haem=0.12,
-            cell_borders=0.55, nucleoli=0.2, mitosis_factor=1.6, imposter_factor=1.3,
+            "canine lymphoma",
+            "Canine",
+            "FU Berlin",
+            nucleus_radius=3.1,
+            nucleus_radius_sd=0.45,
+            aspect=(1.0, 1.25),
+            irregularity=0.06,
+            cell_spacing=7.2,
+            cellularity=1.0,
+            nest_scale=80.0,
+            lumen=0.0,
+            fat=0.0,
+            fibre=0.3,
+            chromatin="dense",
+            nucleus_stain=1.15,
+            cytoplasm_eosin=0.35,
+            cytoplasm_haem=0.12,
+            cell_borders=0.55,
+            nucleoli=0.2,
+            mitosis_factor=1.6,
+            imposter_factor=1.3,
             imposter_mix=(0.5, 0.2, 0.3),
         ),
         TumorType(
-            "canine cutaneous mast cell tumor", "Canine", "VMU Vienna",
-            nucleus_radius=3.3, nucleus_radius_sd=0.4, aspect=(1.0, 1.3), irregularity=0.04,
-            cell_spacing=10.0, cellularity=0.8, nest_scale=60.0, lumen=0.02, fat=0.03, fibre=0.8,
-            chromatin="coarse", nucleus_stain=0.95, cytoplasm_eosin=0.35, cytoplasm_haem=0.25,
-            cell_borders=0.45, granules=0.6, nucleoli=0.1, mitosis_factor=0.7,
+            "canine cutaneous mast cell tumor",
+            "Canine",
+            "VMU Vienna",
+            nucleus_radius=3.3,
+            nucleus_radius_sd=0.4,
+            aspect=(1.0, 1.3),
+            irregularity=0.04,
+            cell_spacing=10.0,
+            cellularity=0.8,
+            nest_scale=60.0,
+            lumen=0.02,
+            fat=0.03,
+            fibre=0.8,
+            chromatin="coarse",
+            nucleus_stain=0.95,
+            cytoplasm_eosin=0.35,
+            cytoplasm_haem=0.25,
+            cell_borders=0.45,
+            granules=0.6,
+            nucleoli=0.1,
+            mitosis_factor=0.7,
             imposter_mix=(0.3, 0.4, 0.3),
         ),
         TumorType(
-            "human neuroendocrine tumor", "Human", "UMC Utrecht",
-            nucleus_radius=3.3, nucleus_radius_sd=0.35, aspect=(1.0, 1.3), irregularity=0.03,
-            cell_spacing=8.5, cellularity=0.65, nest_scale=22.0, lumen=0.03, fat=0.0, fibre=0.9,
-            chromatin="salt_pepper", nucleus_stain=0.9, cytoplasm_eosin=0.5, cytoplasm_haem=0.08,
-            cell_borders=0.1, nucleoli=0.05, mitosis_factor=0.6, imposter_mix=(0.35, 0.45, 0.2),
+            "human neuroendocrine tumor",
+            "Human",
+            "UMC Utrecht",
+            nucleus_radius=3.3,
+            nucleus_radius_sd=0.35,
+            aspect=(1.0, 1.3),
+            irregularity=0.03,
+            cell_spacing=8.5,
+            cellularity=0.65,
+            nest_scale=22.0,
+            lumen=0.03,
+            fat=0.0,
+            fibre=0.9,
+            chromatin="salt_pepper",
+            nucleus_stain=0.9,
+            cytoplasm_eosin=0.5,
+            cytoplasm_haem=0.08,
+            cell_borders=0.1,
+            nucleoli=0.05,
+            mitosis_factor=0.6,
+            imposter_mix=(0.35, 0.45, 0.2),
         ),
         TumorType(
-            "canine soft tissue sarcoma", "Canine", "FU Berlin",
-            nucleus_radius=4.4, nucleus_radius_sd=0.8, aspect=(2.2, 3.8), irregularity=0.05,
-            cell_spacing=9.0, cellularity=0.85, nest_scale=70.0, lumen=0.02, fat=0.0, fibre=1.2,
-            chromatin="coarse", nucleus_stain=0.95, cytoplasm_eosin=0.55, cytoplasm_haem=0.05,
-            cell_borders=0.0, spindle=True, nucleoli=0.2, imposter_mix=(0.35, 0.45, 0.2),
+            "canine soft tissue sarcoma",
+            "Canine",
+            "FU Berlin",
+            nucleus_radius=4.4,
+            nucleus_radius_sd=0.8,
+            aspect=(2.2, 3.8),
+            irregularity=0.05,
+            cell_spacing=9.0,
+            cellularity=0.85,
+            nest_scale=70.0,
+            lumen=0.02,
+            fat=0.0,
+            fibre=1.2,
+            chromatin="coarse",
+            nucleus_stain=0.95,
+            cytoplasm_eosin=0.55,
+            cytoplasm_haem=0.05,
+            cell_borders=0.0,
+            spindle=True,
+            nucleoli=0.2,
+            imposter_mix=(0.35, 0.45, 0.2),
         ),
         TumorType(
-            "human melanoma", "Human", "UMC Utrecht",
-            nucleus_radius=4.6, nucleus_radius_sd=1.0, aspect=(1.0, 1.5), irregularity=0.08,
-            cell_spacing=12.0, cellularity=0.75, nest_scale=40.0, lumen=0.02, fat=0.0, fibre=0.8,
-            chromatin="vesicular", nucleus_stain=0.8, cytoplasm_eosin=0.5, cytoplasm_haem=0.08,
-            cell_borders=0.1, pigment=0.7, nucleoli=0.85,
+            "human melanoma",
+            "Human",
+            "UMC Utrecht",
+            nucleus_radius=4.6,
+            nucleus_radius_sd=1.0,
+            aspect=(1.0, 1.5),
+            irregularity=0.08,
+            cell_spacing=12.0,
+            cellularity=0.75,
+            nest_scale=40.0,
+            lumen=0.02,
+            fat=0.0,
+            fibre=0.8,
+            chromatin="vesicular",
+            nucleus_stain=0.8,
+            cytoplasm_eosin=0.5,
+            cytoplasm_haem=0.08,
+            cell_borders=0.1,
+            pigment=0.7,
+            nucleoli=0.85,
         ),
     )
 }
@@ -166,22 +280,72 @@ SCANNERS: Dict[str, Scanner] = {
     s.name: s
     for s in (
         # Bluish-purple haematoxylin, magenta eosin, sharp, lossless.
-        Scanner("Hamamatsu XR", 0.23, (0.60, 0.76, 0.26), (0.08, 0.95, 0.32), (1.0, 0.95),
-                (240, 236, 244), blur=0.18, sharpen=0.35, noise=1.5, jpeg_quality=0),
+        Scanner(
+            "Hamamatsu XR",
+            0.23,
+            (0.60, 0.76, 0.26),
+            (0.08, 0.95, 0.32),
+            (1.0, 0.95),
+            (240, 236, 244),
+            blur=0.18,
+            sharpen=0.35,
+            noise=1.5,
+            jpeg_quality=0,
+        ),
         # Lighter and pinker; mild JPEG.
-        Scanner("Hamamatsu S360", 0.23, (0.52, 0.78, 0.28), (0.04, 0.88, 0.46), (0.8, 0.85),
-                (246, 240, 246), blur=0.25, sharpen=0.2, noise=2.0, jpeg_quality=88),
+        Scanner(
+            "Hamamatsu S360",
+            0.23,
+            (0.52, 0.78, 0.28),
+            (0.04, 0.88, 0.46),
+            (0.8, 0.85),
+            (246, 240, 246),
+            blur=0.25,
+            sharpen=0.2,
+            noise=2.0,
+            jpeg_quality=88,
+        ),
         # Saturated, red-orange eosin, warm background, softer focus, Aperio's JPEG q70.
-        Scanner("Aperio CS2", 0.25, (0.50, 0.80, 0.30), (0.02, 0.86, 0.62), (1.15, 1.25),
-                (242, 230, 232), blur=0.35, sharpen=0.0, noise=2.5, jpeg_quality=70),
+        Scanner(
+            "Aperio CS2",
+            0.25,
+            (0.50, 0.80, 0.30),
+            (0.02, 0.86, 0.62),
+            (1.15, 1.25),
+            (242, 230, 232),
+            blur=0.35,
+            sharpen=0.0,
+            noise=2.5,
+            jpeg_quality=70,
+        ),
         # Pale, blue haematoxylin, grey-pink eosin, out-of-focus with strong sharpening,
         # noise and heavy JPEG: the blur softens the ragged outline that tells a mitosis
         # from a dark imposter on the training scanners (all sharper than 0.4 µm).
-        Scanner("Leica GT450", 0.26, (0.72, 0.66, 0.20), (0.20, 0.95, 0.24), (0.75, 0.65),
-                (248, 248, 250), blur=0.7, sharpen=0.8, noise=3.5, jpeg_quality=60),
+        Scanner(
+            "Leica GT450",
+            0.26,
+            (0.72, 0.66, 0.20),
+            (0.20, 0.95, 0.24),
+            (0.75, 0.65),
+            (248, 248, 250),
+            blur=0.7,
+            sharpen=0.8,
+            noise=3.5,
+            jpeg_quality=60,
+        ),
         # Dark, dull, greyish; soft focus.
-        Scanner("3D Histech", 0.25, (0.64, 0.70, 0.32), (0.14, 0.92, 0.36), (1.3, 1.05),
-                (232, 232, 234), blur=0.4, sharpen=0.0, noise=2.0, jpeg_quality=85),
+        Scanner(
+            "3D Histech",
+            0.25,
+            (0.64, 0.70, 0.32),
+            (0.14, 0.92, 0.36),
+            (1.3, 1.05),
+            (232, 232, 234),
+            blur=0.4,
+            sharpen=0.0,
+            noise=2.0,
+            jpeg_quality=85,
+        ),
     )
 }
 
@@ -241,12 +405,18 @@ _TEST_DOMAINS = (
 
 PRESETS: Dict[str, SyntheticSpec] = {
     # For unit tests: seconds.
-    "tiny": SyntheticSpec(_split_domains(_TRAIN_DOMAINS[:2], _TEST_DOMAINS[:1], 1, 1), (384, 320),
-                          mitoses_per_mm2=400.0, imposters_per_mm2=400.0),
+    "tiny": SyntheticSpec(
+        _split_domains(_TRAIN_DOMAINS[:2], _TEST_DOMAINS[:1], 1, 1),
+        (384, 320),
+        mitoses_per_mm2=400.0,
+        imposters_per_mm2=400.0,
+    ),
     # For the CPU demo: 20 training + 8 held-out images of 1280 px (~15 s to generate).
     "demo": SyntheticSpec(
-        _split_domains(_TRAIN_DOMAINS, _TEST_DOMAINS, 5, 4), (1280, 1280),
-        mitoses_per_mm2=70.0, imposters_per_mm2=90.0,
+        _split_domains(_TRAIN_DOMAINS, _TEST_DOMAINS, 5, 4),
+        (1280, 1280),
+        mitoses_per_mm2=70.0,
+        imposters_per_mm2=90.0,
     ),
     # Every tumor type on its MIDOG++ scanner, plus the scanner hold-outs.
     "full": SyntheticSpec(
@@ -266,7 +436,8 @@ PRESETS: Dict[str, SyntheticSpec] = {
                 ("human breast cancer", "Leica GT450"),
                 ("canine lymphoma", "Leica GT450"),
             ),
-            10, 6,
+            10,
+            6,
         ),
         (2048, 2048),
     ),
@@ -284,6 +455,7 @@ class Cell:
 
 
 # --------------------------------------------------------------------------- noise
+
 
 def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], scale_px: float) -> np.ndarray:
     """Zero-mean unit-variance noise with features of about ``scale_px`` pixels."""
@@ -313,7 +485,9 @@ def _soft_threshold(field_: np.ndarray, fraction: float, softness: float = 0.35)
     return 0.5 + 0.5 * np.tanh((field_ - thr) / (2 * softness))  # a logistic that cannot overflow
 
 
-def _fibres(rng: np.random.Generator, shape: Tuple[int, int], mpp: float) -> Tuple[np.ndarray, np.ndarray]:
+def _fibres(
+    rng: np.random.Generator, shape: Tuple[int, int], mpp: float
+) -> Tuple[np.ndarray, np.ndarray]:
     """Wavy collagen-like bundles in about [-1, 1] and their local orientation (radians)."""
     h, w = shape
     # Half resolution: fibres are 1-3 µm wide, well above a 0.5 µm/px grid.
@@ -323,9 +497,12 @@ def _fibres(rng: np.random.Generator, shape: Tuple[int, int], mpp: float) -> Tup
     yy, xx = np.mgrid[0:hh, 0:hw].astype(np.float32)
     # parallel bands across one direction, warped at two scales so that they wave
     # and turn; the local direction is read back from the warped phase
-    across = (-xx * math.sin(theta0) + yy * math.cos(theta0)
-              + _smooth_noise(rng, (hh, hw), 60.0 * px) * (18.0 * px)
-              + _smooth_noise(rng, (hh, hw), 12.0 * px) * (2.5 * px))
+    across = (
+        -xx * math.sin(theta0)
+        + yy * math.cos(theta0)
+        + _smooth_noise(rng, (hh, hw), 60.0 * px) * (18.0 * px)
+        + _smooth_noise(rng, (hh, hw), 12.0 * px) * (2.5 * px)
+    )
     gy_, gx_ = np.gradient(cv2.GaussianBlur(across, (0, 0), 4.0 * px))
     theta = np.arctan2(gy_, gx_) + np.pi / 2
     warp = _smooth_noise(rng, (hh, hw), 4.0 * px) * (0.6 * px)
@@ -342,8 +519,13 @@ def _fibres(rng: np.random.Generator, shape: Tuple[int, int], mpp: float) -> Tup
     streak /= streak.std() + 1e-6
     sy = (across - across.min()) / 2.0
     sx = (along - along.min()) / 8.0
-    streak = cv2.remap(streak, sx.astype(np.float32), sy.astype(np.float32), cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REFLECT)
+    streak = cv2.remap(
+        streak,
+        sx.astype(np.float32),
+        sy.astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     out = 0.2 * bands - clefts * strength + 0.3 * streak
     out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
     theta = cv2.resize(theta, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -397,24 +579,49 @@ def _draw_mitosis(canvas_h, canvas_clear, rng, x, y, kind, scale, mpp, stain):
         halo_a *= 1.25 if kind == "anaphase" else 1.55
     # how clear the rounded-up cytoplasm looks varies: a halo alone must not give it away
     clear = int(rng.integers(110, 256))
-    cv2.ellipse(canvas_clear, _pts(np.array([x, y]))[0, 0], (int(halo_a * _ONE), int(halo_b * _ONE)),
-                math.degrees(ang + np.pi / 2), 0, 360, clear, -1, cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(
+        canvas_clear,
+        _pts(np.array([x, y]))[0, 0],
+        (int(halo_a * _ONE), int(halo_b * _ONE)),
+        math.degrees(ang + np.pi / 2),
+        0,
+        360,
+        clear,
+        -1,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
     if kind == "telophase":  # cleavage furrow: two rounded daughter cells
         for s in (-1, 1):
             c = np.array([x + s * 0.45 * halo_a * -sa, y + s * 0.45 * halo_a * ca])
-            cv2.circle(canvas_clear, _pts(c)[0, 0], int(halo_b * 0.75 * _ONE), clear, -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(
+                canvas_clear,
+                _pts(c)[0, 0],
+                int(halo_b * 0.75 * _ONE),
+                clear,
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
 
     def bar(cx, cy, length, width, n_clumps, curve):
         # chromosomes: many small overlapping blobs along a (slightly curved) plate
         u = rng.uniform(-0.5, 0.5, n_clumps)
-        off = rng.normal(0, width * 0.22, n_clumps) + curve * (u ** 2 - 0.08) * length
+        off = rng.normal(0, width * 0.22, n_clumps) + curve * (u**2 - 0.08) * length
         bx = cx + u * length * ca - off * sa
         by = cy + u * length * sa + off * ca
         rad = rng.uniform(0.35, 0.62, n_clumps) * width
         v = stain * rng.uniform(0.85, 1.15, n_clumps)
         for i in range(n_clumps):
-            cv2.circle(canvas_h, _pts(np.array([bx[i], by[i]]))[0, 0], max(int(rad[i] * _ONE), _ONE),
-                       _u8(v[i]), -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(
+                canvas_h,
+                _pts(np.array([bx[i], by[i]]))[0, 0],
+                max(int(rad[i] * _ONE), _ONE),
+                _u8(v[i]),
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
         _spikes(canvas_h, rng, bx, by, width * 0.55, stain, px)
 
     if kind == "metaphase":
@@ -427,12 +634,27 @@ def _draw_mitosis(canvas_h, canvas_clear, rng, x, y, kind, scale, mpp, stain):
         width = rng.uniform(1.3, 2.0) * px
         for s in (-1, 1):
             # the two plates move apart perpendicular to their length
-            bar(x - s * sep / 2 * sa, y + s * sep / 2 * ca, length, width, int(length / width * 4), s * 0.35)
+            bar(
+                x - s * sep / 2 * sa,
+                y + s * sep / 2 * ca,
+                length,
+                width,
+                int(length / width * 4),
+                s * 0.35,
+            )
     elif kind == "telophase":
         sep = rng.uniform(6.5, 9.0) * px
         for s in (-1, 1):
-            _clump(canvas_h, rng, x - s * sep / 2 * sa, y + s * sep / 2 * ca,
-                   rng.uniform(1.8, 2.5) * px, stain, px, ring=False)
+            _clump(
+                canvas_h,
+                rng,
+                x - s * sep / 2 * sa,
+                y + s * sep / 2 * ca,
+                rng.uniform(1.8, 2.5) * px,
+                stain,
+                px,
+                ring=False,
+            )
     else:  # prometaphase: ring or irregular clump
         _clump(canvas_h, rng, x, y, rng.uniform(2.6, 3.6) * px, stain, px, ring=rng.random() < 0.5)
 
@@ -448,8 +670,15 @@ def _clump(canvas_h, rng, x, y, radius, stain, px, ring: bool):
     bx, by = x + rr * np.cos(t), y + rr * np.sin(t)
     rad = rng.uniform(0.5, 0.9, n) * px
     for i in range(n):
-        cv2.circle(canvas_h, _pts(np.array([bx[i], by[i]]))[0, 0], max(int(rad[i] * _ONE), _ONE),
-                   _u8(stain * rng.uniform(0.85, 1.15)), -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(
+            canvas_h,
+            _pts(np.array([bx[i], by[i]]))[0, 0],
+            max(int(rad[i] * _ONE), _ONE),
+            _u8(stain * rng.uniform(0.85, 1.15)),
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
     _spikes(canvas_h, rng, bx, by, 0.6 * px, stain, px, centre=(x, y))
 
 
@@ -466,11 +695,20 @@ def _spikes(canvas_h, rng, bx, by, base, stain, px, centre=None):
     x0, y0 = bx[idx], by[idx]
     x1, y1 = x0 + ln * np.cos(t), y0 + ln * np.sin(t)
     for i in range(m):
-        cv2.line(canvas_h, _pts(np.array([x0[i], y0[i]]))[0, 0], _pts(np.array([x1[i], y1[i]]))[0, 0],
-                 _u8(stain * rng.uniform(0.7, 1.0)), 1, cv2.LINE_AA, _SHIFT)
+        cv2.line(
+            canvas_h,
+            _pts(np.array([x0[i], y0[i]]))[0, 0],
+            _pts(np.array([x1[i], y1[i]]))[0, 0],
+            _u8(stain * rng.uniform(0.7, 1.0)),
+            1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
 
 
-def _draw_imposter(canvas_h, canvas_clear, canvas_eo, rng, x, y, kind, scale, mpp, stain, tumor: TumorType):
+def _draw_imposter(
+    canvas_h, canvas_clear, canvas_eo, rng, x, y, kind, scale, mpp, stain, tumor: TumorType
+):
     """Dark look-alikes with smooth outlines."""
     px = 1.0 / mpp
     c = _pts(np.array([x, y]))[0, 0]
@@ -478,30 +716,72 @@ def _draw_imposter(canvas_h, canvas_clear, canvas_eo, rng, x, y, kind, scale, mp
         # shrunken, condensed nucleus (or a few smooth fragments) in bright eosinophilic
         # cytoplasm, separated from its neighbours by a retraction halo
         halo = rng.uniform(4.5, 6.0) * px * scale
-        cv2.circle(canvas_clear, c, int(halo * _ONE), int(rng.integers(110, 256)), -1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(
+            canvas_clear, c, int(halo * _ONE), int(rng.integers(110, 256)), -1, cv2.LINE_AA, _SHIFT
+        )
         if rng.random() < 0.6:
-            cv2.circle(canvas_eo, c, int(halo * 0.72 * _ONE), int(rng.integers(120, 256)), -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(
+                canvas_eo,
+                c,
+                int(halo * 0.72 * _ONE),
+                int(rng.integers(120, 256)),
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
         if rng.random() < 0.4:  # karyorrhexis
             k = int(rng.integers(2, 5))
             t = rng.uniform(0, 2 * np.pi, k)
             rr = rng.uniform(1.0, 2.2, k) * px * scale
             for i in range(k):
                 cc = _pts(np.array([x + rr[i] * math.cos(t[i]), y + rr[i] * math.sin(t[i])]))[0, 0]
-                cv2.circle(canvas_h, cc, int(rng.uniform(0.9, 1.5) * px * scale * _ONE), _u8(stain),
-                           -1, cv2.LINE_AA, _SHIFT)
+                cv2.circle(
+                    canvas_h,
+                    cc,
+                    int(rng.uniform(0.9, 1.5) * px * scale * _ONE),
+                    _u8(stain),
+                    -1,
+                    cv2.LINE_AA,
+                    _SHIFT,
+                )
         else:
             r = rng.uniform(1.8, 2.8) * px * scale
-            poly = _blob_outlines(rng, np.array([x]), np.array([y]), np.array([r]),
-                                  np.array([r * rng.uniform(0.8, 1.0)]), np.array([rng.uniform(0, np.pi)]),
-                                  0.03, 24)
+            poly = _blob_outlines(
+                rng,
+                np.array([x]),
+                np.array([y]),
+                np.array([r]),
+                np.array([r * rng.uniform(0.8, 1.0)]),
+                np.array([rng.uniform(0, np.pi)]),
+                0.03,
+                24,
+            )
             cv2.fillPoly(canvas_h, [_pts(poly[0])], _u8(stain), cv2.LINE_AA, _SHIFT)
     elif kind == "hyperchromatic":
         a = tumor.nucleus_radius * rng.uniform(0.9, 1.25) * px
         b = a / rng.uniform(1.0, 1.5)
-        cv2.ellipse(canvas_clear, c, (int(a * 1.6 * _ONE), int(b * 1.6 * _ONE)), 0, 0, 360, 110, -1,
-                    cv2.LINE_AA, _SHIFT)
-        poly = _blob_outlines(rng, np.array([x]), np.array([y]), np.array([a]), np.array([b]),
-                              np.array([rng.uniform(0, np.pi)]), 0.04, 24)
+        cv2.ellipse(
+            canvas_clear,
+            c,
+            (int(a * 1.6 * _ONE), int(b * 1.6 * _ONE)),
+            0,
+            0,
+            360,
+            110,
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
+        poly = _blob_outlines(
+            rng,
+            np.array([x]),
+            np.array([y]),
+            np.array([a]),
+            np.array([b]),
+            np.array([rng.uniform(0, np.pi)]),
+            0.04,
+            24,
+        )
         cv2.fillPoly(canvas_h, [_pts(poly[0])], _u8(stain * 0.9), cv2.LINE_AA, _SHIFT)
     else:  # lymphocyte: small, round, dark, a thin rim of cytoplasm
         r = rng.uniform(2.2, 2.9) * px
@@ -511,7 +791,10 @@ def _draw_imposter(canvas_h, canvas_clear, canvas_eo, rng, x, y, kind, scale, mp
 
 # --------------------------------------------------------------------------- image
 
-def _place_special(rng, n, weight: np.ndarray, size, min_dist_px, margin) -> List[Tuple[float, float]]:
+
+def _place_special(
+    rng, n, weight: np.ndarray, size, min_dist_px, margin
+) -> List[Tuple[float, float]]:
     """Up to ``n`` positions drawn from ``weight`` (a coarse map), at least min_dist apart."""
     w, h = size
     out: List[Tuple[float, float]] = []
@@ -521,11 +804,13 @@ def _place_special(rng, n, weight: np.ndarray, size, min_dist_px, margin) -> Lis
     xs = rng.uniform(margin, w - margin, cand)
     ys = rng.uniform(margin, h - margin, cand)
     gh, gw = weight.shape
-    p = weight[np.clip((ys / h * gh).astype(int), 0, gh - 1), np.clip((xs / w * gw).astype(int), 0, gw - 1)]
+    p = weight[
+        np.clip((ys / h * gh).astype(int), 0, gh - 1), np.clip((xs / w * gw).astype(int), 0, gw - 1)
+    ]
     keep = rng.random(cand) < p
     pts: List[Tuple[float, float]] = []
     for x, y in zip(xs[keep], ys[keep]):
-        if all((x - px_) ** 2 + (y - py_) ** 2 >= min_dist_px ** 2 for px_, py_ in pts):
+        if all((x - px_) ** 2 + (y - py_) ** 2 >= min_dist_px**2 for px_, py_ in pts):
             out.append((float(x), float(y)))
             pts.append((float(x), float(y)))
             if len(out) == n:
@@ -593,18 +878,27 @@ def render_image(
         for x, y, cat in positions:
             m = BOX_SIZE / 2
             if not (m <= x <= w - m and m <= y <= h - m) or cat not in (1, 2):
-                raise ValueError(f"cell ({x}, {y}, category {cat}) is not a category 1/2 cell whose "
-                                 f"{BOX_SIZE}-px box lies inside a {w} x {h} image")
-            kind = (mit_kinds[int(rng.choice(4, p=[0.45, 0.3, 0.15, 0.1]))] if cat == 1 else
-                    IMPOSTER_KINDS[int(rng.choice(3, p=tumor.imposter_mix))])
+                raise ValueError(
+                    f"cell ({x}, {y}, category {cat}) is not a category 1/2 cell whose "
+                    f"{BOX_SIZE}-px box lies inside a {w} x {h} image"
+                )
+            kind = (
+                mit_kinds[int(rng.choice(4, p=[0.45, 0.3, 0.15, 0.1]))]
+                if cat == 1
+                else IMPOSTER_KINDS[int(rng.choice(3, p=tumor.imposter_mix))]
+            )
             specials.append(Cell(float(x), float(y), int(cat), kind))
     else:
         # mostly in cell-rich tissue, rarely in stroma, never in a lumen
         weight = np.clip(cellular * 1.2, 0.05, 1.0) * (1 - lumen) ** 4
-        weight = cv2.resize(weight.astype(np.float32), (max(w // 16, 1), max(h // 16, 1)),
-                            interpolation=cv2.INTER_AREA)
-        xy = _place_special(rng, num_mitoses + num_imposters, weight, (w, h),
-                            11.0 * px, BOX_SIZE / 2)
+        weight = cv2.resize(
+            weight.astype(np.float32),
+            (max(w // 16, 1), max(h // 16, 1)),
+            interpolation=cv2.INTER_AREA,
+        )
+        xy = _place_special(
+            rng, num_mitoses + num_imposters, weight, (w, h), 11.0 * px, BOX_SIZE / 2
+        )
         order = rng.permutation(len(xy))
         for j, k in enumerate(order):
             x, y = xy[k]
@@ -630,14 +924,23 @@ def render_image(
     # ---- ordinary nuclei: tumor cells, then stromal (fibroblast-like) cells
     nt = int(is_tumor.sum())
     tx, ty = gx[is_tumor], gy[is_tumor]
-    a = np.clip(rng.normal(tumor.nucleus_radius, tumor.nucleus_radius_sd, nt), 0.55 * tumor.nucleus_radius, None) * px
+    a = (
+        np.clip(
+            rng.normal(tumor.nucleus_radius, tumor.nucleus_radius_sd, nt),
+            0.55 * tumor.nucleus_radius,
+            None,
+        )
+        * px
+    )
     asp = rng.uniform(*tumor.aspect, nt)
     if tumor.spindle:
-        ang = theta[ty.astype(int).clip(0, h - 1), tx.astype(int).clip(0, w - 1)] + rng.normal(0, 0.15, nt)
+        ang = theta[ty.astype(int).clip(0, h - 1), tx.astype(int).clip(0, w - 1)] + rng.normal(
+            0, 0.15, nt
+        )
         a = a * np.sqrt(asp) / 1.3
     else:
         ang = rng.uniform(0, np.pi, nt)
-        a = a * asp ** 0.25
+        a = a * asp**0.25
     b = a / asp
     polys = _blob_outlines(rng, tx, ty, a, b, ang, tumor.irregularity)
     stain = np.clip(rng.normal(tumor.nucleus_stain, 0.12, nt), 0.45, 1.4)
@@ -645,17 +948,36 @@ def render_image(
     nucleoli = rng.random(nt) < tumor.nucleoli
     for i in range(nt):
         p = _pts(polys[i])
-        cv2.fillPoly(canvas_h, [p], _u8(stain[i] * (0.55 if vesicular else 1.0)), cv2.LINE_AA, _SHIFT)
+        cv2.fillPoly(
+            canvas_h, [p], _u8(stain[i] * (0.55 if vesicular else 1.0)), cv2.LINE_AA, _SHIFT
+        )
         # condensed chromatin along the nuclear membrane
-        cv2.polylines(canvas_h, [p], True, _u8(stain[i] * 1.25), max(int(round(0.35 * px)), 1), cv2.LINE_AA, _SHIFT)
+        cv2.polylines(
+            canvas_h,
+            [p],
+            True,
+            _u8(stain[i] * 1.25),
+            max(int(round(0.35 * px)), 1),
+            cv2.LINE_AA,
+            _SHIFT,
+        )
         if nucleoli[i]:
             off = rng.normal(0, 0.25, 2) * b[i]
-            cv2.circle(canvas_h, _pts(np.array([tx[i] + off[0], ty[i] + off[1]]))[0, 0],
-                       int(rng.uniform(0.45, 0.8) * px * _ONE), _u8(stain[i] * 1.5), -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(
+                canvas_h,
+                _pts(np.array([tx[i] + off[0], ty[i] + off[1]]))[0, 0],
+                int(rng.uniform(0.45, 0.8) * px * _ONE),
+                _u8(stain[i] * 1.5),
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
     ns = int(is_stromal.sum())
     if ns:
         sx_, sy_ = gx[is_stromal], gy[is_stromal]
-        sang = theta[sy_.astype(int).clip(0, h - 1), sx_.astype(int).clip(0, w - 1)] + rng.normal(0, 0.2, ns)
+        sang = theta[sy_.astype(int).clip(0, h - 1), sx_.astype(int).clip(0, w - 1)] + rng.normal(
+            0, 0.2, ns
+        )
         sa_ = rng.uniform(3.5, 6.0, ns) * px
         sb_ = sa_ / rng.uniform(3.0, 5.5, ns)
         spolys = _blob_outlines(rng, sx_, sy_, sa_, sb_, sang, 0.04, 14)
@@ -668,10 +990,21 @@ def render_image(
     for c in specials:
         st = float(rng.uniform(0.9, 1.1)) * mit_stain
         if c.category_id == 1:
-            _draw_mitosis(canvas_h, canvas_clear, rng, c.x, c.y, c.kind,
-                          float(np.clip(tumor.nucleus_radius / 3.8, 0.8, 1.15)), mpp, st)
+            _draw_mitosis(
+                canvas_h,
+                canvas_clear,
+                rng,
+                c.x,
+                c.y,
+                c.kind,
+                float(np.clip(tumor.nucleus_radius / 3.8, 0.8, 1.15)),
+                mpp,
+                st,
+            )
         else:
-            _draw_imposter(canvas_h, canvas_clear, canvas_eo, rng, c.x, c.y, c.kind, 1.0, mpp, st * 0.92, tumor)
+            _draw_imposter(
+                canvas_h, canvas_clear, canvas_eo, rng, c.x, c.y, c.kind, 1.0, mpp, st * 0.92, tumor
+            )
 
     # ---- nuclear texture
     nuc = canvas_h.astype(np.float32) * (1.0 / _C)
@@ -693,12 +1026,16 @@ def render_image(
     cy_all = np.concatenate([ty, np.array([c.y for c in specials])]).astype(int).clip(0, h - 1)
     if cx_all.size:
         seeds[cy_all, cx_all] = 0
-        dist, labels = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+        dist, labels = cv2.distanceTransformWithLabels(
+            seeds, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+        )
     else:
         dist = np.full(shape, 1e6, np.float32)
         labels = np.zeros(shape, np.int32)
     # in nests cytoplasm fills the space between nuclei; elsewhere it hugs them
-    cyto = np.maximum(np.clip((0.62 * sp - dist) / (0.15 * sp), 0, 1), 0.9 * cellular).astype(np.float32)
+    cyto = np.maximum(np.clip((0.62 * sp - dist) / (0.15 * sp), 0, 1), 0.9 * cellular).astype(
+        np.float32
+    )
     border = np.zeros(shape, np.float32)
     border[:, 1:] += labels[:, 1:] != labels[:, :-1]
     border[1:, :] += labels[1:, :] != labels[:-1, :]
@@ -707,7 +1044,9 @@ def render_image(
 
     # ---- eosin: stroma fibres, cytoplasm, apoptotic eosinophilia
     stroma_e = 0.5 * (1 + 0.6 * tumor.fibre * fibre)
-    eo = (1 - cyto) * stroma_e + cyto * tumor.cytoplasm_eosin * (1 + 0.15 * _smooth_noise(rng, shape, 3 * px))
+    eo = (1 - cyto) * stroma_e + cyto * tumor.cytoplasm_eosin * (
+        1 + 0.15 * _smooth_noise(rng, shape, 3 * px)
+    )
     eo = eo * (1 - tumor.cell_borders * border)
     ha = cyto * tumor.cytoplasm_haem
     if tumor.granules:
@@ -720,7 +1059,9 @@ def render_image(
     pig = None
     if tumor.pigment:
         blobs = _soft_threshold(_smooth_noise(rng, shape, 12 * px), 0.12, 0.2)
-        pig = tumor.pigment * blobs * np.maximum(_smooth_noise(rng, shape, 0.8 * px) - 0.3, 0) * cyto
+        pig = (
+            tumor.pigment * blobs * np.maximum(_smooth_noise(rng, shape, 0.8 * px) - 0.3, 0) * cyto
+        )
 
     # ---- holes: lumina and fat (adipocytes = empty polygons with thin pink membranes)
     hole = lumen.copy()
@@ -731,7 +1072,9 @@ def render_image(
         fx = (fx.ravel() + rng.uniform(-0.3, 0.3, fx.size) * fs).astype(int).clip(0, w - 1)
         fy = (fy.ravel() + rng.uniform(-0.3, 0.3, fy.size) * fs).astype(int).clip(0, h - 1)
         fat_seeds[fy, fx] = 0
-        _, flab = cv2.distanceTransformWithLabels(fat_seeds, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+        _, flab = cv2.distanceTransformWithLabels(
+            fat_seeds, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+        )
         membrane = np.zeros(shape, np.float32)
         membrane[:, 1:] += flab[:, 1:] != flab[:, :-1]
         membrane[1:, :] += flab[1:, :] != flab[:-1, :]
@@ -778,7 +1121,9 @@ def _acquire(scanner: Scanner, h_conc, e_conc, pigment, mpp, rng) -> np.ndarray:
     np.clip(img, 0, 255, out=img)
     img = img.astype(np.uint8)
     if scanner.jpeg_quality:
-        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(scanner.jpeg_quality)])
+        ok, buf = cv2.imencode(
+            ".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(scanner.jpeg_quality)]
+        )
         img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
     return img
 
@@ -793,7 +1138,9 @@ def write_tiff(path: Path, rgb: np.ndarray, mpp: float, compression: str = "defl
     import tifffile
 
     if compression not in _COMPRESSION:
-        raise ValueError(f"{path}: compression must be one of {sorted(_COMPRESSION)}, not {compression!r}")
+        raise ValueError(
+            f"{path}: compression must be one of {sorted(_COMPRESSION)}, not {compression!r}"
+        )
     kwargs = {}
     if compression == "jpeg":
         try:
@@ -802,8 +1149,15 @@ def write_tiff(path: Path, rgb: np.ndarray, mpp: float, compression: str = "defl
             raise ValueError(f"{path}: TIFF JPEG compression needs the imagecodecs package") from e
         kwargs["compressionargs"] = {"level": 90}
     tifffile.imwrite(
-        path, rgb, photometric="rgb", tile=(256, 256), compression=_COMPRESSION[compression],
-        resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER", metadata=None, maxworkers=1,
+        path,
+        rgb,
+        photometric="rgb",
+        tile=(256, 256),
+        compression=_COMPRESSION[compression],
+        resolution=(1e4 / mpp, 1e4 / mpp),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+        maxworkers=1,
         **kwargs,
     )
 
@@ -818,8 +1172,14 @@ def load_positions(json_file: Path) -> Dict[str, List[List[Tuple[float, float, i
 
     out: Dict[str, List[List[Tuple[float, float, int]]]] = {}
     for d in load_midog_json(str(json_file), default_tumor_type="human breast cancer"):
-        cells = [((a["bbox"][0] + a["bbox"][2]) / 2, (a["bbox"][1] + a["bbox"][3]) / 2, a["category_id"] + 1)
-                 for a in d["annotations"]]
+        cells = [
+            (
+                (a["bbox"][0] + a["bbox"][2]) / 2,
+                (a["bbox"][1] + a["bbox"][3]) / 2,
+                a["category_id"] + 1,
+            )
+            for a in d["annotations"]
+        ]
         if cells:
             out.setdefault(d["tumor_type"], []).append(cells)
     return out
@@ -830,7 +1190,9 @@ def _crop_positions(
 ) -> List[Tuple[float, float, int]]:
     """The cells of the densest window (of the generated image's physical size) of one real ROI."""
     w, h = size
-    pts = np.array([(x * source_mpp / mpp, y * source_mpp / mpp, c) for x, y, c in cells], np.float64)
+    pts = np.array(
+        [(x * source_mpp / mpp, y * source_mpp / mpp, c) for x, y, c in cells], np.float64
+    )
     m = BOX_SIZE / 2
     # The densest window can be slid until one cell touches its left margin and one its
     # top margin, so those origins are the only candidates (at most 150 each way).
@@ -840,8 +1202,12 @@ def _crop_positions(
         ox_c = np.sort(rng.choice(ox_c, 150, replace=False))
     if len(oy_c) > 150:
         oy_c = np.sort(rng.choice(oy_c, 150, replace=False))
-    in_x = (pts[None, :, 0] - ox_c[:, None] >= m) & (pts[None, :, 0] - ox_c[:, None] <= w - m)  # (X, N)
-    in_y = (pts[None, :, 1] - oy_c[:, None] >= m) & (pts[None, :, 1] - oy_c[:, None] <= h - m)  # (Y, N)
+    in_x = (pts[None, :, 0] - ox_c[:, None] >= m) & (
+        pts[None, :, 0] - ox_c[:, None] <= w - m
+    )  # (X, N)
+    in_y = (pts[None, :, 1] - oy_c[:, None] >= m) & (
+        pts[None, :, 1] - oy_c[:, None] <= h - m
+    )  # (Y, N)
     count = in_x.astype(np.int32) @ in_y.T.astype(np.int32)  # (X, Y)
     bx, by = np.nonzero(count == count.max())
     k = int(rng.integers(len(bx)))
@@ -889,7 +1255,9 @@ def generate_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if real_sources is not None and positions_from is not None:
-        raise ValueError("generate_dataset: positions_from places drawn cells; it cannot be used with real_sources")
+        raise ValueError(
+            "generate_dataset: positions_from places drawn cells; it cannot be used with real_sources"
+        )
     positions = load_positions(positions_from) if positions_from is not None else None
     # Tumor types met in training, in a fixed order: each gets its own share of real tissue.
     train_tumors = list(dict.fromkeys(d.tumor for d in spec.domains if d.split == "train"))
@@ -906,12 +1274,16 @@ def generate_dataset(
         for k in range(domain.num_images):
             slide += 1
             # one stream per (seed, domain, k): an image does not change when other domains are added
-            rng = np.random.default_rng([seed, tumor_idx[domain.tumor], scanner_idx[domain.scanner], k])
+            rng = np.random.default_rng(
+                [seed, tumor_idx[domain.tumor], scanner_idx[domain.scanner], k]
+            )
             pos = None
             if positions is not None:
                 pool = positions.get(domain.tumor)
                 if not pool:
-                    raise ValueError(f"{positions_from}: no annotated image of tumor type {domain.tumor!r}")
+                    raise ValueError(
+                        f"{positions_from}: no annotated image of tumor type {domain.tumor!r}"
+                    )
                 pos = _crop_positions(rng, pool[int(rng.integers(len(pool)))], (w, h), mpp)
             n_mit = int(rng.poisson(spec.mitoses_per_mm2 * tumor.mitosis_factor * area_mm2))
             n_imp = int(rng.poisson(spec.imposters_per_mm2 * tumor.imposter_factor * area_mm2))
@@ -921,44 +1293,88 @@ def generate_dataset(
                 from .realistic import render_realistic_image  # it builds on this module
 
                 rgb, cells = render_realistic_image(
-                    scanner, (w, h), mpp, rng, real_sources, real_sources.tissue_for(domain.tumor, train_tumors),
-                    n_mit, n_imp, heldout=domain.split == "test")
+                    scanner,
+                    (w, h),
+                    mpp,
+                    rng,
+                    real_sources,
+                    real_sources.tissue_for(domain.tumor, train_tumors),
+                    n_mit,
+                    n_imp,
+                    heldout=domain.split == "test",
+                )
             file_name = f"{slide:03d}.tiff"
             write_tiff(out_dir / file_name, rgb, mpp, spec.compression)
-            images.append({"license": 1, "file_name": file_name, "id": slide, "width": w, "height": h,
-                           "tumor_type": domain.tumor})
+            images.append(
+                {
+                    "license": 1,
+                    "file_name": file_name,
+                    "id": slide,
+                    "width": w,
+                    "height": h,
+                    "tumor_type": domain.tumor,
+                }
+            )
             for c in cells:
                 ann_id += 1
                 x1 = int(round(c.x)) - BOX_SIZE // 2
                 y1 = int(round(c.y)) - BOX_SIZE // 2
                 # experts' votes: the majority is the category, sometimes one dissents
                 other = 3 - c.category_id
-                votes = [c.category_id, c.category_id] + ([other] if rng.random() < 0.15 else
-                                                          [c.category_id] * int(rng.random() < 0.5))
-                ann = {"bbox": [x1, y1, x1 + BOX_SIZE, y1 + BOX_SIZE], "category_id": c.category_id,
-                       "image_id": slide, "labels": votes, "id": ann_id}
+                votes = [c.category_id, c.category_id] + (
+                    [other] if rng.random() < 0.15 else [c.category_id] * int(rng.random() < 0.5)
+                )
+                ann = {
+                    "bbox": [x1, y1, x1 + BOX_SIZE, y1 + BOX_SIZE],
+                    "category_id": c.category_id,
+                    "image_id": slide,
+                    "labels": votes,
+                    "id": ann_id,
+                }
                 if real_sources is not None:
                     ann["source_crop"] = c.kind
                 annotations.append(ann)
-            records.append({"id": slide, "file_name": file_name, "tumor": domain.tumor,
-                            "scanner": domain.scanner, "split": domain.split, "mpp": mpp, "cells": cells})
+            records.append(
+                {
+                    "id": slide,
+                    "file_name": file_name,
+                    "tumor": domain.tumor,
+                    "scanner": domain.scanner,
+                    "split": domain.split,
+                    "mpp": mpp,
+                    "cells": cells,
+                }
+            )
     data = {
         "info": {
             "description": "Synthetic MIDOG++-like dataset (midog_d2.data.synthetic)",
             "seed": seed,
             "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
             "positions_from": Path(positions_from).name if positions_from is not None else None,
-            "real_appearance": None if real_sources is None else {
-                "train_tiles": [t.name for t in real_sources.train_tiles],
-                "heldout_tiles": [t.name for t in real_sources.heldout_tiles],
-                "tissue": {d.tumor: [t.name for t in real_sources.tissue_for(d.tumor, train_tumors)]
-                           for d in spec.domains},
-                "train_crops_used": len(real_sources.train_figures.used),
-                "heldout_crops_used": len(real_sources.heldout_figures.used),
-                "reshuffles": real_sources.train_figures.reshuffles + real_sources.heldout_figures.reshuffles,
-            },
+            "real_appearance": (
+                None
+                if real_sources is None
+                else {
+                    "train_tiles": [t.name for t in real_sources.train_tiles],
+                    "heldout_tiles": [t.name for t in real_sources.heldout_tiles],
+                    "tissue": {
+                        d.tumor: [t.name for t in real_sources.tissue_for(d.tumor, train_tumors)]
+                        for d in spec.domains
+                    },
+                    "train_crops_used": len(real_sources.train_figures.used),
+                    "heldout_crops_used": len(real_sources.heldout_figures.used),
+                    "reshuffles": real_sources.train_figures.reshuffles
+                    + real_sources.heldout_figures.reshuffles,
+                }
+            ),
         },
-        "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+        "licenses": [
+            {
+                "id": 1,
+                "name": "CC0 1.0",
+                "url": "https://creativecommons.org/publicdomain/zero/1.0/",
+            }
+        ],
         "images": images,
         "categories": CATEGORIES,
         "annotations": annotations,
@@ -976,6 +1392,7 @@ def generate_dataset(
 
 
 # --------------------------------------------------------------------------- preview
+
 
 def render_preview(
     json_file: Path,
@@ -1031,18 +1448,29 @@ def render_preview(
             continue
         row = np.concatenate(tiles, axis=1)
         bar = np.full((label_h, row.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, f"{tumor} | {scanner} | {split}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            bar,
+            f"{tumor} | {scanner} | {split}",
+            (4, 16),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         strips.append(np.concatenate([bar, row], axis=0))
     if not strips:
         raise ValueError(f"{json_file}: no annotated image to preview")
     width = max(s.shape[1] for s in strips)
-    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+    strips = [
+        np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips
+    ]
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     # a 256-colour palette keeps the PNG small enough for the docs (about 3x smaller)
-    Image.fromarray(np.concatenate(strips, axis=0)).quantize(256, method=Image.Quantize.MEDIANCUT).save(
-        out_png, optimize=True)
+    Image.fromarray(np.concatenate(strips, axis=0)).quantize(
+        256, method=Image.Quantize.MEDIANCUT
+    ).save(out_png, optimize=True)
     return out_png

@@ -9,6 +9,7 @@ float32 where precision needs it: hue, stain deconvolution).
 All randomness comes from NumPy's global RNG, like Detectron2's own augmentations:
 Detectron2 seeds it per data-loader worker, so a fixed seed gives fixed draws.
 """
+
 import threading
 from typing import List, Sequence, Tuple
 
@@ -129,7 +130,9 @@ class ColorJitterTransform(_ColorOnlyTransform):
                     mean = float(np.dot(w, cv2.mean(x)[:3]))  # mean grey level
                     m = np.hstack([value * np.eye(3), np.full((3, 1), (1.0 - value) * mean)])
                 else:  # saturation: blend with the pixel's own grey level
-                    m = np.hstack([value * np.eye(3) + (1.0 - value) * np.tile(w, (3, 1)), np.zeros((3, 1))])
+                    m = np.hstack(
+                        [value * np.eye(3) + (1.0 - value) * np.tile(w, (3, 1)), np.zeros((3, 1))]
+                    )
                 cv2.transform(x, m.astype(np.float32), dst=dst)
                 if dst.dtype != np.uint8:
                     np.clip(dst, 0, 255, out=dst)
@@ -184,7 +187,11 @@ class ColorJitter(T.Augmentation):
         image_format: str = "BGR",
     ):
         super().__init__()
-        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        for name, value in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
             if value < 0:
                 raise ValueError(f"ColorJitter {name} must be >= 0, got {value}")
         if not 0 <= hue <= 0.5:
@@ -210,9 +217,7 @@ class ColorJitter(T.Augmentation):
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB
 # (rows, RGB order, unit length): OD_rgb = concentrations @ RGB_FROM_HED.
 RGB_FROM_HED = np.array(
-    [[0.650, 0.704, 0.286],
-     [0.072, 0.990, 0.105],
-     [0.268, 0.570, 0.776]],
+    [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]],
     dtype=np.float64,
 )
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
@@ -295,6 +300,7 @@ def build_color_augmentation(cfg) -> List[T.Augmentation]:
         augs.append(RandomHEDStain(cfg.INPUT.HED.SIGMA, cfg.INPUT.HED.BIAS, image_format=fmt))
     cj = cfg.INPUT.COLOR_JITTER
     if cj.ENABLED:
-        augs.append(ColorJitter(cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE, image_format=fmt))
+        augs.append(
+            ColorJitter(cj.BRIGHTNESS, cj.CONTRAST, cj.SATURATION, cj.HUE, image_format=fmt)
+        )
     return augs
-

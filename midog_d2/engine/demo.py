@@ -10,6 +10,7 @@
 4. detections (MIDOG points JSON, COCO results) and an overlay picture of one
    held-out image are written under the output directory.
 """
+
 import json
 import logging
 import os
@@ -29,7 +30,13 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
-from ..data import load_midog_json, load_options_from_config, register_midog, seeded_val_split, slide_thumbnail
+from ..data import (
+    load_midog_json,
+    load_options_from_config,
+    register_midog,
+    seeded_val_split,
+    slide_thumbnail,
+)
 from ..data.realistic import real_sources_from_folder
 from ..data.synthetic import PRESETS, generate_dataset
 from .trainer import MidogTrainer
@@ -40,17 +47,30 @@ DEMO_SPLITS = ("train", "val", "unseen_tumor", "unseen_scanner")
 
 
 def split_for_domain_study(
-    dataset_dicts: List[dict], holdout_tumor: str, holdout_scanner: str, val_fraction: float, seed: int
+    dataset_dicts: List[dict],
+    holdout_tumor: str,
+    holdout_scanner: str,
+    val_fraction: float,
+    seed: int,
 ) -> Dict[str, List[dict]]:
     """Images of ``holdout_tumor`` -> unseen_tumor; of ``holdout_scanner`` (other
     tumors) -> unseen_scanner; the rest -> train / val (seeded, by image)."""
     unseen_tumor = [d for d in dataset_dicts if d.get("tumor_type") == holdout_tumor]
     unseen_scanner = [
-        d for d in dataset_dicts if d.get("scanner") == holdout_scanner and d.get("tumor_type") != holdout_tumor
+        d
+        for d in dataset_dicts
+        if d.get("scanner") == holdout_scanner and d.get("tumor_type") != holdout_tumor
     ]
     held = {d["image_id"] for d in unseen_tumor + unseen_scanner}
-    train, val = seeded_val_split([d for d in dataset_dicts if d["image_id"] not in held], val_fraction, seed)
-    splits = {"train": train, "val": val, "unseen_tumor": unseen_tumor, "unseen_scanner": unseen_scanner}
+    train, val = seeded_val_split(
+        [d for d in dataset_dicts if d["image_id"] not in held], val_fraction, seed
+    )
+    splits = {
+        "train": train,
+        "val": val,
+        "unseen_tumor": unseen_tumor,
+        "unseen_scanner": unseen_scanner,
+    }
     for name, dicts in splits.items():
         if not dicts:
             raise ValueError(
@@ -60,13 +80,17 @@ def split_for_domain_study(
     return splits
 
 
-def _test_one(cfg: CfgNode, model, dataset_name: str, output_dir: str, threshold: Optional[float] = None) -> dict:
+def _test_one(
+    cfg: CfgNode, model, dataset_name: str, output_dir: str, threshold: Optional[float] = None
+) -> dict:
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DATASETS.TEST = (dataset_name,)
     if threshold is not None:
         cfg.TEST.MIDOG.SCORE_THRESHOLD = float(threshold)
-    evaluator = MidogTrainer.build_evaluator(cfg, dataset_name, os.path.join(output_dir, dataset_name))
+    evaluator = MidogTrainer.build_evaluator(
+        cfg, dataset_name, os.path.join(output_dir, dataset_name)
+    )
     return MidogTrainer.test(cfg, model, [evaluator])
 
 
@@ -83,8 +107,12 @@ def evaluate_domains(cfg: CfgNode, model, output_dir: str) -> Dict[str, dict]:
 
 
 def draw_overlay(
-    file_name: str, gt_annotations: Sequence[dict], detections: Sequence[dict], threshold: float,
-    out_file: str, max_side: int = 1600,
+    file_name: str,
+    gt_annotations: Sequence[dict],
+    detections: Sequence[dict],
+    threshold: float,
+    out_file: str,
+    max_side: int = 1600,
 ) -> None:
     """A picture of one image: ground-truth mitotic figures (green circles), hard
     negatives (blue circles), detections at or above ``threshold`` (red boxes, score)."""
@@ -101,13 +129,26 @@ def draw_overlay(
         x, y, w, h = det["bbox"]
         p0, p1 = (int(x * scale), int(y * scale)), (int((x + w) * scale), int((y + h) * scale))
         cv2.rectangle(canvas, p0, p1, (0, 0, 255), 2)
-        cv2.putText(canvas, f"{det['score']:.2f}", (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, (0, 0, 255), 1, cv2.LINE_AA)
-    legend = [("ground truth: mitotic figure", (0, 200, 0)), ("ground truth: hard negative", (255, 120, 0)),
-              (f"detection, score >= {threshold:.2f}", (0, 0, 255))]
+        cv2.putText(
+            canvas,
+            f"{det['score']:.2f}",
+            (p0[0], max(10, p0[1] - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    legend = [
+        ("ground truth: mitotic figure", (0, 200, 0)),
+        ("ground truth: hard negative", (255, 120, 0)),
+        (f"detection, score >= {threshold:.2f}", (0, 0, 255)),
+    ]
     cv2.rectangle(canvas, (0, 0), (300, 12 + 22 * len(legend)), (255, 255, 255), -1)
     for i, (text, colour) in enumerate(legend):
-        cv2.putText(canvas, text, (8, 24 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (8, 24 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA
+        )
     cv2.imwrite(out_file, canvas)
 
 
@@ -118,8 +159,20 @@ def _summary_rows(name: str, results: Dict[str, dict]) -> List[tuple]:
         ap50 = bbox.get("AP50", float("nan"))
         # COCOEvaluator gives NaN when the model detected nothing at all.
         ap50 = f"{ap50:.1f}" if np.isfinite(ap50) else "0 (no detections)"
-        rows.append((name, dataset, ap50, midog.get("F1"), midog.get("threshold"),
-                     midog.get("best_F1"), midog.get("AP50_points"), midog.get("TP"), midog.get("FP"), midog.get("FN")))
+        rows.append(
+            (
+                name,
+                dataset,
+                ap50,
+                midog.get("F1"),
+                midog.get("threshold"),
+                midog.get("best_F1"),
+                midog.get("AP50_points"),
+                midog.get("TP"),
+                midog.get("FP"),
+                midog.get("FN"),
+            )
+        )
     return rows
 
 
@@ -148,16 +201,24 @@ def run_demo(
     setup_logger(output=output_dir, distributed_rank=comm.get_rank())
     setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="midog_d2")
     if json_file is not None and real_data is not None:
-        raise ValueError("run_demo: real_data builds the generated dataset; it cannot be used with json_file")
+        raise ValueError(
+            "run_demo: real_data builds the generated dataset; it cannot be used with json_file"
+        )
     data_kind = "given"
     if json_file is None:
         data_kind = "drawn cells" if real_data is None else "real pixels"
         data_dir = os.path.join(output_dir, "data")
         sources = None
         if real_data is not None:
-            sources = real_sources_from_folder(real_data, os.path.join(output_dir, "real_figures"), seed)
+            sources = real_sources_from_folder(
+                real_data, os.path.join(output_dir, "real_figures"), seed
+            )
         info = generate_dataset(Path(data_dir), PRESETS["demo"], seed=seed, real_sources=sources)
-        json_file, image_root, csv_file = str(info["json_file"]), str(info["image_root"]), str(info["csv_file"])
+        json_file, image_root, csv_file = (
+            str(info["json_file"]),
+            str(info["image_root"]),
+            str(info["csv_file"]),
+        )
         logger.info("Generated %d images (%s) in %s", len(info["images"]), data_kind, data_dir)
 
     cfg = get_cfg()
@@ -179,10 +240,20 @@ def run_demo(
     splits = split_for_domain_study(dicts, holdout_tumor, holdout_scanner, val_fraction, seed)
     for split, name in names.items():
         ids = [d["image_id"] for d in splits[split]]
-        register_midog(name, json_file, image_root, mpp=cfg.DATASETS.MIDOG.FALLBACK_MPP, image_ids=ids,
-                       **load_options)
-        logger.info("%s: %d images, %d mitotic figures", name, len(ids),
-                    sum(a["category_id"] == 0 for d in splits[split] for a in d["annotations"]))
+        register_midog(
+            name,
+            json_file,
+            image_root,
+            mpp=cfg.DATASETS.MIDOG.FALLBACK_MPP,
+            image_ids=ids,
+            **load_options,
+        )
+        logger.info(
+            "%s: %d images, %d mitotic figures",
+            name,
+            len(ids),
+            sum(a["category_id"] == 0 for d in splits[split] for a in d["annotations"]),
+        )
 
     trainer = MidogTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -198,7 +269,13 @@ def run_demo(
     with open(os.path.join(output_dir, "trained", heldout, "coco_instances_results.json")) as f:
         dets = [d for d in json.load(f) if d["image_id"] == first["image_id"]]
     overlay = os.path.join(output_dir, "overlay_unseen_tumor.png")
-    draw_overlay(first["file_name"], first["annotations"], dets, trained[heldout]["midog"]["threshold"], overlay)
+    draw_overlay(
+        first["file_name"],
+        first["annotations"],
+        dets,
+        trained[heldout]["midog"]["threshold"],
+        overlay,
+    )
 
     summary = {
         "config_file": config_file,
@@ -221,10 +298,25 @@ def format_summary(summary: dict) -> str:
     """The demo's result table: AP50 (COCO, %) and MIDOG F1, untrained against trained."""
     from tabulate import tabulate
 
-    rows = _summary_rows("untrained", summary["untrained"]) + _summary_rows("trained", summary["trained"])
-    headers = ["model", "dataset", "AP50 (COCO, %)", "F1", "threshold", "best F1", "AP50 points", "TP", "FP", "FN"]
+    rows = _summary_rows("untrained", summary["untrained"]) + _summary_rows(
+        "trained", summary["trained"]
+    )
+    headers = [
+        "model",
+        "dataset",
+        "AP50 (COCO, %)",
+        "F1",
+        "threshold",
+        "best F1",
+        "AP50 points",
+        "TP",
+        "FP",
+        "FN",
+    ]
     table = tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="pipe")
-    return (f"{table}\n\ndata: {summary.get('data', 'given')}; splits (images): {summary['splits']}; "
-            f"{summary['max_iter']} iterations in "
-            f"{summary['train_seconds']:.0f} s; demo total {summary['total_seconds']:.0f} s; "
-            f"overlay: {summary['overlay']}")
+    return (
+        f"{table}\n\ndata: {summary.get('data', 'given')}; splits (images): {summary['splits']}; "
+        f"{summary['max_iter']} iterations in "
+        f"{summary['train_seconds']:.0f} s; demo total {summary['total_seconds']:.0f} s; "
+        f"overlay: {summary['overlay']}"
+    )

@@ -1,4 +1,5 @@
 """``DefaultTrainer`` wired to the patch loader, SOLVER.OPTIMIZER, tiled evaluation and a best checkpoint."""
+
 import logging
 import os
 from typing import List, Optional
@@ -42,7 +43,9 @@ class MidogTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_midog_evaluators(cfg, dataset_name, output_folder)
@@ -57,7 +60,9 @@ class MidogTrainer(DefaultTrainer):
         metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
         if metric and self.cfg.TEST.EVAL_PERIOD > 0 and self.cfg.DATASETS.TEST:
             # After EvalHook, which puts the metrics into the event storage.
-            best = hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric, mode="max")
+            best = hooks.BestCheckpointer(
+                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric, mode="max"
+            )
             eval_idx = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(eval_idx + 1, best)
         return ret

@@ -1,4 +1,5 @@
 """MIDOG scoring: point metrics (numpy), Detectron2 evaluators, challenge file I/O."""
+
 from .challenge_io import (
     evaluate_prediction_file,
     gt_points,

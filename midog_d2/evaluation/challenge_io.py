@@ -19,6 +19,7 @@ Formats:
   :func:`gt_points` takes the mitotic-figure centres and :func:`is_labelled` tells
   whether an image was annotated at all.
 """
+
 import json
 import os
 from pathlib import Path
@@ -53,7 +54,9 @@ MITOTIC_CLASS = 0
 PathLike = Union[str, os.PathLike]
 
 
-def points_to_json(centres_px: np.ndarray, scores: np.ndarray, mpp: float, threshold: float) -> Dict[str, Any]:
+def points_to_json(
+    centres_px: np.ndarray, scores: np.ndarray, mpp: float, threshold: float
+) -> Dict[str, Any]:
     """Point detections (level-0 pixels) as a MIDOG "Multiple points" object: mm
     coordinates, points with ``score >= threshold`` named "mitotic figure", the
     others "non-mitotic figure"."""
@@ -112,7 +115,9 @@ def parse_points_json(obj: Any, source: str) -> Tuple[np.ndarray, np.ndarray, np
     elif isinstance(obj, list):
         points = obj
     else:
-        raise ValueError(f"{source}: expected a 'Multiple points' object or a list of points, got {type(obj).__name__}")
+        raise ValueError(
+            f"{source}: expected a 'Multiple points' object or a list of points, got {type(obj).__name__}"
+        )
     xy, prob, named = [], [], []
     for i, p in enumerate(points):
         coords = p.get("point") if isinstance(p, Mapping) else None
@@ -124,7 +129,9 @@ def parse_points_json(obj: Any, source: str) -> Tuple[np.ndarray, np.ndarray, np
                 f"{source}: point #{i} {p!r} is not {{'point': [x_mm, y_mm, z], 'probability': p, 'name': ...}}"
             ) from None
         if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(s)):
-            raise ValueError(f"{source}: point #{i} has a non-finite coordinate or probability: {p!r}")
+            raise ValueError(
+                f"{source}: point #{i} has a non-finite coordinate or probability: {p!r}"
+            )
         name = p.get("name", MITOTIC_NAME)
         if name not in (MITOTIC_NAME, NON_MITOTIC_NAME):
             raise ValueError(
@@ -151,7 +158,7 @@ def _is_coco_results(obj: Any) -> bool:
 
 
 def detect_prediction_format(path: PathLike) -> str:
-    """"coco" (Detectron2 results list), "points" (MIDOG points: file, mapping or
+    """ "coco" (Detectron2 results list), "points" (MIDOG points: file, mapping or
     directory); ValueError naming the file otherwise."""
     if os.path.isdir(path):
         return "points"
@@ -160,8 +167,10 @@ def detect_prediction_format(path: PathLike) -> str:
         return "coco"
     if _is_points_object(obj):
         return "points"
-    if isinstance(obj, Mapping) and obj and all(
-        _is_points_object(v) or isinstance(v, list) for v in obj.values()
+    if (
+        isinstance(obj, Mapping)
+        and obj
+        and all(_is_points_object(v) or isinstance(v, list) for v in obj.values())
     ):
         return "points"
     raise ValueError(
@@ -219,7 +228,15 @@ def load_point_predictions(
         if len(dataset_dicts) == 1:
             add(str(dataset_dicts[0]["image_id"]), obj, str(path))
         else:
-            add(Path(path).name[: -len(".json")] if str(path).endswith(".json") else Path(path).stem, obj, str(path))
+            add(
+                (
+                    Path(path).name[: -len(".json")]
+                    if str(path).endswith(".json")
+                    else Path(path).stem
+                ),
+                obj,
+                str(path),
+            )
         return out
     if isinstance(obj, Mapping):
         for key, value in obj.items():
@@ -239,7 +256,9 @@ def load_coco_results(
     """
     obj = _read_json(path)
     if not _is_coco_results(obj):
-        raise ValueError(f"{path}: not a Detectron2 coco_instances_results.json (a list of {{image_id, bbox, score}})")
+        raise ValueError(
+            f"{path}: not a Detectron2 coco_instances_results.json (a list of {{image_id, bbox, score}})"
+        )
     cats = sorted({r.get("category_id") for r in obj}, key=str)
     if category_id is None and len(cats) > 1:
         raise ValueError(
@@ -337,7 +356,9 @@ def evaluate_prediction_file(
     if fmt == "coco":
         for image_id, (xy, scores) in load_coco_results(predictions, pred_category_id).items():
             if image_id not in by_id:
-                raise ValueError(f"{predictions}: image_id {image_id!r} is not in the ground truth {ground_truth}")
+                raise ValueError(
+                    f"{predictions}: image_id {image_id!r} is not in the ground truth {ground_truth}"
+                )
             preds[image_id] = (xy, scores, None)
     else:
         for image_id, (xy_mm, prob, named) in load_point_predictions(predictions, dicts).items():
@@ -351,14 +372,26 @@ def evaluate_prediction_file(
             ignored += len(scores)
             continue
         images.append(
-            ImagePoints(gt=gt_points(d), pred=xy, scores=scores, mpp=mpp, tumor=str(d.get("tumor_type")),
-                        image_id=d["image_id"], selected=selected)
+            ImagePoints(
+                gt=gt_points(d),
+                pred=xy,
+                scores=scores,
+                mpp=mpp,
+                tumor=str(d.get("tumor_type")),
+                image_id=d["image_id"],
+                selected=selected,
+            )
         )
     if not images:
         raise ValueError(f"{ground_truth}: no labelled image to score")
     result = evaluate_points(images, radius_um, threshold)
     result.update(
-        ground_truth=str(ground_truth), predictions=str(predictions), format=fmt, mpp=mpp,
-        radius_um=radius_um, unlabelled_images=unlabelled, ignored_predictions=ignored,
+        ground_truth=str(ground_truth),
+        predictions=str(predictions),
+        format=fmt,
+        mpp=mpp,
+        radius_um=radius_um,
+        unlabelled_images=unlabelled,
+        ignored_predictions=ignored,
     )
     return result

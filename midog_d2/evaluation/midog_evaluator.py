@@ -3,6 +3,7 @@
 Both take whole-image outputs (``midog_d2.inference.TiledPredictor``): ``instances``
 in level-0 pixels of the image, class 0 = mitotic figure.
 """
+
 import itertools
 import json
 import logging
@@ -48,7 +49,9 @@ def _all_centres(record: Dict[str, Any]) -> np.ndarray:
     """Centres of every annotation, either class (the foreground target counts both)."""
     out = []
     for ann in record.get("annotations", []):
-        x1, y1, x2, y2 = BoxMode.convert(list(ann["bbox"]), ann.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
+        x1, y1, x2, y2 = BoxMode.convert(
+            list(ann["bbox"]), ann.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS
+        )
         out.append(((x1 + x2) / 2.0, (y1 + y2) / 2.0))
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
@@ -221,7 +224,9 @@ class MidogEvaluator(DatasetEvaluator):
             res["foreground_AUC"] = roc_auc(fg_scores, fg_labels)
             full["foreground_tiles"] = len(fg_scores)
         full.update({k: res[k] for k in ("tumor_accuracy", "foreground_AUC") if k in res})
-        full.update(radius_um=self._radius_um, unlabelled_images_skipped=skipped, dataset=self._dataset_name)
+        full.update(
+            radius_um=self._radius_um, unlabelled_images_skipped=skipped, dataset=self._dataset_name
+        )
 
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
@@ -229,7 +234,9 @@ class MidogEvaluator(DatasetEvaluator):
                 json.dump(json_safe(full), f, indent=1)
             with PathManager.open(os.path.join(self._output_dir, "midog_points.json"), "w") as f:
                 json.dump(points_json, f)
-        logger.info("MIDOG results on %s:\n%s", self._dataset_name, format_results_table({"midog": res}))
+        logger.info(
+            "MIDOG results on %s:\n%s", self._dataset_name, format_results_table({"midog": res})
+        )
         return OrderedDict({"midog": res})
 
 
@@ -243,7 +250,12 @@ def register_mitotic_only(dataset_name: str) -> str:
 
     def load():
         return [
-            dict(d, annotations=[a for a in d.get("annotations", []) if a["category_id"] == MITOTIC_CLASS])
+            dict(
+                d,
+                annotations=[
+                    a for a in d.get("annotations", []) if a["category_id"] == MITOTIC_CLASS
+                ],
+            )
             for d in DatasetCatalog.get(dataset_name)
             if is_labelled(d)
         ]
@@ -314,7 +326,9 @@ class MitoticCOCOEvaluator(COCOEvaluator):
         return super().evaluate(img_ids=img_ids or None)
 
 
-def build_midog_evaluators(cfg, dataset_name: str, output_dir: Optional[str] = None) -> DatasetEvaluators:
+def build_midog_evaluators(
+    cfg, dataset_name: str, output_dir: Optional[str] = None
+) -> DatasetEvaluators:
     """:class:`MidogEvaluator` and :class:`MitoticCOCOEvaluator` on ``dataset_name``."""
     return DatasetEvaluators(
         [

@@ -18,6 +18,7 @@
 Rates are fractions in [0, 1]; a rate whose denominator is 0 (e.g. precision with no
 prediction) is NaN.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -275,10 +276,19 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 
 def _summary(tp: int, fp: int, fn: int) -> Dict[str, float]:
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
-    return {"tp": int(tp), "fp": int(fp), "fn": int(fn), "precision": precision, "recall": recall, "f1": f1}
+    return {
+        "tp": int(tp),
+        "fp": int(fp),
+        "fn": int(fn),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
 
 
-def _best(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: np.ndarray) -> Tuple[float, float]:
+def _best(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: np.ndarray
+) -> Tuple[float, float]:
     denom = 2 * tp + fp + fn
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
     if np.all(np.isnan(f1)):

@@ -8,6 +8,7 @@ top-scoring one is the figure. The context tiles alone give false detections per
 Baselines on the same images: the darkest blob (minimum of the Gaussian-blurred grey
 image, σ 4 px) and a random nucleus-like blob (chance).
 """
+
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -31,12 +32,16 @@ Detections = Tuple[np.ndarray, np.ndarray]  # (N, 2) x, y centres and (N,) score
 RADIUS = 30.0
 
 
-def darkest_blob(rgb: np.ndarray, sigma: float = 4.0, region: Optional[Sequence[float]] = None) -> Tuple[float, float]:
+def darkest_blob(
+    rgb: np.ndarray, sigma: float = 4.0, region: Optional[Sequence[float]] = None
+) -> Tuple[float, float]:
     """(x, y) of the minimum of the Gaussian-blurred (``sigma`` px) grey image, within
     ``region`` [x0, y0, x1, y1) when given: "the darkest blob is the mitosis"."""
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
     blur = cv2.GaussianBlur(grey, (0, 0), sigma)
-    x0, y0, x1, y1 = (0, 0, grey.shape[1], grey.shape[0]) if region is None else [int(round(v)) for v in region]
+    x0, y0, x1, y1 = (
+        (0, 0, grey.shape[1], grey.shape[0]) if region is None else [int(round(v)) for v in region]
+    )
     sub = blur[y0:y1, x0:x1]
     if sub.size == 0:
         raise ValueError(f"darkest_blob: empty region {region} in a {grey.shape} image")
@@ -48,8 +53,13 @@ def _group_name(atypical: bool) -> str:
     return "atypical" if atypical else "normal"
 
 
-def evaluate_placed(samples: Sequence[Any], detections: Sequence[Detections], threshold: float,
-                    radius: float = RADIUS, margin: float = 30.0) -> Dict[str, Dict[str, float]]:
+def evaluate_placed(
+    samples: Sequence[Any],
+    detections: Sequence[Detections],
+    threshold: float,
+    radius: float = RADIUS,
+    margin: float = 30.0,
+) -> Dict[str, Dict[str, float]]:
     """
     Recall, rank-1, false detections per crop, precision and F1 over ``samples``
     (:class:`~midog_d2.data.canvas.PlacedCrop`) for ``normal``, ``atypical`` and ``all``;
@@ -57,7 +67,9 @@ def evaluate_placed(samples: Sequence[Any], detections: Sequence[Detections], th
     found figure as a TP, each missed one as a FN and every false detection as a FP.
     """
     if len(samples) != len(detections):
-        raise ValueError(f"evaluate_placed: {len(samples)} samples but {len(detections)} detection sets")
+        raise ValueError(
+            f"evaluate_placed: {len(samples)} samples but {len(detections)} detection sets"
+        )
     rows = []
     for s, (pts, scores) in zip(samples, detections):
         pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
@@ -65,7 +77,9 @@ def evaluate_placed(samples: Sequence[Any], detections: Sequence[Detections], th
         keep = points_in_region(pts, s.neighbourhood(margin))
         pts, scores = pts[keep], scores[keep]
         gt = np.asarray([s.figure], dtype=np.float64)
-        rank1 = bool(len(scores)) and float(np.hypot(*(pts[int(np.argmax(scores))] - gt[0]))) <= radius
+        rank1 = (
+            bool(len(scores)) and float(np.hypot(*(pts[int(np.argmax(scores))] - gt[0]))) <= radius
+        )
         alive = scores >= threshold
         order = np.argsort(-scores[alive], kind="stable")
         m = greedy_match(gt, pts[alive][order], radius)
@@ -80,13 +94,22 @@ def evaluate_placed(samples: Sequence[Any], detections: Sequence[Detections], th
         fp = sum(r[2] for r in sel)
         fn = len(sel) - tp
         p, r, f1 = precision_recall_f1(tp, fp, fn)
-        out[group] = {"crops": len(sel), "recall": r, "rank1": sum(r_[3] for r_ in sel) / len(sel),
-                      "fp_per_crop": fp / len(sel), "precision": p, "f1": f1}
+        out[group] = {
+            "crops": len(sel),
+            "recall": r,
+            "rank1": sum(r_[3] for r_ in sel) / len(sel),
+            "fp_per_crop": fp / len(sel),
+            "precision": p,
+            "f1": f1,
+        }
     return out
 
 
-def select_threshold(samples: Sequence[Any], detections: Sequence[Detections],
-                     thresholds: Optional[Sequence[float]] = None) -> Tuple[float, float]:
+def select_threshold(
+    samples: Sequence[Any],
+    detections: Sequence[Detections],
+    thresholds: Optional[Sequence[float]] = None,
+) -> Tuple[float, float]:
     """(threshold, F1) with the best overall F1 (ties: the lower threshold)."""
     if thresholds is None:
         thresholds = np.round(np.arange(0.05, 0.96, 0.01), 2)
@@ -98,8 +121,9 @@ def select_threshold(samples: Sequence[Any], detections: Sequence[Detections],
     return best
 
 
-def baseline_rank1(samples: Sequence[Any], radius: float = RADIUS, sigma: float = 4.0,
-                   use_window: bool = True) -> Dict[str, float]:
+def baseline_rank1(
+    samples: Sequence[Any], radius: float = RADIUS, sigma: float = 4.0, use_window: bool = True
+) -> Dict[str, float]:
     """Fraction of crops (per group) whose darkest blob, searched in the window's
     neighbourhood (or the whole canvas), lies within ``radius`` px of the figure."""
     hits: Dict[str, List[bool]] = {"normal": [], "atypical": [], "all": []}
@@ -119,15 +143,23 @@ def chance_rank1(samples: Sequence[Any], radius: float = RADIUS) -> Dict[str, fl
     hits: Dict[str, List[float]] = {"normal": [], "atypical": [], "all": []}
     for s in samples:
         cand = nucleus_candidates(s.image, box=s.neighbourhood())
-        v = float(np.mean(np.hypot(cand[:, 0] - s.figure[0], cand[:, 1] - s.figure[1]) <= radius)) if len(cand) else 0.0
+        v = (
+            float(np.mean(np.hypot(cand[:, 0] - s.figure[0], cand[:, 1] - s.figure[1]) <= radius))
+            if len(cand)
+            else 0.0
+        )
         hits[_group_name(s.atypical)].append(v)
         hits["all"].append(v)
     return {k: float(np.mean(v)) for k, v in hits.items() if v}
 
 
 @torch.no_grad()
-def predict_points(model: torch.nn.Module, images: Sequence[np.ndarray], image_format: str = "BGR",
-                   batch_size: int = 8) -> List[Detections]:
+def predict_points(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    image_format: str = "BGR",
+    batch_size: int = 8,
+) -> List[Detections]:
     """Box centres and scores of ``model`` (Detectron2 inference mode) on RGB uint8 images."""
     was_training = model.training
     model.eval()
@@ -135,22 +167,36 @@ def predict_points(model: torch.nn.Module, images: Sequence[np.ndarray], image_f
     try:
         for i in range(0, len(images), batch_size):
             batch = []
-            for rgb in images[i:i + batch_size]:
+            for rgb in images[i : i + batch_size]:
                 im = rgb if image_format == "RGB" else rgb[:, :, ::-1]
-                batch.append({"image": torch.as_tensor(np.ascontiguousarray(im.transpose(2, 0, 1))),
-                              "height": rgb.shape[0], "width": rgb.shape[1]})
+                batch.append(
+                    {
+                        "image": torch.as_tensor(np.ascontiguousarray(im.transpose(2, 0, 1))),
+                        "height": rgb.shape[0],
+                        "width": rgb.shape[1],
+                    }
+                )
             for r in model(batch):
                 inst = r["instances"].to("cpu")
                 keep = inst.pred_classes == 0 if inst.has("pred_classes") else slice(None)
                 inst = inst[keep]
-                out.append((inst.pred_boxes.get_centers().numpy().astype(np.float64), inst.scores.numpy().astype(np.float64)))
+                out.append(
+                    (
+                        inst.pred_boxes.get_centers().numpy().astype(np.float64),
+                        inst.scores.numpy().astype(np.float64),
+                    )
+                )
     finally:
         model.train(was_training)
     return out
 
 
-def false_detections_per_mm2(detections: Sequence[Detections], shapes: Sequence[Tuple[int, int]],
-                             threshold: float, mpp: float = 0.25) -> float:
+def false_detections_per_mm2(
+    detections: Sequence[Detections],
+    shapes: Sequence[Tuple[int, int]],
+    threshold: float,
+    mpp: float = 0.25,
+) -> float:
     """Detections at or above ``threshold`` per mm² over images of ``shapes`` (h, w) px at
     ``mpp`` µm/px (every detection counts: the images are assumed to hold no figure)."""
     n = sum(int((np.asarray(s) >= threshold).sum()) for _, s in detections)

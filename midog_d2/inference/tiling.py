@@ -1,4 +1,5 @@
 """Whole-image inference in overlapping tiles, merged across tile seams."""
+
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,7 +46,9 @@ def tile_grid(region: Sequence[int], size: int, overlap: int) -> List[Region]:
     ]
 
 
-def scaled_tile_grid(region: Sequence[int], size: int, overlap: int, scale: float = 1.0) -> List[ScaledTile]:
+def scaled_tile_grid(
+    region: Sequence[int], size: int, overlap: int, scale: float = 1.0
+) -> List[ScaledTile]:
     """Tiles (x, y, w, h) covering level-0 ``region`` (x0, y0, x1, y1) when it is
     read at ``scale`` model pixels per level-0 pixel: :func:`tile_grid` laid out in
     model pixels (``size`` px squares, stride ``size - overlap``), each tile's origin
@@ -58,7 +61,12 @@ def scaled_tile_grid(region: Sequence[int], size: int, overlap: int, scale: floa
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale}")
     # The region in model pixels: those whose level-0 footprint lies inside it.
-    model_region = (math.ceil(x0 * scale), math.ceil(y0 * scale), math.floor(x1 * scale), math.floor(y1 * scale))
+    model_region = (
+        math.ceil(x0 * scale),
+        math.ceil(y0 * scale),
+        math.floor(x1 * scale),
+        math.floor(y1 * scale),
+    )
     if model_region[2] <= model_region[0] or model_region[3] <= model_region[1]:
         raise ValueError(f"region {tuple(region)} is under one pixel wide at scale {scale}")
     tiles = []
@@ -232,7 +240,9 @@ class TiledPredictor(nn.Module):
         path = inp["file_name"]
         height, width = int(inp["height"]), int(inp["width"])
         region = inp.get("region")
-        region = (0, 0, width, height) if region is None else tuple(int(round(float(v))) for v in region)
+        region = (
+            (0, 0, width, height) if region is None else tuple(int(round(float(v))) for v in region)
+        )
         mpp = float(inp.get("mpp") or self.default_mpp)
         scale = resample_scale(mpp, self.model_mpp, self.mpp_tolerance)
         tiles = scaled_tile_grid(region, self.tile_size, self.overlap, scale)
@@ -259,7 +269,9 @@ class TiledPredictor(nn.Module):
         scores_t = torch.cat(scores) if scores else torch.zeros((0,))
         classes_t = torch.cat(classes) if classes else torch.zeros((0,), dtype=torch.int64)
         centres = ((boxes_t[:, :2] + boxes_t[:, 2:]) / 2).double().numpy()
-        keep = suppress_close_points(centres, scores_t.double().numpy(), classes_t.numpy(), self.merge_radius_um / mpp)
+        keep = suppress_close_points(
+            centres, scores_t.double().numpy(), classes_t.numpy(), self.merge_radius_um / mpp
+        )
         keep_t = torch.as_tensor(keep, dtype=torch.int64)
 
         result = Instances((height, width))

@@ -1,4 +1,5 @@
 """Fully-connected auxiliary classifiers on one backbone feature map."""
+
 from typing import List
 
 import torch
@@ -11,10 +12,14 @@ from detectron2.layers import ShapeSpec
 class AuxiliaryClassifier(nn.Module):
     """Global average pooling, ``num_hidden_fc`` × (FC + ReLU), then an FC to ``num_outputs``."""
 
-    def __init__(self, input_shape: ShapeSpec, hidden_dim: int, num_hidden_fc: int, num_outputs: int):
+    def __init__(
+        self, input_shape: ShapeSpec, hidden_dim: int, num_hidden_fc: int, num_outputs: int
+    ):
         super().__init__()
         if num_outputs < 1:
-            raise ValueError(f"An auxiliary classifier needs at least one output, got {num_outputs}")
+            raise ValueError(
+                f"An auxiliary classifier needs at least one output, got {num_outputs}"
+            )
         layers: List[nn.Module] = []
         in_dim = input_shape.channels
         for _ in range(num_hidden_fc):

@@ -1,4 +1,5 @@
 """RetinaNet with the paper's two auxiliary heads (tumor type, patch foreground)."""
+
 from typing import Dict, List, Optional, Sequence
 
 import torch
