@@ -39,10 +39,10 @@ test-slow: venv
 
 demo: venv
 	@if [ -d "$(REAL_DATA)/ami-br-atnorm-md" ]; then \
-	  echo "demo on real pixels from $(REAL_DATA)"; $(PY) tools/demo.py --real-data "$(REAL_DATA)"; \
+	  echo "demo on real pixels from $(REAL_DATA)"; $(PY) tools/dev/demo.py --real-data "$(REAL_DATA)"; \
 	else \
 	  echo "$(REAL_DATA) not found: demo on drawn cells (datasets/README.md says where to get the real data)"; \
-	  $(PY) tools/demo.py; fi
+	  $(PY) tools/dev/demo.py; fi
 
 bench: venv
 	$(PY) benchmarks/bench_train_step.py

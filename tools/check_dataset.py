@@ -12,7 +12,8 @@ JSON's) before training starts, and exits with status 1 if there is any; status
 import argparse
 import sys
 
-from midog_d2.data import check_images, load_midog_json
+from midog_d2.data import load_midog_json
+from midog_d2.io import check_images
 
 
 def main(argv=None) -> int:

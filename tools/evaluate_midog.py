@@ -7,7 +7,7 @@
 
 ``--predictions`` is Detectron2's ``coco_instances_results.json`` or MIDOG "Multiple
 points" JSON (one file, a file mapping image names/ids to point objects, or a
-directory of per-image files); see midog_d2.evaluation.challenge_io and
+directory of per-image files); see midog_d2.io.points and
 docs/evaluation.md. Never-annotated images of the ground truth are not scored.
 """
 
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from midog_d2.evaluation import evaluate_prediction_file, format_results_table, json_safe
+from midog_d2.evaluation import evaluate_prediction_file, format_results_table
+from midog_d2.io import json_safe
 
 SUMMARY_KEYS = (
     "tp",

@@ -1,7 +1,7 @@
 """Dataset mappers: training patches cut from large images, and test-time image records.
 
 MIDOG images are ~7000 x 5000 px ROIs; a training sample is one ``INPUT.PATCH.SIZE``
-patch of one of them, read with :func:`midog_d2.data.slide.read_region_scaled` (only the
+patch of one of them, read with :func:`midog_d2.io.slide.read_region_scaled` (only the
 pixels it needs). Test-time records carry no pixels at all: the tiler reads its
 tiles itself.
 """
@@ -17,13 +17,12 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
+from ..constants import HARD_NEGATIVE, MITOTIC_FIGURE
+from ..io.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
 from .transforms import build_color_augmentation, rgb_to_format
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
 
-MITOTIC_FIGURE = 0
-HARD_NEGATIVE = 1
 _IMAGE_FORMATS = ("BGR", "RGB")
 
 

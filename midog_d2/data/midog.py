@@ -18,31 +18,20 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from detectron2.structures import BoxMode
 
-from ..config import MIDOGPP_TUMOR_TYPES, SCANNER_ALIASES, TUMOR_TYPE_ALIASES
+from ..constants import (
+    CATEGORY_ALIASES,
+    CATEGORY_NAMES,
+    MIDOGPP_TUMOR_TYPES,
+    SCANNER_ALIASES,
+    TUMOR_TYPE_ALIASES,
+)
 
 __all__ = [
-    "CATEGORY_NAMES",
-    "CATEGORY_ALIASES",
     "load_midog_json",
     "canonical_tumor_type",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Contiguous class ids: the model's gt_classes (0 mitotic figure, 1 hard negative).
-CATEGORY_NAMES = ("mitotic figure", "hard negative")
-
-# Category names met in MIDOG releases (matched case-insensitively) -> class id.
-CATEGORY_ALIASES = {
-    "mitotic figure": 0,
-    "mitose": 0,
-    "mitosis": 0,
-    "not mitotic figure": 1,
-    "non-mitotic figure": 1,
-    "hard negative": 1,
-    "impostor": 1,
-    "imposter": 1,
-}
 
 _CHECK_BOXES = ("error", "skip")
 

@@ -8,8 +8,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..config import MIDOGPP_TUMOR_TYPES, TUMOR_TYPE_ALIASES
-from .midog import CATEGORY_NAMES, canonical_tumor_type, load_midog_json
+from ..constants import (
+    CATEGORY_NAMES,
+    DEFAULT_MPP,
+    MIDOGPP_TUMOR_TYPES,
+    TUMOR_TYPE_ALIASES,
+    is_labelled,
+)
+from .midog import canonical_tumor_type, load_midog_json
 
 __all__ = [
     "register_midog",
@@ -17,6 +23,8 @@ __all__ = [
     "split_by_csv",
     "leave_one_tumor_out",
     "seeded_val_split",
+    "split_for_domain_study",
+    "DOMAIN_SPLITS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,7 +50,7 @@ def register_midog(
     image_root: str,
     *,
     tumor_types: Optional[Sequence[str]] = None,
-    mpp: float = 0.25,
+    mpp: float = DEFAULT_MPP,
     metadata: Optional[Dict[str, Any]] = None,
     **load_options,
 ) -> None:
@@ -113,7 +121,7 @@ def split_by_csv(dataset_dicts: List[Dict[str, Any]]) -> Tuple[List[Dict], List[
     """
     parts: Dict[str, List[Dict]] = {"train": [], "test": []}
     for d in dataset_dicts:
-        if not d.get("labelled", True):
+        if not is_labelled(d):
             continue
         split = d.get("split")
         if split not in parts:
@@ -135,7 +143,7 @@ def leave_one_tumor_out(
     train every other image, including those of unknown tumor type. Unlabelled
     images are left out of both.
     """
-    dataset_dicts = [d for d in dataset_dicts if d.get("labelled", True)]
+    dataset_dicts = [d for d in dataset_dicts if is_labelled(d)]
     present = sorted({d["tumor_type"] for d in dataset_dicts if d["tumor_type"] is not None})
     holdout = canonical_tumor_type(holdout_tumor, tumor_aliases, present)
     if holdout not in present:
@@ -172,6 +180,44 @@ def seeded_val_split(
     train = [d for d in dataset_dicts if d["image_id"] not in val_ids]
     val = [d for d in dataset_dicts if d["image_id"] in val_ids]
     return train, val
+
+
+# The parts of a domain study: training domains (train/val) and the held-out domains.
+DOMAIN_SPLITS = ("train", "val", "unseen_tumor", "unseen_scanner")
+
+
+def split_for_domain_study(
+    dataset_dicts: List[dict],
+    holdout_tumor: str,
+    holdout_scanner: str,
+    val_fraction: float,
+    seed: int,
+) -> Dict[str, List[dict]]:
+    """Images of ``holdout_tumor`` -> unseen_tumor; of ``holdout_scanner`` (other
+    tumors) -> unseen_scanner; the rest -> train / val (seeded, by image)."""
+    unseen_tumor = [d for d in dataset_dicts if d.get("tumor_type") == holdout_tumor]
+    unseen_scanner = [
+        d
+        for d in dataset_dicts
+        if d.get("scanner") == holdout_scanner and d.get("tumor_type") != holdout_tumor
+    ]
+    held = {d["image_id"] for d in unseen_tumor + unseen_scanner}
+    train, val = seeded_val_split(
+        [d for d in dataset_dicts if d["image_id"] not in held], val_fraction, seed
+    )
+    splits = {
+        "train": train,
+        "val": val,
+        "unseen_tumor": unseen_tumor,
+        "unseen_scanner": unseen_scanner,
+    }
+    for name, dicts in splits.items():
+        if not dicts:
+            raise ValueError(
+                f"The domain study's {name!r} split is empty (holdout tumor {holdout_tumor!r}, "
+                f"holdout scanner {holdout_scanner!r}): check the dataset's tumor types and scanners"
+            )
+    return splits
 
 
 def load_options_from_config(cfg) -> Dict[str, Any]:

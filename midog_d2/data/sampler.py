@@ -19,6 +19,7 @@ from torch.utils.data.sampler import Sampler
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.utils import comm
 
+from ..constants import is_labelled
 from .mapper import MidogPatchMapper
 
 __all__ = [
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 def labelled_images(dataset_dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The images that can be trained on: ``labelled`` is not False (without the
     key, an image counts as labelled when it has annotations)."""
-    kept = [d for d in dataset_dicts if d.get("labelled", bool(d.get("annotations"))) is not False]
+    kept = [d for d in dataset_dicts if is_labelled(d)]
     if len(kept) < len(dataset_dicts):
         logger.info(
             "Training on %d images; left out %d unlabelled ones",

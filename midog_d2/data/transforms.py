@@ -15,8 +15,11 @@ from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
 
 from detectron2.data import transforms as T
+
+from .stain import HED_FROM_RGB, RGB_FROM_HED
 
 __all__ = [
     "ColorJitterTransform",
@@ -24,9 +27,9 @@ __all__ = [
     "ColorJitter",
     "HEDStainTransform",
     "RandomHEDStain",
-    "RGB_FROM_HED",
     "build_color_augmentation",
     "rgb_to_format",
+    "to_chw_tensor",
 ]
 
 _FORMATS = ("BGR", "RGB")
@@ -45,6 +48,12 @@ def rgb_to_format(rgb: np.ndarray, image_format: str) -> np.ndarray:
     """An RGB uint8 image in ``image_format`` ("BGR" or "RGB") channel order; BGR
     comes back as a contiguous copy (not a ::-1 view), which the colour ops read faster."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if _check_format(image_format) == "BGR" else rgb
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, C) image as the (C, H, W) tensor Detectron2 models read (one contiguous
+    copy; flipped or channel-reversed views are taken as they are)."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -214,13 +223,6 @@ class ColorJitter(T.Augmentation):
         return ColorJitterTransform(ops, self.image_format)
 
 
-# Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB
-# (rows, RGB order, unit length): OD_rgb = concentrations @ RGB_FROM_HED.
-RGB_FROM_HED = np.array(
-    [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]],
-    dtype=np.float64,
-)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 # Optical density of each uint8 value; +1 keeps black finite and makes 255 -> 0.
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 

@@ -53,7 +53,7 @@ class MidogTrainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         # Evaluators score whole images: tile them, run the model, merge the seams.
-        return super().test(cfg, TiledPredictor(model, cfg), evaluators)
+        return super().test(cfg, TiledPredictor(cfg, model), evaluators)
 
     def build_hooks(self) -> List[hooks.HookBase]:
         ret = super().build_hooks()

@@ -1,5 +1,6 @@
-"""Whole-image inference: tiles in, merged detections out."""
+"""Inference: tile grids, seam merging, and the one image -> batch -> model -> shift -> merge
+path (:class:`TiledPredictor`, :func:`predict_images`)."""
 
-from .tiling import TiledPredictor, scaled_tile_grid, suppress_close_points, tile_grid
-
-__all__ = ["TiledPredictor", "scaled_tile_grid", "suppress_close_points", "tile_grid"]
+from .grid import scaled_tile_grid, tile_grid
+from .merge import suppress_close_points
+from .predictor import TiledPredictor, model_inputs, predict_images

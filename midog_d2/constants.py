@@ -1,0 +1,73 @@
+"""The fixed facts of MIDOG data and scoring, defined once (``../shared/reference/midog.md``).
+
+Everything else imports these instead of repeating a number: class ids, category and point
+names, the 50-px box, the default µm/px, the scoring radius and the tumor-type and scanner
+spellings met in real MIDOG files.
+"""
+
+# Contiguous class ids of the data pipeline and the model (gt_classes / pred_classes).
+MITOTIC_FIGURE = 0
+HARD_NEGATIVE = 1
+CATEGORY_NAMES = ("mitotic figure", "hard negative")
+
+# Category names met in MIDOG releases (matched case-insensitively) -> class id.
+CATEGORY_ALIASES = {
+    "mitotic figure": MITOTIC_FIGURE,
+    "mitose": MITOTIC_FIGURE,
+    "mitosis": MITOTIC_FIGURE,
+    "not mitotic figure": HARD_NEGATIVE,
+    "non-mitotic figure": HARD_NEGATIVE,
+    "hard negative": HARD_NEGATIVE,
+    "impostor": HARD_NEGATIVE,
+    "imposter": HARD_NEGATIVE,
+}
+
+# The categories as MIDOG++'s annotation file writes them (ids 1 and 2).
+MIDOG_CATEGORIES = (
+    {"id": 1, "name": "mitotic figure"},
+    {"id": 2, "name": "not mitotic figure"},
+)
+
+# Every MIDOG box is BOX_SIZE x BOX_SIZE px around its cell.
+BOX_SIZE = 50
+
+# µm per pixel of MIDOG's scanners (~0.23-0.26): the default wherever a file says nothing.
+DEFAULT_MPP = 0.25
+
+# Scoring (midog.md §2): a detection within 7.5 µm of a mitotic figure is a hit; MIDOG 2022's
+# mAP turns each point into a square of ±11.25 µm (IoU 0.5 exactly at 7.5 µm apart).
+DEFAULT_RADIUS_UM = 7.5
+AP_BOX_HALF_UM = 11.25
+
+# Names of the points of a challenge "Multiple points" file (midog.md §3).
+MITOTIC_NAME = "mitotic figure"
+NON_MITOTIC_NAME = "non-mitotic figure"
+
+# MIDOG++'s seven tumor types, in a fixed order: the tumor head's output i is
+# MODEL.MULTITASK.TUMOR_TYPES[i], which defaults to these.
+MIDOGPP_TUMOR_TYPES = (
+    "human breast cancer",
+    "canine lung cancer",
+    "canine lymphoma",
+    "canine cutaneous mast cell tumor",
+    "human neuroendocrine tumor",
+    "canine soft tissue sarcoma",
+    "human melanoma",
+)
+
+# Spellings met in real MIDOG files -> canonical name (case-insensitive match).
+TUMOR_TYPE_ALIASES = (
+    ("canine lymphosarcoma", "canine lymphoma"),
+    ("breast cancer", "human breast cancer"),
+)
+
+# Scanner spellings in the MIDOG++ CSV -> canonical name (case-insensitive):
+# the CSV names one scanner both "Hamamatsu XR" and "Hamammatsu XR".
+SCANNER_ALIASES = (("Hamammatsu XR", "Hamamatsu XR"),)
+
+
+def is_labelled(record: dict) -> bool:
+    """Whether an image was annotated: its ``labelled`` flag, else "has any annotation"
+    (MIDOG files have no flag; their never-annotated ROIs have no annotation at all)."""
+    flag = record.get("labelled")
+    return bool(record.get("annotations")) if flag is None else bool(flag)

@@ -1,0 +1,694 @@
+"""Real mitotic-figure crops (AMi-Br AtNorM-MD) -> MIDOG-style annotation files.
+
+The AtNorM-MD subset of the AMi-Br benchmark holds 128 x 128 RGB PNG crops of
+MIDOG++ mitotic figures, one figure per crop, in ``Normal/`` and ``Atypical/``,
+with the five experts' votes in ``AtNorM-MD_expert_votes.csv``. This module turns
+them into what the project already reads: one MIDOG-style JSON per split
+(:func:`midog_d2.data.load_midog_json`) whose file names are relative to the crop
+folder, so the pixels are read in place through :func:`midog_d2.data.read_region`.
+
+Where the figure is: a crop is a 128 px window centred on the figure, so the box
+is 50 x 50 px around (64, 64). Crops of figures close to the border of their
+MIDOG++ region were cut short by that border and then padded with black on both
+sides (letterboxed) to 128 x 128; there the figure lies 64 px from one edge of
+the tissue part, not at the crop centre, and the darker of the two possible
+positions is taken (see :func:`locate_figure` and docs/real_figures.md).
+
+There is no tumor type, slide or position per crop: ``tumor_type`` is None
+(``tumor_label`` -1), and a split can only be by crop (see
+:func:`split_real_figures`).
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..data.midog import load_midog_json
+
+__all__ = [
+    "RealFigure",
+    "RealFigureScan",
+    "scan_real_figures",
+    "locate_figure",
+    "split_real_figures",
+    "real_figures_to_midog",
+    "write_real_figures",
+    "convert_real_figures",
+    "load_real_figures",
+    "position_statistics",
+    "control_statistics",
+]
+
+logger = logging.getLogger(__name__)
+
+CROP_SIZE = 128
+BOX_SIZE = 50
+# Folder -> atypical flag; the folders are the dataset's own labels (= the CSV majority).
+CLASS_FOLDERS = (("Normal", False), ("Atypical", True))
+VOTES_CSV = "AtNorM-MD_expert_votes.csv"
+SPLITS = ("train", "val", "test")
+# Letterbox bars are pure black (0); rows/columns at the crop edge no brighter
+# than this count as bar. Tissue rows never are, even in dark nuclei.
+_BAR_MAX = 10
+_SMOOTH_SIGMA = 3.0
+
+
+@dataclass(frozen=True)
+class RealFigure:
+    """One crop: what the JSON records about it."""
+
+    file_name: str  # relative to the crop folder, "Normal/1.png"
+    image_id: int
+    atypical: bool  # from the folder
+    width: int
+    height: int
+    content_box: Tuple[int, int, int, int]  # x0, y0, x1, y1 of the tissue (no letterbox bar)
+    center: Tuple[float, float]  # figure centre (x, y)
+    darkest: Tuple[int, int]  # darkest point after smoothing (x, y): a statistic, not a label
+    sha256: str  # of the decoded RGB pixels
+    expert_votes: Optional[Tuple[str, ...]] = (
+        None  # "Normal"/"Atypical" per expert; None: not in the CSV
+    )
+    majority: Optional[str] = None
+
+    @property
+    def letterboxed(self) -> bool:
+        return tuple(self.content_box) != (0, 0, self.width, self.height)
+
+    @property
+    def atypical_votes(self) -> Optional[int]:
+        """Number of experts who voted atypical (None when the crop is not in the CSV)."""
+        if self.expert_votes is None:
+            return None
+        return sum(v == "Atypical" for v in self.expert_votes)
+
+    @property
+    def bbox(self) -> List[float]:
+        """The 50 x 50 box [x1, y1, x2, y2] around :attr:`center`."""
+        cx, cy = self.center
+        h = BOX_SIZE / 2.0
+        return [cx - h, cy - h, cx + h, cy + h]
+
+
+@dataclass
+class RealFigureScan:
+    """What scanning the crop folder found besides the crops themselves."""
+
+    root: str
+    votes_csv: str
+    n_normal: int = 0
+    n_atypical: int = 0
+    missing_from_csv: List[str] = field(default_factory=list)  # crops without a CSV row
+    csv_without_file: List[str] = field(default_factory=list)  # CSV rows naming no crop
+    majority_disagrees: List[str] = field(default_factory=list)  # folder label != CSV majority
+    duplicate_groups: List[List[str]] = field(default_factory=list)  # identical pixels
+    letterboxed: List[str] = field(default_factory=list)
+    mean_darkness_peak: Optional[Tuple[int, int]] = None  # over crops without a letterbox bar
+
+    @property
+    def problems(self) -> List[str]:
+        """One line per kind of mismatch between the folders and the CSV (empty: none)."""
+        out = []
+        for what, names in (
+            ("crop(s) have no row in the votes CSV", self.missing_from_csv),
+            ("CSV row(s) name no crop file", self.csv_without_file),
+            (
+                "crop(s) sit in a folder that disagrees with the CSV majority",
+                self.majority_disagrees,
+            ),
+        ):
+            if names:
+                shown = ", ".join(names[:20]) + (
+                    f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+                )
+                out.append(f"{len(names)} {what}: {shown}")
+        return out
+
+    def summary(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["n_duplicate_groups"] = len(self.duplicate_groups)
+        d["n_duplicate_crops"] = sum(len(g) for g in self.duplicate_groups)
+        return d
+
+
+def _name_key(name: str):
+    stem = os.path.splitext(name)[0]
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def _gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with edge padding (NumPy only: no SciPy here)."""
+    r = int(math.ceil(3 * sigma))
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma * sigma))
+    k = (k / k.sum()).astype(np.float32)
+    out = np.pad(image, ((r, r), (0, 0)), mode="edge")
+    out = sum(w * out[i : i + image.shape[0]] for i, w in enumerate(k))
+    out = np.pad(out, ((0, 0), (r, r)), mode="edge")
+    return sum(w * out[:, i : i + image.shape[1]] for i, w in enumerate(k))
+
+
+def _content_box(rgb: np.ndarray) -> Tuple[int, int, int, int]:
+    bar_row = rgb.max(axis=(1, 2)) <= _BAR_MAX
+    bar_col = rgb.max(axis=(0, 2)) <= _BAR_MAX
+
+    def span(bar):
+        keep = np.flatnonzero(~bar)
+        return (0, len(bar)) if len(keep) == 0 else (int(keep[0]), int(keep[-1]) + 1)
+
+    x0, x1 = span(bar_col)
+    y0, y1 = span(bar_row)
+    return x0, y0, x1, y1
+
+
+def _darkness(rgb: np.ndarray, content_box: Tuple[int, int, int, int]) -> np.ndarray:
+    """Smoothed darkness (255 - grey); the letterbox bar gets the tissue's median
+    so that it neither wins nor drags the blur."""
+    x0, y0, x1, y1 = content_box
+    dark = 255.0 - rgb.astype(np.float32).mean(axis=2)
+    inside = np.zeros(dark.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    dark[~inside] = np.median(dark[inside])
+    return _gaussian_smooth(dark, _SMOOTH_SIGMA)
+
+
+def locate_figure(
+    rgb: np.ndarray, crop_size: int = CROP_SIZE
+) -> Tuple[Tuple[float, float], Tuple[int, int, int, int], Tuple[int, int]]:
+    """
+    Where the figure of one crop is.
+
+    Returns ``(center, content_box, darkest)``: the figure centre (x, y); the
+    tissue part ``(x0, y0, x1, y1)`` without letterbox bars; and the darkest
+    point of the smoothed crop (a statistic for checking the centre, not used
+    to place the box).
+
+    A full crop is a window centred on the figure: centre (crop_size / 2,
+    crop_size / 2). Along an axis that has bars, the window was cut by the
+    region border on one side and then centred, so the figure lies half a
+    window from one end of the tissue: at ``x0 + crop_size/2`` or
+    ``x1 - crop_size/2``; the candidate with the darker point within a quarter
+    box (mitotic chromatin is the darkest thing in the crop) is taken.
+    """
+    h, w = rgb.shape[:2]
+    content = _content_box(rgb)
+    x0, y0, x1, y1 = content
+    dark = _darkness(rgb, content)
+    masked = np.full_like(dark, -np.inf)
+    masked[y0:y1, x0:x1] = dark[y0:y1, x0:x1]
+    dy, dx = np.unravel_index(int(np.argmax(masked)), masked.shape)
+
+    half = crop_size / 2.0
+    xs = sorted({x0 + half, x1 - half})
+    ys = sorted({y0 + half, y1 - half})
+    # The darkest point within a quarter box of each candidate: condensed
+    # chromatin is darker than any interphase nucleus, whereas a mean over the
+    # neighbourhood is swayed by how crowded the nuclei are (checked by eye on
+    # the letterboxed crops, docs/real_figures.md).
+    r = BOX_SIZE // 4
+
+    def score(c):
+        cx, cy = int(round(c[0])), int(round(c[1]))
+        return float(
+            dark[max(cy - r, y0) : min(cy + r + 1, y1), max(cx - r, x0) : min(cx + r + 1, x1)].max()
+        )
+
+    candidates = [(x, y) for y in ys for x in xs]
+    center = max(candidates, key=score)  # first of equals: deterministic
+    return (float(center[0]), float(center[1])), content, (int(dx), int(dy))
+
+
+def _read_votes(votes_csv: str) -> Dict[str, Tuple[Tuple[str, ...], Optional[str]]]:
+    """File name -> (expert votes, majority); values normalised to Normal/Atypical."""
+    labels = {"normal": "Normal", "atypical": "Atypical"}
+    rows: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {}
+    try:
+        f = open(votes_csv, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"expert-votes CSV not found: {votes_csv}") from None
+    with f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        experts = [h for h in header if re.match(r"(?i)expert", h.strip())]
+        name_col = next(
+            (h for h in header if h.strip().lower() in ("filename", "file_name", "file")), None
+        )
+        major_col = next((h for h in header if h.strip().lower() == "majority"), None)
+        if name_col is None or not experts:
+            raise ValueError(
+                f"{votes_csv}: not an AtNorM-MD votes CSV: header {header!r} lacks a 'Filename' "
+                f"column or 'Expert_*' columns"
+            )
+        for line, row in enumerate(reader, start=2):
+            name = (row.get(name_col) or "").strip()
+            if not name:
+                raise ValueError(f"{votes_csv}, line {line}: empty file name")
+            if name in rows:
+                raise ValueError(f"{votes_csv}, line {line}: file {name!r} appears twice")
+            values = []
+            for col in experts + ([major_col] if major_col else []):
+                raw = (row.get(col) or "").strip()
+                if raw.lower() not in labels:
+                    raise ValueError(
+                        f"{votes_csv}, line {line} ({name}): column {col!r} is {raw!r}, "
+                        f"expected 'Normal' or 'Atypical'"
+                    )
+                values.append(labels[raw.lower()])
+            majority = values.pop() if major_col else None
+            rows[name] = (tuple(values), majority)
+    return rows
+
+
+def scan_real_figures(
+    root: str, votes_csv: Optional[str] = None, *, crop_size: int = CROP_SIZE, strict: bool = False
+) -> Tuple[List[RealFigure], RealFigureScan]:
+    """
+    Read every crop of an AtNorM-MD folder and join the experts' votes.
+
+    Args:
+        root: folder with ``Normal/`` and ``Atypical/`` (PNG crops).
+        votes_csv: the votes CSV (default: ``root/AtNorM-MD_expert_votes.csv``),
+            joined by file name.
+        crop_size: the side every crop must have.
+        strict: raise on any mismatch between the folders and the CSV instead of
+            reporting it.
+
+    Returns:
+        (figures, scan): the crops in folder then numeric-name order, and the
+        report. Crops missing from the CSV are kept (``expert_votes`` None);
+        CSV rows without a file, crops whose folder disagrees with the CSV
+        majority and identical crops are listed in the report and logged.
+
+    Raises:
+        FileNotFoundError: ``root``, a class folder or the CSV is missing.
+        ValueError: a crop cannot be decoded or is not ``crop_size`` square, a
+            file name is in both folders, the CSV is malformed, or (``strict``)
+            folders and CSV disagree.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"real-figure folder not found: {root}")
+    votes_csv = votes_csv or os.path.join(root, VOTES_CSV)
+    votes = _read_votes(votes_csv)
+    scan = RealFigureScan(root=os.path.abspath(root), votes_csv=os.path.abspath(votes_csv))
+
+    entries = []
+    for folder, atypical in CLASS_FOLDERS:
+        path = os.path.join(root, folder)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{root}: class folder {folder}/ not found (expected Normal/ and Atypical/)"
+            )
+        names = sorted((n for n in os.listdir(path) if n.lower().endswith(".png")), key=_name_key)
+        entries.extend((folder, n, atypical) for n in names)
+    by_name = defaultdict(list)
+    for folder, name, _ in entries:
+        by_name[name].append(folder)
+    both = sorted((n for n, f in by_name.items() if len(f) > 1), key=_name_key)
+    if both:
+        raise ValueError(
+            f"{root}: file name(s) in more than one class folder, cannot join the CSV: {both[:20]}"
+        )
+    stems = [os.path.splitext(n)[0] for _, n, _ in entries]
+    numeric_ids = all(s.isdigit() and int(s) > 0 for s in stems)
+
+    figures: List[RealFigure] = []
+    by_hash = defaultdict(list)
+    dark_sum = np.zeros((crop_size, crop_size), np.float64)
+    n_full = 0
+    for i, (folder, name, atypical) in enumerate(entries):
+        rel = f"{folder}/{name}"
+        path = os.path.join(root, folder, name)
+        try:
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot decode crop {path}: {e}") from None
+        if rgb.shape[:2] != (crop_size, crop_size):
+            raise ValueError(
+                f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}"
+            )
+        center, content, darkest = locate_figure(rgb, crop_size)
+        sha = hashlib.sha256(rgb.tobytes()).hexdigest()
+        by_hash[sha].append(rel)
+        row = votes.get(name)
+        fig = RealFigure(
+            file_name=rel,
+            image_id=int(stems[i]) if numeric_ids else i + 1,
+            atypical=atypical,
+            width=crop_size,
+            height=crop_size,
+            content_box=content,
+            center=center,
+            darkest=darkest,
+            sha256=sha,
+            expert_votes=row[0] if row else None,
+            majority=row[1] if row else None,
+        )
+        figures.append(fig)
+        if row is None:
+            scan.missing_from_csv.append(rel)
+        elif fig.majority is not None and (fig.majority == "Atypical") != atypical:
+            scan.majority_disagrees.append(rel)
+        if fig.letterboxed:
+            scan.letterboxed.append(rel)
+        else:
+            dark_sum += 255.0 - rgb.astype(np.float32).mean(axis=2)
+            n_full += 1
+    scan.n_normal = sum(not f.atypical for f in figures)
+    scan.n_atypical = sum(f.atypical for f in figures)
+    scan.csv_without_file = sorted(set(votes) - set(by_name), key=_name_key)
+    scan.duplicate_groups = sorted((g for g in by_hash.values() if len(g) > 1), key=lambda g: g[0])
+    if n_full:
+        py, px = np.unravel_index(int(np.argmax(dark_sum)), dark_sum.shape)
+        scan.mean_darkness_peak = (int(px), int(py))
+
+    if strict and scan.problems:
+        raise ValueError(f"{root} does not match {votes_csv}:\n  " + "\n  ".join(scan.problems))
+    for line in scan.problems:
+        logger.warning("%s: %s", root, line)
+    if scan.duplicate_groups:
+        logger.warning(
+            "%s: %d group(s) of pixel-identical crops (kept in one split each): %s",
+            root,
+            len(scan.duplicate_groups),
+            scan.duplicate_groups[:10],
+        )
+    if not figures:
+        raise ValueError(f"{root}: no PNG crop in Normal/ or Atypical/")
+    return figures, scan
+
+
+def split_real_figures(
+    figures: Sequence[RealFigure], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> Dict[str, List[RealFigure]]:
+    """
+    Seeded train / val / test split by crop, stratified by normal / atypical.
+
+    Pixel-identical crops form one group and go to one split together. In each
+    stratum ``round(fraction * n)`` crops (half up) go to test and to val, in
+    a seeded shuffle of the groups, and the rest to train. Same crops + same seed
+    = same split, whatever the input order; each part keeps the input order.
+
+    Raises ValueError for fractions that are negative or do not sum to 1, and if
+    a file or a pixel hash ended up in two splits (a leak: never expected).
+    """
+    fractions = [float(f) for f in fractions]
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(
+            f"split fractions (train, val, test) must be three numbers >= 0 summing to 1, got {fractions}"
+        )
+    names = [f.file_name for f in figures]
+    if len(set(names)) != len(names):
+        raise ValueError("split_real_figures: file names are not unique")
+
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for f in figures:
+        groups[f.sha256].append(f.file_name)
+    atypical = {f.file_name: f.atypical for f in figures}
+    strata: Dict[bool, List[List[str]]] = defaultdict(list)
+    for members in groups.values():
+        members = sorted(members, key=_name_key)
+        # A group mixing labels goes with the rarer (atypical) stratum.
+        strata[any(atypical[m] for m in members)].append(members)
+
+    rng = random.Random(seed)
+    where: Dict[str, str] = {}
+    for key in (False, True):
+        grps = sorted(strata.get(key, []), key=lambda g: _name_key(g[0]))
+        rng.shuffle(grps)
+        n = sum(len(g) for g in grps)
+        n_test = int(math.floor(fractions[2] * n + 0.5))
+        n_val = int(math.floor(fractions[1] * n + 0.5))
+        pos = 0
+        for g in grps:
+            split = "test" if pos < n_test else "val" if pos < n_test + n_val else "train"
+            for m in g:
+                where[m] = split
+            pos += len(g)
+
+    parts = {s: [f for f in figures if where[f.file_name] == s] for s in SPLITS}
+    seen: Dict[str, str] = {}
+    for s in SPLITS:
+        for f in parts[s]:
+            for key in (f.file_name, f.sha256):
+                if seen.setdefault(key, s) != s:
+                    raise ValueError(f"split leak: {key} is in both {seen[key]} and {s}")
+    return parts
+
+
+def real_figures_to_midog(
+    figures: Iterable[RealFigure],
+    *,
+    split: Optional[str] = None,
+    info: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """
+    The MIDOG-style annotation object of ``figures``: one 128 x 128 image and one
+    mitotic-figure box ([x1, y1, x2, y2], category 1) per crop, ``tumor_type``
+    None, and the normal/atypical label on both image and annotation
+    (``atypical``, ``atypical_votes``, ``expert_votes``, ``majority``), plus the
+    image's ``content_box``, ``letterboxed``, ``sha256`` and ``split``.
+    """
+    images, annotations = [], []
+    for f in figures:
+        label = {
+            "atypical": f.atypical,
+            "atypical_votes": f.atypical_votes,
+            "n_experts": None if f.expert_votes is None else len(f.expert_votes),
+            "expert_votes": None if f.expert_votes is None else list(f.expert_votes),
+            "majority": f.majority,
+        }
+        images.append(
+            {
+                "file_name": f.file_name,
+                "id": f.image_id,
+                "width": f.width,
+                "height": f.height,
+                "tumor_type": None,
+                **label,
+                "content_box": list(f.content_box),
+                "letterboxed": f.letterboxed,
+                "sha256": f.sha256,
+                "split": split,
+            }
+        )
+        annotations.append(
+            {
+                "id": f.image_id,
+                "image_id": f.image_id,
+                "category_id": 1,
+                "bbox": f.bbox,
+                **label,
+            }
+        )
+    return {
+        "info": dict(info or {}),
+        "categories": [
+            {"id": 1, "name": "mitotic figure"},
+            {"id": 2, "name": "not mitotic figure"},
+        ],
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+def _summary(values: np.ndarray) -> Dict[str, Any]:
+    if len(values) == 0:
+        return {"n": 0}
+    return {
+        "n": int(len(values)),
+        "mean": [round(float(v), 2) for v in values.mean(axis=0)],
+        "median": [float(v) for v in np.median(values, axis=0)],
+        "std": [round(float(v), 2) for v in values.std(axis=0)],
+    }
+
+
+def position_statistics(figures: Sequence[RealFigure]) -> Dict[str, Any]:
+    """
+    Where the darkest blob of each crop lies, against the box centre: for all
+    crops, full ones and letterboxed ones, the mean / median / std of the
+    darkest point (x, y) and the fraction of crops where it is within 10 and 25
+    px (half a box) of the figure centre.
+    """
+    out = {}
+    for name, sel in (
+        ("all", list(figures)),
+        ("full", [f for f in figures if not f.letterboxed]),
+        ("letterboxed", [f for f in figures if f.letterboxed]),
+    ):
+        dark = np.array([f.darkest for f in sel], float).reshape(-1, 2)
+        centre = np.array([f.center for f in sel], float).reshape(-1, 2)
+        stats = _summary(dark)
+        if len(sel):
+            dist = np.hypot(*(dark - centre).T)
+            stats["within_10px_of_center"] = round(float((dist <= 10).mean()), 3)
+            stats["within_25px_of_center"] = round(float((dist <= 25).mean()), 3)
+            stats["median_distance_to_center"] = round(float(np.median(dist)), 2)
+            # Against the plain crop centre too: what the letterbox rule changes.
+            naive = np.hypot(*(dark - np.array([[f.width / 2.0, f.height / 2.0] for f in sel])).T)
+            stats["within_10px_of_crop_centre"] = round(float((naive <= 10).mean()), 3)
+        out[name] = stats
+    return out
+
+
+def control_statistics(
+    tile_paths: Sequence[str], windows_per_tile: int = 20, seed: int = 0, crop_size: int = CROP_SIZE
+) -> Dict[str, Any]:
+    """
+    The same darkest-point statistic on random ``crop_size`` windows of real H&E
+    tiles that are not centred on anything: what the statistic gives by chance.
+    Distances are to the window centre.
+    """
+    rng = np.random.default_rng(seed)
+    points = []
+    for path in sorted(tile_paths):
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        h, w = rgb.shape[:2]
+        if h < crop_size or w < crop_size:
+            raise ValueError(f"{path}: {w} x {h} px is smaller than a {crop_size} px window")
+        for _ in range(windows_per_tile):
+            y, x = int(rng.integers(0, h - crop_size + 1)), int(rng.integers(0, w - crop_size + 1))
+            win = rgb[y : y + crop_size, x : x + crop_size]
+            _, _, darkest = locate_figure(win, crop_size)
+            points.append(darkest)
+    pts = np.array(points, float).reshape(-1, 2)
+    stats = _summary(pts)
+    if len(pts):
+        dist = np.hypot(*(pts - crop_size / 2.0).T)
+        stats["within_10px_of_center"] = round(float((dist <= 10).mean()), 3)
+        stats["within_25px_of_center"] = round(float((dist <= 25).mean()), 3)
+        stats["median_distance_to_center"] = round(float(np.median(dist)), 2)
+    stats["tiles"] = len(tile_paths)
+    return stats
+
+
+def write_real_figures(
+    figures: Sequence[RealFigure],
+    scan: RealFigureScan,
+    output_dir: str,
+    *,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    prefix: str = "real_figures",
+    control_tiles: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """
+    Split scanned crops (:func:`split_real_figures`) and write
+    ``{prefix}_train.json``, ``{prefix}_val.json``, ``{prefix}_test.json``
+    (file names relative to ``scan.root``: read them with ``image_root`` =
+    that folder; nothing is copied) and ``{prefix}_report.json`` (counts per
+    split, CSV mismatches, duplicates, letterboxed crops, the darkest-point
+    statistics and, with ``control_tiles``, the same statistic on random
+    windows of those tiles). Returns the report.
+    """
+    parts = split_real_figures(figures, fractions, seed)
+    os.makedirs(output_dir, exist_ok=True)
+    info = {
+        "description": "AMi-Br AtNorM-MD mitotic-figure crops (from MIDOG++), one 50 x 50 box per crop",
+        "image_root": scan.root,
+        "votes_csv": scan.votes_csv,
+        "seed": seed,
+        "fractions": {s: float(f) for s, f in zip(SPLITS, fractions)},
+        "box_size": BOX_SIZE,
+        "crop_size": figures[0].width if figures else CROP_SIZE,
+    }
+    files = {}
+    for s in SPLITS:
+        path = os.path.join(output_dir, f"{prefix}_{s}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(
+                real_figures_to_midog(parts[s], split=s, info={**info, "split": s}), f, indent=1
+            )
+        files[s] = os.path.abspath(path)
+    report = {
+        **info,
+        "files": files,
+        "counts": {
+            s: {
+                "crops": len(parts[s]),
+                "normal": sum(not f.atypical for f in parts[s]),
+                "atypical": sum(f.atypical for f in parts[s]),
+            }
+            for s in SPLITS
+        },
+        "scan": scan.summary(),
+        "center_rule": "crop centre; letterboxed crops: half a crop from the tissue edge, on the darker side",
+        "darkest_point": position_statistics(figures),
+    }
+    if control_tiles:
+        report["darkest_point_control"] = control_statistics(control_tiles, seed=seed)
+    path = os.path.join(output_dir, f"{prefix}_report.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    report["report_file"] = os.path.abspath(path)
+    return report
+
+
+def convert_real_figures(
+    root: str,
+    output_dir: str,
+    *,
+    votes_csv: Optional[str] = None,
+    strict: bool = False,
+    **write_options,
+) -> Dict[str, Any]:
+    """
+    :func:`scan_real_figures` then :func:`write_real_figures`: the whole
+    conversion of an AtNorM-MD folder. ``write_options``: ``fractions``,
+    ``seed``, ``prefix``, ``control_tiles``. Returns the report.
+    """
+    figures, scan = scan_real_figures(root, votes_csv, strict=strict)
+    return write_real_figures(figures, scan, output_dir, **write_options)
+
+
+_EXTRA_IMAGE_KEYS = (
+    "atypical",
+    "atypical_votes",
+    "n_experts",
+    "expert_votes",
+    "majority",
+    "content_box",
+    "letterboxed",
+    "sha256",
+    "split",
+)
+_EXTRA_ANNOTATION_KEYS = ("atypical", "atypical_votes", "n_experts", "expert_votes", "majority")
+
+
+def load_real_figures(json_file: str, image_root: Optional[str] = None) -> List[Dict[str, Any]]:
+    """
+    Detectron2 dicts of one file written by :func:`convert_real_figures`:
+    :func:`midog_d2.data.load_midog_json`'s dicts (``tumor_label`` -1) with the
+    keys it does not carry put back: on each image and its annotation
+    ``atypical``, ``atypical_votes``, ``n_experts``, ``expert_votes``,
+    ``majority``; on the image also ``content_box``, ``letterboxed``,
+    ``sha256`` and ``split``. ``image_root`` defaults to the folder the file
+    was converted from (its ``info.image_root``).
+    """
+    with open(json_file, encoding="utf-8") as f:
+        data = json.load(f)
+    if image_root is None:
+        image_root = (data.get("info") or {}).get("image_root")
+        if not image_root:
+            raise ValueError(f"{json_file}: no info.image_root; pass image_root (the crop folder)")
+    dicts = load_midog_json(json_file, image_root)
+    images = {img["id"]: img for img in data["images"]}
+    anns = {a["id"]: a for a in data["annotations"]}
+    for d in dicts:
+        img = images[d["image_id"]]
+        d.update({k: img.get(k) for k in _EXTRA_IMAGE_KEYS})
+        for a in d["annotations"]:
+            src = anns[a["annotation_id"]]
+            a.update({k: src.get(k) for k in _EXTRA_ANNOTATION_KEYS})
+    return dicts

@@ -1,0 +1,332 @@
+"""Detectron2 evaluators for MIDOG datasets: the challenge's point metrics and COCO AP50.
+
+Both take whole-image outputs (``midog_d2.inference.TiledPredictor``): ``instances``
+in level-0 pixels of the image, class 0 = mitotic figure.
+"""
+
+import itertools
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+import detectron2.utils.comm as comm
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
+from ..io.points import json_safe, points_to_json
+from .metrics import ImagePoints, evaluate_points, points_in_region, roc_auc
+from .scoring import box_centres, image_points
+
+__all__ = [
+    "MidogEvaluator",
+    "MitoticCOCOEvaluator",
+    "register_mitotic_only",
+    "build_midog_evaluators",
+    "format_results_table",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MidogEvaluator(DatasetEvaluator):
+    """
+    The MIDOG protocol (docs/evaluation.md) on a registered MIDOG dataset.
+
+    Ground truth comes from ``DatasetCatalog.get(dataset_name)``: mitotic figures
+    (``category_id`` 0) only; images that were never annotated (``labelled`` False, or
+    no annotation when the flag is absent) are left out of every metric. Only images
+    that went through :meth:`process` are scored; an input's ``region`` (x0, y0, x1, y1)
+    restricts ground truth and detections to it. µm/px: the input's ``mpp``, else the
+    dataset dict's, else the metadata's ``mpp``, else 0.25.
+
+    ``evaluate()`` returns ``{"midog": {...}}`` with fractions in [0, 1] (not
+    Detectron2's percent): ``F1, precision, recall, TP, FP, FN`` at ``threshold``
+    (``score >= threshold``), ``best_F1, best_threshold`` (sweep over 0.00..0.99),
+    ``AP50_points`` (MIDOG 2022 mAP), ``num_images``, ``F1/<tumor>`` and
+    ``AP50_points/<tumor>``; with the auxiliary outputs present, ``tumor_accuracy``
+    (argmax of ``tumor_probs`` vs the dict's ``tumor_label``, images with a known
+    label) and ``foreground_AUC`` (per tile: ``foreground_prob`` vs "a box of either
+    class has its centre in the tile", labelled images). NaN marks an undefined number.
+    With ``output_dir``, writes ``midog_metrics.json`` (everything, per tumor in full)
+    and ``midog_points.json`` (file name -> MIDOG "Multiple points" object).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        cfg=None,
+        output_dir: Optional[str] = None,
+        *,
+        radius_um: Optional[float] = None,
+        score_threshold: Optional[float] = None,
+        mitotic_class: int = MITOTIC_FIGURE,
+        distributed: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: a registered dataset of MIDOG dicts.
+            cfg: optional config supplying TEST.MIDOG.RADIUS_UM and SCORE_THRESHOLD.
+            output_dir: where to write the JSON files (None: nothing written).
+            radius_um, score_threshold: override the config (defaults 7.5 and 0.5).
+            mitotic_class: the predicted class scored as mitotic figure.
+            distributed: gather from all ranks and evaluate on the main one.
+        """
+        if radius_um is None:
+            radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
+        if score_threshold is None:
+            score_threshold = cfg.TEST.MIDOG.SCORE_THRESHOLD if cfg is not None else 0.5
+        self._dataset_name = dataset_name
+        self._metadata = MetadataCatalog.get(dataset_name)
+        self._radius_um = float(radius_um)
+        self._threshold = float(score_threshold)
+        self._mitotic_class = mitotic_class
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._records: List[Dict[str, Any]] = []
+
+    def reset(self):
+        self._records = []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            rec: Dict[str, Any] = {"image_id": inp["image_id"], "file_name": inp.get("file_name")}
+            inst = out["instances"].to("cpu")
+            boxes = inst.pred_boxes.tensor.double().numpy().reshape(-1, 4)
+            scores = inst.scores.double().numpy().reshape(-1)
+            if inst.has("pred_classes"):
+                keep = inst.pred_classes.numpy() == self._mitotic_class
+                boxes, scores = boxes[keep], scores[keep]
+            rec["centres"] = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+            rec["scores"] = scores
+            rec["region"] = None if inp.get("region") is None else [float(v) for v in inp["region"]]
+            rec["mpp"] = inp.get("mpp")
+            rec["tumor_label"] = inp.get("tumor_label")
+            if "tumor_probs" in out:
+                rec["tumor_probs"] = out["tumor_probs"].detach().cpu().double().numpy()
+            if "foreground_prob" in out:
+                fg = out["foreground_prob"].detach().cpu().double().reshape(-1).numpy()
+                tiles = out.get("tiles")
+                if tiles is None:
+                    # A model run on the whole input: one "tile", the input itself.
+                    r = rec["region"] or [0.0, 0.0, float(inp["width"]), float(inp["height"])]
+                    tiles = torch.tensor([r], dtype=torch.float64)
+                rec["foreground_prob"] = fg
+                rec["tiles"] = torch.as_tensor(tiles).detach().cpu().double().numpy().reshape(-1, 4)
+            self._records.append(rec)
+
+    def _mpp(self, rec: Dict[str, Any], gt: Dict[str, Any]) -> float:
+        for value in (rec.get("mpp"), gt.get("mpp"), self._metadata.get("mpp", None)):
+            if value is not None:
+                return float(value)
+        return DEFAULT_MPP
+
+    def evaluate(self):
+        if self._distributed:
+            comm.synchronize()
+            records = list(itertools.chain(*comm.gather(self._records, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        else:
+            records = self._records
+        if not records:
+            logger.warning("[MidogEvaluator] no predictions received")
+            return {}
+
+        dicts = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
+        images: List[ImagePoints] = []
+        tumor_hits, fg_scores, fg_labels, points_json = [], [], [], {}
+        skipped = 0
+        for rec in records:
+            gt = dicts.get(rec["image_id"])
+            if gt is None:
+                raise KeyError(
+                    f"[MidogEvaluator] image_id {rec['image_id']!r} is not in dataset {self._dataset_name!r}"
+                )
+            mpp = self._mpp(rec, gt)
+            label = gt.get("tumor_label", rec.get("tumor_label"))
+            if "tumor_probs" in rec and label is not None and int(label) >= 0:
+                tumor_hits.append(int(np.argmax(rec["tumor_probs"])) == int(label))
+            name = os.path.basename(str(gt.get("file_name", rec["image_id"])))
+            if name in points_json:  # two files of one name in different folders
+                name = str(rec["image_id"])
+            points_json[name] = points_to_json(rec["centres"], rec["scores"], mpp, self._threshold)
+            points = image_points(gt, rec["centres"], rec["scores"], mpp, region=rec["region"])
+            if points is None:
+                skipped += 1
+                continue
+            if "foreground_prob" in rec:
+                centres = box_centres(gt)  # either class: the foreground target counts both
+                for (x0, y0, x1, y1), p in zip(rec["tiles"], rec["foreground_prob"]):
+                    fg_scores.append(p)
+                    fg_labels.append(bool(points_in_region(centres, (x0, y0, x1, y1)).any()))
+            images.append(points)
+        if skipped:
+            logger.info("[MidogEvaluator] %d unlabelled image(s) left out of scoring", skipped)
+
+        full = evaluate_points(images, self._radius_um, self._threshold, box_half_um=AP_BOX_HALF_UM)
+        res: Dict[str, float] = {
+            "F1": full["f1"],
+            "precision": full["precision"],
+            "recall": full["recall"],
+            "TP": full["tp"],
+            "FP": full["fp"],
+            "FN": full["fn"],
+            "threshold": self._threshold,
+            "best_F1": full["best_f1"],
+            "best_threshold": full["best_threshold"],
+            "AP50_points": full["ap50"],
+            "num_images": full["num_images"],
+        }
+        for tumor, t in full["per_tumor"].items():
+            res[f"F1/{tumor}"] = t["f1"]
+            res[f"AP50_points/{tumor}"] = t["ap50"]
+        if tumor_hits:
+            res["tumor_accuracy"] = float(np.mean(tumor_hits))
+        if fg_scores:
+            res["foreground_AUC"] = roc_auc(fg_scores, fg_labels)
+            full["foreground_tiles"] = len(fg_scores)
+        full.update({k: res[k] for k in ("tumor_accuracy", "foreground_AUC") if k in res})
+        full.update(
+            radius_um=self._radius_um, unlabelled_images_skipped=skipped, dataset=self._dataset_name
+        )
+
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(os.path.join(self._output_dir, "midog_metrics.json"), "w") as f:
+                json.dump(json_safe(full), f, indent=1)
+            with PathManager.open(os.path.join(self._output_dir, "midog_points.json"), "w") as f:
+                json.dump(points_json, f)
+        logger.info(
+            "MIDOG results on %s:\n%s", self._dataset_name, format_results_table({"midog": res})
+        )
+        return OrderedDict({"midog": res})
+
+
+def register_mitotic_only(dataset_name: str) -> str:
+    """Register ``<dataset_name>_mitotic_only``: the labelled images of ``dataset_name``
+    with their mitotic-figure boxes only, one class ("mitotic figure"). COCO AP on it is
+    AP of the mitotic-figure class, not a mean with the hard-negative class. Returns its name."""
+    name = f"{dataset_name}_mitotic_only"
+    if name in DatasetCatalog.list():
+        return name
+
+    def load():
+        return [
+            dict(
+                d,
+                annotations=[
+                    a for a in d.get("annotations", []) if a["category_id"] == MITOTIC_FIGURE
+                ],
+            )
+            for d in DatasetCatalog.get(dataset_name)
+            if is_labelled(d)
+        ]
+
+    DatasetCatalog.register(name, load)
+    src = MetadataCatalog.get(dataset_name)
+    MetadataCatalog.get(name).set(thing_classes=["mitotic figure"], mpp=src.get("mpp", DEFAULT_MPP))
+    return name
+
+
+class MitoticCOCOEvaluator(COCOEvaluator):
+    """
+    Detectron2's COCOEvaluator (official pycocotools path) for the mitotic-figure class
+    of a MIDOG dataset: ground truth from :func:`register_mitotic_only`, detections of
+    other classes and of unlabelled images dropped, and only the images processed
+    scored. AP50 lands in ``results["bbox"]["AP50"]``, in percent as in Detectron2.
+    An input's ``region`` is not applied here.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: Optional[str] = None,
+        *,
+        distributed: bool = True,
+        max_dets_per_image: int = 100000,
+        mitotic_class: int = MITOTIC_FIGURE,
+    ):
+        """
+        Args:
+            dataset_name: a registered dataset of MIDOG dicts.
+            output_dir: where COCOEvaluator writes its files and the converted ground
+                truth (None: a temporary folder).
+            max_dets_per_image: COCO's per-image detection limit; whole MIDOG images
+                hold far more than COCO's default 100.
+        """
+        self._mitotic_class = mitotic_class
+        mitotic_name = register_mitotic_only(dataset_name)
+        self._image_ids = {d["image_id"] for d in DatasetCatalog.get(mitotic_name)}
+        super().__init__(
+            mitotic_name,
+            tasks=("bbox",),
+            distributed=distributed,
+            output_dir=output_dir or tempfile.mkdtemp(prefix="midog_coco_"),
+            max_dets_per_image=max_dets_per_image,
+            use_fast_impl=False,
+            # The cache is keyed by dataset name only; a re-split dataset must not reuse it.
+            allow_cached_coco=False,
+        )
+
+    def process(self, inputs, outputs):
+        kept_in, kept_out = [], []
+        for inp, out in zip(inputs, outputs):
+            if inp["image_id"] not in self._image_ids:
+                continue
+            inst = out["instances"]
+            if inst.has("pred_classes"):
+                inst = inst[inst.pred_classes == self._mitotic_class]
+            kept_in.append(inp)
+            kept_out.append({"instances": inst})
+        super().process(kept_in, kept_out)
+
+    def evaluate(self, img_ids=None):
+        if img_ids is None:
+            img_ids = [p["image_id"] for p in self._predictions]
+            if self._distributed:
+                img_ids = list(itertools.chain(*comm.gather(img_ids, dst=0)))
+        return super().evaluate(img_ids=img_ids or None)
+
+
+def build_midog_evaluators(
+    cfg, dataset_name: str, output_dir: Optional[str] = None
+) -> DatasetEvaluators:
+    """:class:`MidogEvaluator` and :class:`MitoticCOCOEvaluator` on ``dataset_name``."""
+    return DatasetEvaluators(
+        [
+            MidogEvaluator(dataset_name, cfg, output_dir),
+            MitoticCOCOEvaluator(dataset_name, output_dir),
+        ]
+    )
+
+
+def format_results_table(results: Dict[str, Dict[str, float]]) -> str:
+    """One table of every task's numbers (rows: task/metric, value)."""
+
+    def fmt(value):
+        if value is None:
+            return "-"
+        if isinstance(value, (bool, int, np.integer)):
+            return str(int(value))
+        if isinstance(value, (float, np.floating)):
+            return f"{float(value):.4f}"
+        return str(value)
+
+    rows = []
+    for task, res in results.items():
+        if not isinstance(res, dict):
+            rows.append((task, fmt(res)))
+            continue
+        for key, value in res.items():
+            rows.append((f"{task}/{key}", fmt(value)))
+    return tabulate(rows, headers=["metric", "value"], tablefmt="pipe", disable_numparse=True)

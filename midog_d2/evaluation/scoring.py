@@ -1,0 +1,145 @@
+"""Ground truth and detections -> the points the MIDOG protocol scores.
+
+One builder (:func:`image_points`) serves both the evaluator that runs during training
+(:class:`~midog_d2.evaluation.MidogEvaluator`) and the scorer of prediction files
+(:func:`evaluate_prediction_file`, ``tools/evaluate_midog.py``), so both apply the same
+rules: mitotic figures only, never-annotated images left out, an optional region.
+"""
+
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from detectron2.structures import BoxMode
+
+from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
+from ..data.midog import load_midog_json
+from ..io.points import detect_prediction_format, load_coco_results, load_point_predictions
+from .metrics import ImagePoints, evaluate_points, points_in_region
+
+__all__ = ["box_centres", "gt_points", "image_points", "evaluate_prediction_file"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def box_centres(record: Dict[str, Any], category_id: Optional[int] = None) -> np.ndarray:
+    """(N, 2) centres of a dataset dict's boxes, in annotation order: those of
+    ``category_id``, or of every class when None."""
+    centres = []
+    for ann in record.get("annotations", []):
+        if category_id is not None and ann.get("category_id") != category_id:
+            continue
+        mode = ann.get("bbox_mode", BoxMode.XYXY_ABS)
+        x1, y1, x2, y2 = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)
+        centres.append(((x1 + x2) / 2.0, (y1 + y2) / 2.0))
+    return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+
+
+def gt_points(record: Dict[str, Any], mitotic_class: int = MITOTIC_FIGURE) -> np.ndarray:
+    """(G, 2) centres of a dataset dict's mitotic-figure boxes, in annotation order."""
+    return box_centres(record, mitotic_class)
+
+
+def image_points(
+    record: Dict[str, Any],
+    pred: np.ndarray,
+    scores: np.ndarray,
+    mpp: float,
+    *,
+    region: Optional[Sequence[float]] = None,
+    selected: Optional[np.ndarray] = None,
+    image_id: Any = None,
+) -> Optional[ImagePoints]:
+    """
+    The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
+    dataset dict) and the detections ``pred`` (P, 2) / ``scores`` (P,) in level-0 pixels,
+    both restricted to ``region`` (x0, y0, x1, y1) when given. None when the image was
+    never annotated (:func:`~midog_d2.constants.is_labelled`): it takes no part in scoring.
+    """
+    if not is_labelled(record):
+        return None
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    gt = gt_points(record)
+    keep = points_in_region(pred, region)
+    return ImagePoints(
+        gt=gt[points_in_region(gt, region)],
+        pred=pred[keep],
+        scores=scores[keep],
+        mpp=mpp,
+        tumor=str(record.get("tumor_type")),
+        image_id=record.get("image_id") if image_id is None else image_id,
+        selected=None if selected is None else np.asarray(selected, dtype=bool)[keep],
+    )
+
+
+def evaluate_prediction_file(
+    ground_truth: PathLike,
+    predictions: PathLike,
+    *,
+    radius_um: float = DEFAULT_RADIUS_UM,
+    mpp: float = DEFAULT_MPP,
+    threshold: Optional[float] = None,
+    pred_category_id: Optional[int] = None,
+    use_point_names: bool = False,
+) -> Dict[str, Any]:
+    """Score a prediction file against a MIDOG/MIDOG++ annotation file.
+
+    Ground truth is read with :func:`midog_d2.data.load_midog_json`: mitotic figures only;
+    never-annotated images (no annotation at all) are left out, and predictions on
+    them are counted in ``ignored_predictions`` but not scored. Ground-truth images
+    without predictions count as images where nothing was detected.
+
+    Predictions: Detectron2 ``coco_instances_results.json`` (pixels) or MIDOG points
+    (mm, converted with ``mpp``), detected by
+    :func:`~midog_d2.io.points.detect_prediction_format`. Without ``threshold``,
+    TP/FP/FN/F1 use every prediction, or, with ``use_point_names``, the points a MIDOG file
+    names "mitotic figure" (the challenge's own rule: the submitter's threshold is carried
+    in the names); with it, ``score >= threshold``. The sweep and AP always use every
+    detection.
+
+    Returns :func:`~midog_d2.evaluation.metrics.evaluate_points`' dict plus the
+    inputs, ``format``, ``mpp``, ``radius_um``, ``unlabelled_images`` and
+    ``ignored_predictions``.
+    """
+    if not (mpp > 0):
+        raise ValueError(f"µm per pixel must be > 0, got {mpp}")
+    dicts = load_midog_json(str(ground_truth), include_unlabelled=True)
+    fmt = detect_prediction_format(predictions)
+    by_id = {d["image_id"]: d for d in dicts}
+    preds: Dict[Any, Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = {}
+    if fmt == "coco":
+        for image_id, (xy, scores) in load_coco_results(predictions, pred_category_id).items():
+            if image_id not in by_id:
+                raise ValueError(
+                    f"{predictions}: image_id {image_id!r} is not in the ground truth "
+                    f"{ground_truth}"
+                )
+            preds[image_id] = (xy, scores, None)
+    else:
+        for image_id, (xy_mm, prob, named) in load_point_predictions(predictions, dicts).items():
+            preds[image_id] = (xy_mm * (1000.0 / mpp), prob, named if use_point_names else None)
+
+    images, ignored, unlabelled = [], 0, 0
+    for d in dicts:
+        xy, scores, selected = preds.get(d["image_id"], (np.zeros((0, 2)), np.zeros(0), None))
+        points = image_points(d, xy, scores, mpp, selected=selected)
+        if points is None:
+            unlabelled += 1
+            ignored += len(scores)
+            continue
+        images.append(points)
+    if not images:
+        raise ValueError(f"{ground_truth}: no labelled image to score")
+    result = evaluate_points(images, radius_um, threshold)
+    result.update(
+        ground_truth=str(ground_truth),
+        predictions=str(predictions),
+        format=fmt,
+        mpp=mpp,
+        radius_um=radius_um,
+        unlabelled_images=unlabelled,
+        ignored_predictions=ignored,
+    )
+    return result

@@ -1,0 +1,1 @@
+"""Helpers that serve several parts of the project: pictures of detections."""

@@ -1,0 +1,109 @@
+"""End to end: tools/train_net.py on a tiny generated dataset, then --eval-only from its checkpoint."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CONFIGS, REPO
+
+from midog_d2.datagen.demo import split_for_domain_study
+from midog_d2.datagen.synthetic import PRESETS, generate_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_midog")
+    return generate_dataset(out, PRESETS["tiny"], seed=3)
+
+
+def _train_net(args, cwd):
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), *args]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    config = ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml")]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.MIDOG.JSON_FILE",
+        str(tiny_dataset["json_file"]),
+        "DATASETS.MIDOG.IMAGE_ROOT",
+        str(tiny_dataset["image_root"]),
+        "DATASETS.MIDOG.CSV_FILE",
+        str(tiny_dataset["csv_file"]),
+        "DATASETS.MIDOG.SPLIT",
+        "csv",
+        "DATASETS.MIDOG.VAL_FRACTION",
+        "0.0",
+        "DATASETS.TRAIN",
+        "('midog_train',)",
+        "DATASETS.TEST",
+        "('midog_test',)",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.STEPS",
+        "()",
+        "INPUT.PATCH.SIZE",
+        "128",
+        "TEST.TILE.SIZE",
+        "256",
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.EVAL_PERIOD",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    _train_net([*config, *opts], tmp_path)
+    checkpoint = out / "model_final.pth"
+    assert checkpoint.is_file()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["iteration"] == 2
+    assert any(k.startswith("tumor_head.") for k in state["model"])
+    # Periodic evaluation at iteration 2 fed the best-checkpoint hook (TEST.BEST_CHECKPOINT_METRIC).
+    assert (out / "model_best.pth").is_file()
+    metrics_file = out / "inference" / "midog_test" / "midog_metrics.json"
+    trained = json.loads(metrics_file.read_text())
+    assert trained["num_images"] == 1 and trained["tp"] + trained["fn"] > 0
+    shutil.move(str(metrics_file), str(tmp_path / "after_training.json"))
+
+    _train_net([*config, "--eval-only", *opts, "MODEL.WEIGHTS", str(checkpoint)], tmp_path)
+    again = json.loads(metrics_file.read_text())
+    for key in ("tp", "fp", "fn", "f1", "best_f1", "best_threshold", "ap50"):
+        assert again[key] == trained[key], key
+    # Detectron2's metrics.json holds the training losses, auxiliary ones included.
+    events = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any("loss_tumor" in e and "loss_foreground" in e for e in events)
+
+
+def test_domain_split_holds_out_tumor_and_scanner():
+    dicts = [
+        {"image_id": i, "tumor_type": tumor, "scanner": scanner, "annotations": []}
+        for i, (tumor, scanner) in enumerate(
+            [("breast", "A")] * 6
+            + [("lung", "B")] * 6
+            + [("net", "A")] * 3
+            + [("breast", "Leica")] * 3
+        )
+    ]
+    splits = split_for_domain_study(dicts, "net", "Leica", val_fraction=0.25, seed=0)
+    ids = {k: {d["image_id"] for d in v} for k, v in splits.items()}
+    assert ids["unseen_tumor"] == {12, 13, 14}
+    assert ids["unseen_scanner"] == {15, 16, 17}
+    assert ids["train"].isdisjoint(ids["val"]) and ids["train"] | ids["val"] == set(range(12))
+    assert len(ids["val"]) == 4  # a quarter of each training tumor type, by image
+    with pytest.raises(ValueError, match="unseen_scanner.*empty"):
+        split_for_domain_study(dicts, "net", "Philips", val_fraction=0.25, seed=0)

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Train on the real mitotic-figure crops composed into canvases (midog_d2.datagen.canvas).
+
+    OMP_NUM_THREADS=1 nice -n 19 python tools/train_real_figures.py \
+        --config-file configs/RealFigures-CPU-R18.yaml
+    # the shortcut control: the same training with the box on a random other nucleus
+    ... --config-file configs/RealFigures-CPU-R18.yaml INPUT.CANVAS.CONTROL True \
+        OUTPUT_DIR output/real_figures_cpu_r18_control
+Score a checkpoint with tools/dev/eval_real_figures.py.
+"""
+
+from detectron2.engine import default_argument_parser, launch
+
+from midog_d2.datagen.canvas import build_real_figure_train_loader
+from midog_d2.engine import MidogTrainer, setup_cfg
+
+
+class RealFigureTrainer(MidogTrainer):
+    """:class:`MidogTrainer` fed with real-figure canvases."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_real_figure_train_loader(cfg)
+
+
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts, args)
+    trainer = RealFigureTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
