@@ -12,7 +12,10 @@ PYTEST_ARGS ?=
 # builds its images from real pixels; without it, from drawn cells.
 REAL_DATA ?= ../shared/data/real
 
-.PHONY: venv test test-slow demo bench clean-venv
+# What black and isort check (pyproject.toml holds their settings).
+FORMAT_PATHS := midog_d2 tools tests benchmarks setup.py
+
+.PHONY: venv test test-slow lint format demo bench clean-venv
 
 venv: $(STAMP)
 
@@ -31,8 +34,16 @@ $(STAMP): requirements.txt setup.py Makefile
 	$(PY) -c "import midog_d2"
 	touch $(STAMP)
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+lint: venv
+	$(VENV)/bin/isort --check-only --diff -q $(FORMAT_PATHS)
+	$(VENV)/bin/black --check -q $(FORMAT_PATHS)
+
+format: venv
+	$(VENV)/bin/isort -q $(FORMAT_PATHS)
+	$(VENV)/bin/black -q $(FORMAT_PATHS)
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests

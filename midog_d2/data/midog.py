@@ -237,8 +237,50 @@ def load_midog_json(
     classes = _category_map(json_file, data["categories"])
     csv_rows = _read_csv(csv_file, scanner_aliases) if csv_file else {}
 
+    images = _image_records(
+        json_file,
+        data["images"],
+        image_root,
+        csv_file,
+        csv_rows,
+        canon,
+        tumor_types,
+        default_tumor_type,
+    )
+    _add_annotations(json_file, data["annotations"], images, classes, check_boxes)
+    dataset_dicts = list(images.values())
+    for d in dataset_dicts:
+        flag = d.pop("_labelled")
+        d["labelled"] = bool(d["annotations"]) if flag is None else bool(flag)
+
+    dataset_dicts = _select(
+        json_file, dataset_dicts, set(images), image_ids, tumor_filter, canon, include_unlabelled
+    )
+    n_ann = Counter(a["category_id"] for d in dataset_dicts for a in d["annotations"])
+    logger.info(
+        "Loaded %d images from %s: %d mitotic figures, %d hard negatives",
+        len(dataset_dicts),
+        json_file,
+        n_ann[0],
+        n_ann[1],
+    )
+    return dataset_dicts
+
+
+def _image_records(
+    json_file: str,
+    entries: List[Any],
+    image_root: str,
+    csv_file: Optional[str],
+    csv_rows: Dict[int, Dict[str, Any]],
+    canon,
+    tumor_types: Sequence[str],
+    default_tumor_type: Optional[str],
+) -> Dict[Any, Dict[str, Any]]:
+    """image id -> dataset dict (no annotations yet) of the JSON's ``images`` entries,
+    merged with their CSV row; a provisional ``_labelled`` carries the entry's own flag."""
     images: Dict[Any, Dict[str, Any]] = {}
-    for idx, img in enumerate(data["images"]):
+    for idx, img in enumerate(entries):
         missing = [
             k
             for k in ("id", "file_name", "width", "height")
@@ -275,8 +317,19 @@ def load_midog_json(
             "_labelled": img.get("labelled"),
         }
 
+    return images
+
+
+def _add_annotations(
+    json_file: str,
+    entries: List[Any],
+    images: Dict[Any, Dict[str, Any]],
+    classes: Dict[Any, int],
+    check_boxes: str,
+) -> None:
+    """Append each valid annotation of ``entries`` to its image's ``annotations``."""
     skipped = Counter()
-    for ann in data["annotations"]:
+    for ann in entries:
         if not isinstance(ann, dict):
             raise ValueError(f"{json_file}: annotation entry {ann!r} is not an object")
         ident = f"{json_file}: annotation {ann.get('id')} (image {ann.get('image_id')})"
@@ -321,14 +374,20 @@ def load_midog_json(
             ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())),
         )
 
-    dataset_dicts = list(images.values())
-    for d in dataset_dicts:
-        flag = d.pop("_labelled")
-        d["labelled"] = bool(d["annotations"]) if flag is None else bool(flag)
 
+def _select(
+    json_file: str,
+    dataset_dicts: List[Dict[str, Any]],
+    known_ids: set,
+    image_ids: Optional[Iterable[Any]],
+    tumor_filter: Optional[Iterable[str]],
+    canon,
+    include_unlabelled: bool,
+) -> List[Dict[str, Any]]:
+    """The dicts kept by ``image_ids``, ``tumor_filter`` and ``include_unlabelled``."""
     if image_ids is not None:
         wanted = list(image_ids)
-        unknown = sorted(set(wanted) - set(images), key=str)
+        unknown = sorted(set(wanted) - known_ids, key=str)
         if unknown:
             raise ValueError(f"{json_file}: image ids not in the file: {unknown[:20]}")
         wanted = set(wanted)
@@ -350,12 +409,4 @@ def load_midog_json(
         if n:
             logger.info("%s: left out %d unlabelled image(s) (no annotations)", json_file, n)
             dataset_dicts = [d for d in dataset_dicts if d["labelled"]]
-    n_ann = Counter(a["category_id"] for d in dataset_dicts for a in d["annotations"])
-    logger.info(
-        "Loaded %d images from %s: %d mitotic figures, %d hard negatives",
-        len(dataset_dicts),
-        json_file,
-        n_ann[0],
-        n_ann[1],
-    )
     return dataset_dicts

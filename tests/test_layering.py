@@ -1,0 +1,227 @@
+"""The package's layering (docs/architecture.md), checked on its source with ``ast``.
+
+* nothing outside ``midog_d2.datagen`` imports it (what users run on MIDOG never needs the
+  data made for development);
+* imports between the parts flow one way (``ALLOWED``): ``io`` depends on ``constants``
+  only, ``data`` on ``io``, ``inference`` on ``data``, ``evaluation`` on ``inference``, ...;
+* no import cycle between modules, lazy imports inside functions included.
+
+The checker is run on small made-up packages too, so that a rule that stopped catching
+anything would fail here.
+"""
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "midog_d2"
+
+# part -> the parts it may import (a part: a subpackage or a top-level module of midog_d2;
+# "" is the package's own __init__, which registers the model and exports the config hook;
+# any part may import it, for __version__).
+ALLOWED: Dict[str, Set[str]] = {
+    "": {"constants", "config", "modeling"},
+    "constants": set(),
+    "config": {"constants"},
+    "io": {"constants"},
+    "modeling": {"constants", "config"},
+    "data": {"constants", "config", "io"},
+    "inference": {"constants", "io", "data"},
+    "evaluation": {"constants", "io", "data", "inference"},
+    "utils": {"constants", "io"},
+    "solver": {"constants", "config"},
+    "checkpoint": {"constants"},
+    "collect_env": {"constants"},
+    "engine": {
+        "constants",
+        "config",
+        "io",
+        "modeling",
+        "data",
+        "inference",
+        "evaluation",
+        "utils",
+        "solver",
+        "checkpoint",
+    },
+    "datagen": {
+        "constants",
+        "config",
+        "io",
+        "modeling",
+        "data",
+        "inference",
+        "evaluation",
+        "utils",
+        "solver",
+        "checkpoint",
+        "engine",
+    },
+}
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph(root: Path) -> Dict[str, Set[str]]:
+    """module -> the modules of the package it imports (every ``import`` statement,
+    including those inside functions), resolved to the longest existing module name."""
+    files = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
+    graph: Dict[str, Set[str]] = {}
+    for mod, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        deps: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: List[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                # "from pkg import name" may import the submodule pkg.name
+                targets = [f"{prefix}.{a.name}" for a in node.names] + [prefix]
+            for t in targets:
+                while t and t not in files:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    deps.add(t)
+        # a "from x import y" that found submodule x.y also names x itself: keep both
+        graph[mod] = deps
+    return graph
+
+
+def part_of(root: Path, mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One import cycle (as a list of modules, first == last), or []."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(m: str) -> List[str]:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            # a package's __init__ importing its own submodules is how packages work
+            if d.startswith(m + "."):
+                continue
+            if state.get(d) == 1:
+                return stack[stack.index(d) :] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return []
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return []
+
+
+def violations(root: Path) -> List[str]:
+    graph = import_graph(root)
+    problems = []
+    for mod, deps in sorted(graph.items()):
+        part = part_of(root, mod)
+        for d in sorted(deps):
+            other = part_of(root, d)
+            if other == part or (other == "" and d == root.name):
+                continue
+            if other == "datagen":
+                problems.append(f"{mod} imports {d}: nothing outside datagen/ may import it")
+            elif part in ALLOWED and other not in ALLOWED[part]:
+                problems.append(
+                    f"{mod} imports {d}: {part} may import only {sorted(ALLOWED[part])}"
+                )
+            elif part not in ALLOWED:
+                problems.append(f"{mod}: part {part!r} has no entry in ALLOWED")
+    cycle = find_cycle(graph)
+    if cycle:
+        problems.append("import cycle: " + " -> ".join(cycle))
+    return problems
+
+
+def test_the_package_keeps_its_layers():
+    assert violations(PACKAGE) == []
+
+
+def test_every_part_of_the_package_is_known():
+    parts = {part_of(PACKAGE, m) for m in import_graph(PACKAGE)} - {""}
+    assert parts <= set(ALLOWED), parts - set(ALLOWED)
+    assert {"io", "data", "inference", "evaluation", "engine", "datagen"} <= parts
+
+
+def write_package(root: Path, files: Dict[str, str]) -> Path:
+    pkg = root / "midog_d2"
+    for rel, text in files.items():
+        path = pkg / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for d in [pkg, *[p for p in pkg.rglob("*") if p.is_dir()]]:
+        (d / "__init__.py").touch()
+    return pkg
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (
+            {"data/a.py": "from ..datagen import canvas\n", "datagen/canvas.py": ""},
+            "nothing outside",
+        ),
+        (
+            {
+                "inference/p.py": "def f():\n    from midog_d2.datagen.x import y\n",
+                "datagen/x.py": "y = 1\n",
+            },
+            "nothing outside",
+        ),
+        (
+            {"io/slide.py": "from ..data.mapper import M\n", "data/mapper.py": "M = 1\n"},
+            "io may import only",
+        ),
+        (
+            {"data/a.py": "from . import b\n", "data/b.py": "def f():\n    from .a import g\n"},
+            "import cycle",
+        ),
+        (
+            {"evaluation/e.py": "import midog_d2.engine.trainer\n", "engine/trainer.py": ""},
+            "evaluation may import only",
+        ),
+        ({"newpart/x.py": "from ..io import y\n", "io/y.py": ""}, "no entry in ALLOWED"),
+    ],
+)
+def test_the_checker_catches_each_rule(tmp_path, files, expected):
+    found = violations(write_package(tmp_path, files))
+    assert any(expected in v for v in found), found
+
+
+def test_the_checker_accepts_a_clean_package(tmp_path):
+    pkg = write_package(
+        tmp_path,
+        {
+            "io/slide.py": "from ..constants import DEFAULT_MPP\n",
+            "constants.py": "DEFAULT_MPP = 0.25\n",
+            "data/mapper.py": "from ..io.slide import x\nfrom . import sampler\n",
+            "data/sampler.py": "import numpy\n",
+            "datagen/canvas.py": "from ..data import mapper\n",
+        },
+    )
+    assert violations(pkg) == []
