@@ -10,7 +10,9 @@ from setuptools import find_packages, setup
 setup(
     name="midog-d2",
     version="0.1.0",
-    description="Domain-robust mitotic-figure detection (MIDOG) with a multi-task RetinaNet on Detectron2",
+    description=(
+        "Domain-robust mitotic-figure detection (MIDOG) with a multi-task RetinaNet on Detectron2"
+    ),
     packages=find_packages(include=["midog_d2", "midog_d2.*"]),
     python_requires=">=3.9",
     install_requires=[

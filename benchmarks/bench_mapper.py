@@ -9,7 +9,8 @@ Reads 512-px patches with the config's augmentation (flips + ColorJitter; ``--he
 adds HED stain augmentation) from a 7000 x 5000 px tiled TIFF (256-px tiles,
 ``--mpp`` µm/px, default 0.25 = INPUT.MODEL_MPP: no resampling; 0.5 reads every
 patch enlarged 2x from 256 level-0 px) with MIDOG-like cell annotations,
-generated once (kept at --image and reused). Reports the median over ``--runs`` runs of ``--patches`` patches,
+generated once (kept at --image and reused). Reports the median over ``--runs`` runs of
+``--patches`` patches,
 the CPU time per patch (less sensitive to other load on the machine), and the
 medians of the stages (region read, augmentation) for profiling.
 Target: >= 100 patches/s.
@@ -39,7 +40,8 @@ WIDTH, HEIGHT, TILE = 7000, 5000, 256
 
 
 def make_image(path: str, compression: str, mpp: float) -> None:
-    """H&E-like pixels: smooth stain fields plus fine noise (compresses like tissue, not like a flat fill)."""
+    """H&E-like pixels: smooth stain fields plus fine noise (compresses like tissue, not like a
+    flat fill)."""
     rng = np.random.default_rng(0)
     low = rng.uniform(0, 1, size=(HEIGHT // 16 + 1, WIDTH // 16 + 1, 3)).astype(np.float32)
     conc = cv2.resize(low, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
@@ -124,12 +126,14 @@ def main() -> None:
         make_image(args.image, args.compression, args.mpp)
 
     print(
-        f"{args.image}: {os.path.getsize(args.image) / (WIDTH * HEIGHT * 3):.0%} of the raw pixel bytes"
+        f"{args.image}: {os.path.getsize(args.image) / (WIDTH * HEIGHT * 3):.0%} of the raw pixel "
+        "bytes"
     )
     if args.openslide:
         slide_module._tiled_tiff = lambda path: None  # every read goes through OpenSlide
     print(
-        f"reader: {'OpenSlide' if slide_module._tiled_tiff(args.image) is None else 'direct tile reader'}"
+        "reader: "
+        f"{'OpenSlide' if slide_module._tiled_tiff(args.image) is None else 'direct tile reader'}"
     )
 
     cfg = get_cfg()
@@ -171,7 +175,8 @@ def main() -> None:
         augs.append((time.perf_counter() - t0) / args.patches * 1e3)
     print(f"patches/s per run: {[round(r, 1) for r in rates]}")
     print(
-        f"median: {statistics.median(rates):.1f} patches/s; per patch {statistics.median(cpu):.2f} ms of CPU time "
+        f"median: {statistics.median(rates):.1f} patches/s; per patch {statistics.median(cpu):.2f} "
+        "ms of CPU time "
         f"(stages, wall: read_region {statistics.median(reads):.2f} ms, "
         f"augmentation {statistics.median(augs):.2f} ms)"
     )

@@ -81,7 +81,8 @@ def main() -> None:
             t, c = time.perf_counter(), time.process_time()
             out = generate_dataset(Path(tmp) / "demo", spec, seed=0)
             print(
-                f"demo preset ({len(out['images'])} images of {spec.image_size[0]} x {spec.image_size[1]} px), "
+                f"demo preset ({len(out['images'])} images of {spec.image_size[0]} x "
+                f"{spec.image_size[1]} px), "
                 f"wall / CPU s: {time.perf_counter() - t:.1f} / {time.process_time() - c:.1f}"
             )
 

@@ -92,7 +92,8 @@ def main() -> None:
     ratio = med["MultiTaskRetinaNet"] / med["RetinaNet"]
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     print(
-        f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} size={args.size} "
+        f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
+        f"size={args.size} "
         f"steps={args.steps} (after {args.warmup} warm-up)"
     )
     print("| model | parameters | median step (s) | patches/s |")

@@ -2,7 +2,8 @@
 """Train or evaluate midog-d2 models with Detectron2's conventions.
 
     python tools/train_net.py --config-file configs/Base-MultiTask-RetinaNet.yaml \
-        DATASETS.MIDOG.JSON_FILE datasets/midog++/MIDOGpp.json DATASETS.MIDOG.IMAGE_ROOT datasets/midog++/images
+        DATASETS.MIDOG.JSON_FILE datasets/midog++/MIDOGpp.json \
+        DATASETS.MIDOG.IMAGE_ROOT datasets/midog++/images
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8
 """

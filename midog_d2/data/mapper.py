@@ -140,7 +140,8 @@ class MidogPatchMapper(DatasetMapper):
         """
         if image_format not in _IMAGE_FORMATS:
             raise ValueError(
-                f"MidogPatchMapper: INPUT.FORMAT must be one of {_IMAGE_FORMATS}, got {image_format!r}"
+                f"MidogPatchMapper: INPUT.FORMAT must be one of {_IMAGE_FORMATS}, got "
+                f"{image_format!r}"
             )
         if patch_size <= 0:
             raise ValueError(f"MidogPatchMapper: patch size must be positive, got {patch_size}")
@@ -151,7 +152,8 @@ class MidogPatchMapper(DatasetMapper):
             )
         if not 0 <= max_center_offset < 0.5:
             raise ValueError(
-                f"MidogPatchMapper: INPUT.PATCH.MAX_CENTER_OFFSET must be in [0, 0.5), got {max_center_offset}"
+                "MidogPatchMapper: INPUT.PATCH.MAX_CENTER_OFFSET must be in [0, 0.5), got "
+                f"{max_center_offset}"
             )
         super().__init__(is_train, augmentations=augmentations, image_format=image_format)
         self.patch_size = int(patch_size)
@@ -307,7 +309,8 @@ class MidogTestMapper:
             expected = dataset_dict.get(key)
             if expected is not None and int(expected) != actual:
                 raise ValueError(
-                    f"{file_name}: the dataset says {key} {expected} but the image file is {width} x {height} px"
+                    f"{file_name}: the dataset says {key} {expected} but the image file is {width} "
+                    f"x {height} px"
                 )
         region = _check_region(
             file_name, dataset_dict.get("region", (0, 0, width, height)), width, height
@@ -340,6 +343,7 @@ def _check_region(
         raise ValueError(f"{file_name}: region must be (x0, y0, x1, y1), got {region!r}") from e
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise ValueError(
-            f"{file_name}: region {(x0, y0, x1, y1)} is empty or outside the {width} x {height} px image"
+            f"{file_name}: region {(x0, y0, x1, y1)} is empty or outside the {width} x {height} px "
+            "image"
         )
     return x0, y0, x1, y1

@@ -80,7 +80,8 @@ def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
             if "slide" not in header:
                 raise ValueError(
                     f"{csv_file}: not a MIDOG++ split CSV: no 'Slide' column in the header "
-                    f"{reader.fieldnames!r} (expected ';'-separated Slide;Dataset;Tumor;Scanner;Origin;Species)"
+                    f"{reader.fieldnames!r} (expected ';'-separated "
+                    "Slide;Dataset;Tumor;Scanner;Origin;Species)"
                 )
             for line, row in enumerate(reader, start=2):
                 raw_id = (row.get(header["slide"]) or "").strip()
@@ -119,7 +120,8 @@ def _read_json(json_file: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(
             f"{json_file}: not a MIDOG/COCO-style annotation file: the top level is a "
-            f"{type(data).__name__}, expected an object with 'images', 'annotations' and 'categories'"
+            f"{type(data).__name__}, expected an object with 'images', 'annotations' and "
+            "'categories'"
         )
     missing = [
         k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)
@@ -296,7 +298,8 @@ def _image_records(
         csv_tumor = canon(row.get("tumor_type"))
         if tumor is not None and csv_tumor is not None and tumor != csv_tumor:
             raise ValueError(
-                f"image {img['id']}: tumor type {img.get('tumor_type')!r} in {json_file} disagrees with "
+                f"image {img['id']}: tumor type {img.get('tumor_type')!r} in {json_file} disagrees "
+                "with "
                 f"{row.get('tumor_type')!r} in {csv_file} (add an alias if they are the same tumor)"
             )
         tumor = tumor or csv_tumor or canon(default_tumor_type)
@@ -338,7 +341,8 @@ def _add_annotations(
             raise ValueError(f"{ident}: refers to an image id that is not in 'images'")
         if ann.get("category_id") not in classes:
             raise ValueError(
-                f"{ident}: category_id {ann.get('category_id')!r} is not in 'categories' {sorted(classes)}"
+                f"{ident}: category_id {ann.get('category_id')!r} is not in 'categories' "
+                f"{sorted(classes)}"
             )
         x1, y1, x2, y2 = box = _bbox(json_file, ann)
         if x2 <= x1 or y2 <= y1:

@@ -126,8 +126,10 @@ def split_by_csv(dataset_dicts: List[Dict[str, Any]]) -> Tuple[List[Dict], List[
         split = d.get("split")
         if split not in parts:
             raise ValueError(
-                f"image {d['image_id']} ({d['file_name']}) has split {split!r}, expected 'train' or "
-                f"'test': is the MIDOG++ CSV given (DATASETS.MIDOG.CSV_FILE) and does it list this image?"
+                f"image {d['image_id']} ({d['file_name']}) has split {split!r}, expected 'train' "
+                "or "
+                "'test': is the MIDOG++ CSV given (DATASETS.MIDOG.CSV_FILE) and does it list this "
+                "image?"
             )
         parts[split].append(d)
     return parts["train"], parts["test"]
@@ -215,7 +217,8 @@ def split_for_domain_study(
         if not dicts:
             raise ValueError(
                 f"The domain study's {name!r} split is empty (holdout tumor {holdout_tumor!r}, "
-                f"holdout scanner {holdout_scanner!r}): check the dataset's tumor types and scanners"
+                f"holdout scanner {holdout_scanner!r}): check the dataset's tumor types and "
+                "scanners"
             )
     return splits
 

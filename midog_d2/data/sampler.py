@@ -115,7 +115,8 @@ class MidogTrainingSampler(Sampler):
             or w.sum() <= 0
         ):
             raise ValueError(
-                f"MidogTrainingSampler: weights must be a non-empty 1-D vector of finite values >= 0, "
+                "MidogTrainingSampler: weights must be a non-empty 1-D vector of finite values >= "
+                "0, "
                 f"not all 0; got {w.tolist()[:10]}..."
             )
         if patches_per_epoch <= 0:

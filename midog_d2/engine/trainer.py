@@ -1,4 +1,5 @@
-"""``DefaultTrainer`` wired to the patch loader, SOLVER.OPTIMIZER, tiled evaluation and a best checkpoint."""
+"""``DefaultTrainer`` wired to the patch loader, SOLVER.OPTIMIZER, tiled evaluation and a
+best checkpoint."""
 
 import logging
 import os

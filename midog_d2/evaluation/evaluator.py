@@ -150,7 +150,8 @@ class MidogEvaluator(DatasetEvaluator):
             gt = dicts.get(rec["image_id"])
             if gt is None:
                 raise KeyError(
-                    f"[MidogEvaluator] image_id {rec['image_id']!r} is not in dataset {self._dataset_name!r}"
+                    f"[MidogEvaluator] image_id {rec['image_id']!r} is not in dataset "
+                    f"{self._dataset_name!r}"
                 )
             mpp = self._mpp(rec, gt)
             label = gt.get("tumor_label", rec.get("tumor_label"))

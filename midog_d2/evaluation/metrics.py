@@ -76,7 +76,8 @@ class ImagePoints:
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         if len(self.scores) != len(self.pred):
             raise ValueError(
-                f"image {self.image_id!r}: {len(self.pred)} predicted points but {len(self.scores)} scores"
+                f"image {self.image_id!r}: {len(self.pred)} predicted points but "
+                f"{len(self.scores)} scores"
             )
         if not (np.isfinite(self.mpp) and self.mpp > 0):
             raise ValueError(f"image {self.image_id!r}: µm per pixel must be > 0, got {self.mpp}")
@@ -200,7 +201,8 @@ def sweep_thresholds(
 
 
 def _square_iou(a: np.ndarray, b: np.ndarray, half: float) -> np.ndarray:
-    """IoU of axis-aligned squares of half side ``half`` centred at ``a`` (N, 2) and ``b`` (M, 2)."""
+    """IoU of axis-aligned squares of half side ``half`` centred at ``a`` (N, 2) and ``b``
+    (M, 2)."""
     side = 2.0 * half
     iw = np.clip(side - np.abs(a[:, None, 0] - b[None, :, 0]), 0, None)
     ih = np.clip(side - np.abs(a[:, None, 1] - b[None, :, 1]), 0, None)

@@ -113,7 +113,8 @@ def parse_points_json(obj: Any, source: str) -> Tuple[np.ndarray, np.ndarray, np
         points = obj
     else:
         raise ValueError(
-            f"{source}: expected a 'Multiple points' object or a list of points, got {type(obj).__name__}"
+            f"{source}: expected a 'Multiple points' object or a list of points, got "
+            f"{type(obj).__name__}"
         )
     xy, prob, named = [], [], []
     for i, p in enumerate(points):
@@ -123,7 +124,8 @@ def parse_points_json(obj: Any, source: str) -> Tuple[np.ndarray, np.ndarray, np
             s = float(p.get("probability", 0.5))
         except (TypeError, ValueError, IndexError, KeyError):
             raise ValueError(
-                f"{source}: point #{i} {p!r} is not {{'point': [x_mm, y_mm, z], 'probability': p, 'name': ...}}"
+                f"{source}: point #{i} {p!r} is not "
+                f"{{'point': [x_mm, y_mm, z], 'probability': p, 'name': ...}}"
             ) from None
         if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(s)):
             raise ValueError(
@@ -132,7 +134,8 @@ def parse_points_json(obj: Any, source: str) -> Tuple[np.ndarray, np.ndarray, np
         name = p.get("name", MITOTIC_NAME)
         if name not in (MITOTIC_NAME, NON_MITOTIC_NAME):
             raise ValueError(
-                f"{source}: point #{i} has name {name!r}, expected {MITOTIC_NAME!r} or {NON_MITOTIC_NAME!r}"
+                f"{source}: point #{i} has name {name!r}, expected {MITOTIC_NAME!r} or "
+                f"{NON_MITOTIC_NAME!r}"
             )
         xy.append((x, y))
         prob.append(s)
@@ -254,7 +257,8 @@ def load_coco_results(
     obj = _read_json(path)
     if not _is_coco_results(obj):
         raise ValueError(
-            f"{path}: not a Detectron2 coco_instances_results.json (a list of {{image_id, bbox, score}})"
+            f"{path}: not a Detectron2 coco_instances_results.json (a list of "
+            f"{{image_id, bbox, score}})"
         )
     cats = sorted({r.get("category_id") for r in obj}, key=str)
     if category_id is None and len(cats) > 1:

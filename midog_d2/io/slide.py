@@ -281,7 +281,8 @@ def _check_size(path: str, width: int, height: int) -> None:
 def _read_openslide(
     path: str, x: int, y: int, width: int, height: int, level: int = 0
 ) -> np.ndarray:
-    """(height, width) RGB pixels of ``level`` whose top-left lies at level-0 (x, y); white outside."""
+    """(height, width) RGB pixels of ``level`` whose top-left lies at level-0 (x, y); white
+    outside."""
     slide = open_slide(path)
     try:
         rgba = np.asarray(slide.read_region((int(x), int(y)), level, (int(width), int(height))))
@@ -543,7 +544,8 @@ def check_images(
                 problems.append(
                     (
                         path,
-                        f"size {w} x {h} differs from the annotation file's {d['width']} x {d['height']}",
+                        f"size {w} x {h} differs from the annotation file's {d['width']} x "
+                        f"{d['height']}",
                     )
                 )
             elif read_pixels:

@@ -23,7 +23,8 @@ def _aux_input_shape(backbone, name: str):
     shapes = backbone.output_shape()
     if name not in shapes:
         raise ValueError(
-            f"MODEL.MULTITASK.IN_FEATURE={name!r} is not a backbone output; available: {sorted(shapes)}"
+            f"MODEL.MULTITASK.IN_FEATURE={name!r} is not a backbone output; available: "
+            f"{sorted(shapes)}"
         )
     return shapes[name]
 

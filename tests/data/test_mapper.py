@@ -180,7 +180,7 @@ def test_output_is_in_input_format(geometry_image, fmt):
     assert image[r_channel, y, x] == 220 and image[2 - r_channel, y, x] == 20
 
 
-# --- images at another µm/px than the model's ------------------------------------------------------
+# --- images at another µm/px than the model's -----------------------------------------------------
 @pytest.fixture(scope="module")
 def geometry_image_20x(tmp_path_factory):
     """The geometry image as a 0.5 µm/px (20x) scan: patches are read enlarged 2x."""
@@ -440,7 +440,7 @@ def test_bad_input_errors_name_the_file(sampling_image, tmp_path):
         mapper("L")
 
 
-# --- image sampler and loader ----------------------------------------------------------------------
+# --- image sampler and loader ---------------------------------------------------------------------
 def tumor_dicts(counts=(("a", 6), ("b", 3), ("c", 1))):
     return [
         {"tumor_type": t, "annotations": [], "labelled": True} for t, n in counts for _ in range(n)

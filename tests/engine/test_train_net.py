@@ -1,4 +1,5 @@
-"""End to end: tools/train_net.py on a tiny generated dataset, then --eval-only from its checkpoint."""
+"""End to end: tools/train_net.py on a tiny generated dataset, then --eval-only from its
+checkpoint."""
 
 import json
 import shutil

@@ -1,4 +1,5 @@
-"""ImageNet weights (torchvision conversion, Detectron2's C2 R-50 pickle), optimizers, set-up checks."""
+"""ImageNet weights (torchvision conversion, Detectron2's C2 R-50 pickle), optimizers, set-up
+checks."""
 
 import pickle
 import subprocess

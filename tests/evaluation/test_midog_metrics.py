@@ -21,12 +21,15 @@ from midog_d2.evaluation import (
     MidogEvaluator,
     MitoticCOCOEvaluator,
     ap50_points,
+    best_threshold,
+    box_centres,
     build_midog_evaluators,
     count_matches,
     evaluate_points,
     evaluate_prediction_file,
     format_results_table,
     greedy_match,
+    image_points,
     precision_recall_f1,
     roc_auc,
     sweep_thresholds,
@@ -145,6 +148,42 @@ def test_sweep_finds_the_known_best_threshold():
     tp, fp, fn = sweep_thresholds([img(gt, pred, scores)])
     assert (tp[0], fp[0], fn[0]) == (3, 2, 0)  # threshold 0.00 keeps all
     assert (tp[99], fp[99], fn[99]) == (0, 0, 3)
+
+
+def test_best_threshold_is_the_one_sweep_and_its_tie_rule():
+    gt = [[100, 100], [300, 300], [500, 500]]
+    pred = [[100, 100], [300, 300], [500, 500], [800, 800], [900, 900]]
+    images = [img(gt, pred, [0.9, 0.8, 0.35, 0.30, 0.20])]
+    assert best_threshold(images) == (1.0, pytest.approx(0.31))
+    # on a coarser grid the best is found among its own thresholds only
+    f1, t = best_threshold(images, thresholds=[0.1, 0.5, 0.85])
+    assert t == 0.5 and f1 == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+    nothing = [img([], [], [])]
+    f1, t = best_threshold(nothing)
+    assert np.isnan(f1) and np.isnan(t)
+
+
+def test_image_points_is_what_both_scorers_score():
+    record = {
+        "image_id": 7,
+        "tumor_type": "canine lymphoma",
+        "annotations": [
+            {"bbox": [0, 0, 50, 50], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
+            {"bbox": [100, 100, 150, 150], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1},
+            {"bbox": [200, 0, 50, 50], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+        ],
+    }
+    pred = [[25, 25], [125, 125], [400, 400]]
+    points = image_points(record, pred, [0.9, 0.8, 0.7], 0.25, selected=[True, False, True])
+    assert points.gt.tolist() == [[25, 25], [225, 25]]  # mitotic figures only, XYWH converted
+    assert points.tumor == "canine lymphoma" and points.image_id == 7 and points.mpp == 0.25
+    assert points.selected.tolist() == [True, False, True]
+    inside = image_points(record, pred, [0.9, 0.8, 0.7], 0.25, region=(0, 0, 200, 200))
+    assert inside.gt.tolist() == [[25, 25]] and inside.pred.tolist() == [[25, 25], [125, 125]]
+    assert inside.scores.tolist() == [0.9, 0.8]
+    assert box_centres(record).tolist() == [[25, 25], [125, 125], [225, 25]]  # both classes
+    assert image_points(dict(record, labelled=False), pred, [0.9, 0.8, 0.7], 0.25) is None
+    assert image_points(dict(record, annotations=[]), pred, [0.9, 0.8, 0.7], 0.25) is None
 
 
 def test_sweep_equals_matching_at_every_threshold():

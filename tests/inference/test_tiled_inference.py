@@ -431,3 +431,46 @@ def test_config_supplies_the_models_mpp(cfg):
     assert (tp.model_mpp, tp.mpp_tolerance) == (0.25, 0.05)
     out = tp([{"file_name": "mem", "height": 600, "width": 800, "mpp": 0.5}])[0]
     assert out["scale"] == 2.0 and centres(out["instances"]) == [[300.0, 300.0]]
+
+
+# --- the one image -> batch -> model path ---------------------------------------------------------
+
+
+def test_model_inputs_give_the_model_its_channel_order():
+    from midog_d2.inference import model_inputs
+
+    rgb = np.zeros((5, 7, 3), np.uint8)
+    rgb[..., 2] = 255  # blue
+    (bgr,) = model_inputs([rgb], "BGR")
+    assert bgr["image"].shape == (3, 5, 7) and bgr["image"].dtype == torch.uint8
+    assert (bgr["image"][0] == 255).all() and (bgr["image"][2] == 0).all()
+    assert (bgr["height"], bgr["width"]) == (5, 7)
+    (same,) = model_inputs([rgb], "RGB")
+    assert (same["image"][2] == 255).all() and (same["image"][0] == 0).all()
+    with pytest.raises(ValueError, match="image_format"):
+        model_inputs([rgb], "HSV")
+
+
+def test_predict_images_batches_like_one_call_per_image():
+    from midog_d2.inference import predict_images
+
+    images = [make_image((64, 96), [(20 + 10 * i, 30)]) for i in range(5)]
+    model = BlobDetector().eval()
+    batched = predict_images(model, images, "BGR", batch_size=2)
+    assert model.calls == [(3, 64, 96)] * 5 and len(batched) == 5
+    single = [predict_images(BlobDetector().eval(), [im], "BGR")[0] for im in images]
+    for a, b in zip(batched, single):
+        assert torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+    assert centres(batched[3]["instances"]) == [[50.0, 30.0]]  # blob x 40-60, y 20-40
+    with pytest.raises(RuntimeError, match="eval"):
+        predict_images(BlobDetector().train(), images, "BGR")
+    with pytest.raises(ValueError, match="batch size"):
+        predict_images(model, images, "BGR", batch_size=0)
+
+
+def test_tiled_predictor_from_config_takes_the_tile_keys():
+    cfg = make_cfg()
+    cfg.merge_from_list(["TEST.TILE.SIZE", 256, "TEST.TILE.OVERLAP", 32, "TEST.TILE.BATCH_SIZE", 2])
+    tp = TiledPredictor(cfg, BlobDetector().eval(), batch_size=5)
+    assert (tp.tile_size, tp.overlap, tp.batch_size) == (256, 32, 5)  # keyword overrides cfg
+    assert tp.model_mpp == cfg.INPUT.MODEL_MPP and tp.input_format == cfg.INPUT.FORMAT

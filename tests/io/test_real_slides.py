@@ -45,7 +45,8 @@ def cmu_scale() -> float:
 
 
 def shrink_or_enlarge(rgb: np.ndarray, scale: float) -> np.ndarray:
-    """``rgb`` resized by ``scale`` with plain cv2.resize (the reference, independent of the reader)."""
+    """``rgb`` resized by ``scale`` with plain cv2.resize (the reference, independent of the
+    reader)."""
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=interp)
 
@@ -65,7 +66,7 @@ def locate(window: np.ndarray, template: np.ndarray):
     return u + du, v + dv, score
 
 
-# --- codecs, µm/px ----------------------------------------------------------------------------------
+# --- codecs, µm/px --------------------------------------------------------------------------------
 
 
 def test_jpeg_and_jpeg2000_slides_are_read():
@@ -115,7 +116,7 @@ def test_slide_without_mpp_uses_the_fallback_and_says_so_once(tmp_path, caplog):
     assert len(warnings) == 1 and "no_mpp.svs" in warnings[0] and "0.5" in warnings[0]
 
 
-# --- reading at the model's µm/px -------------------------------------------------------------------
+# --- reading at the model's µm/px -----------------------------------------------------------------
 
 
 def test_a_tile_at_025_from_the_0499_slide_covers_half_the_extent():
@@ -175,7 +176,7 @@ def test_coordinates_round_trip_through_the_model_frame(path, scale, level0_wind
         assert y + v / scale == pytest.approx(py, abs=1.0)
 
 
-# --- the tiler on a real slide ---------------------------------------------------------------------
+# --- the tiler on a real slide --------------------------------------------------------------------
 
 
 class TemplateDetector(nn.Module):
@@ -264,7 +265,7 @@ def test_tiled_predictor_finds_tissue_at_its_level0_place(path, mpp, model_mpp, 
     assert np.allclose(b[:, 2] - b[:, 0], 50 / scale, atol=1e-3)
 
 
-# --- thumbnails ------------------------------------------------------------------------------------
+# --- thumbnails -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", [CMU, TCGA], ids=["cmu", "tcga"])

@@ -1,4 +1,5 @@
-"""MultiTaskRetinaNet: losses, gradients, switches, equivalence with RetinaNet, outputs, checkpoints."""
+"""MultiTaskRetinaNet: losses, gradients, switches, equivalence with RetinaNet, outputs,
+checkpoints."""
 
 import copy
 import logging
