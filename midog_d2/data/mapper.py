@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from ..constants import HARD_NEGATIVE, MITOTIC_FIGURE
 from ..io.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
-from .transforms import build_color_augmentation, rgb_to_format
+from .transforms import build_color_augmentation, rgb_to_format, to_chw_tensor
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
 
@@ -270,7 +270,7 @@ class MidogPatchMapper(DatasetMapper):
             "height": s,
             "width": s,
             "patch_origin": (x0, y0),
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": to_chw_tensor(image),
             "instances": instances,
             "foreground": int(len(instances) > 0),
             "tumor_label": int(dataset_dict.get("tumor_label", -1)),
