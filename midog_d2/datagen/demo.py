@@ -17,7 +17,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
+from ..constants import MITOTIC_FIGURE
 from ..data import load_midog_json, load_options_from_config, register_midog
 from ..data.register import DOMAIN_SPLITS, split_for_domain_study
 from ..engine.trainer import MidogTrainer
@@ -66,6 +67,23 @@ def _summary_rows(name: str, results: Dict[str, dict]) -> List[tuple]:
     return rows
 
 
+def _generate_demo_data(
+    output_dir: str, real_data: Optional[str], seed: int
+) -> Tuple[str, str, str, str]:
+    """The demo dataset (preset "demo") under ``output_dir/data``: drawn cells, or with
+    ``real_data`` real tissue and figures; (json_file, image_root, csv_file, data kind)."""
+    data_kind = "drawn cells" if real_data is None else "real pixels"
+    data_dir = os.path.join(output_dir, "data")
+    sources = None
+    if real_data is not None:
+        sources = real_sources_from_folder(
+            real_data, os.path.join(output_dir, "real_figures"), seed
+        )
+    info = generate_dataset(Path(data_dir), PRESETS["demo"], seed=seed, real_sources=sources)
+    logger.info("Generated %d images (%s) in %s", len(info["images"]), data_kind, data_dir)
+    return str(info["json_file"]), str(info["image_root"]), str(info["csv_file"]), data_kind
+
+
 def run_demo(
     config_file: str,
     output_dir: str = "output/demo",
@@ -96,20 +114,9 @@ def run_demo(
         )
     data_kind = "given"
     if json_file is None:
-        data_kind = "drawn cells" if real_data is None else "real pixels"
-        data_dir = os.path.join(output_dir, "data")
-        sources = None
-        if real_data is not None:
-            sources = real_sources_from_folder(
-                real_data, os.path.join(output_dir, "real_figures"), seed
-            )
-        info = generate_dataset(Path(data_dir), PRESETS["demo"], seed=seed, real_sources=sources)
-        json_file, image_root, csv_file = (
-            str(info["json_file"]),
-            str(info["image_root"]),
-            str(info["csv_file"]),
+        json_file, image_root, csv_file, data_kind = _generate_demo_data(
+            output_dir, real_data, seed
         )
-        logger.info("Generated %d images (%s) in %s", len(info["images"]), data_kind, data_dir)
 
     cfg = get_cfg()
     add_midog_config(cfg)
@@ -142,7 +149,9 @@ def run_demo(
             "%s: %d images, %d mitotic figures",
             name,
             len(ids),
-            sum(a["category_id"] == 0 for d in splits[split] for a in d["annotations"]),
+            sum(
+                a["category_id"] == MITOTIC_FIGURE for d in splits[split] for a in d["annotations"]
+            ),
         )
 
     trainer = MidogTrainer(cfg)

@@ -6,47 +6,54 @@ the threshold lies within 30 px of it (MIDOG's greedy matching, one match per fi
 every other one above the threshold is a false detection; rank-1 asks whether the
 top-scoring one is the figure. The context tiles alone give false detections per mm².
 Baselines on the same images: the darkest blob (minimum of the Gaussian-blurred grey
-image, σ 4 px) and a random nucleus-like blob (chance).
+image, σ 4 px, :func:`midog_d2.datagen.nuclei.darkest_blob`) and a random nucleus-like
+blob (chance). Matching and the threshold sweep are the product's
+(:func:`midog_d2.evaluation.count_matches`, :func:`midog_d2.evaluation.best_threshold`, on
+one :class:`~midog_d2.evaluation.ImagePoints` per crop at 1 µm/px, so that radii are in px);
+inference is :func:`midog_d2.inference.predict_images`.
 """
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 
-from ..evaluation.metrics import greedy_match, points_in_region, precision_recall_f1
+from ..constants import DEFAULT_MPP, MITOTIC_FIGURE
+from ..evaluation import (
+    ImagePoints,
+    best_threshold,
+    count_matches,
+    points_in_region,
+    precision_recall_f1,
+)
+from ..inference import predict_images
+from .nuclei import darkest_blob, nucleus_candidates
 
 __all__ = [
     "Detections",
     "baseline_rank1",
     "chance_rank1",
-    "darkest_blob",
     "evaluate_placed",
     "false_detections_per_mm2",
+    "placed_points",
     "predict_points",
     "select_threshold",
 ]
 
 Detections = Tuple[np.ndarray, np.ndarray]  # (N, 2) x, y centres and (N,) scores
 RADIUS = 30.0
+# ImagePoints at 1 µm/px: every radius given to the product's metrics is in pixels.
+_PIXEL_MPP = 1.0
 
 
-def darkest_blob(
-    rgb: np.ndarray, sigma: float = 4.0, region: Optional[Sequence[float]] = None
-) -> Tuple[float, float]:
-    """(x, y) of the minimum of the Gaussian-blurred (``sigma`` px) grey image, within
-    ``region`` [x0, y0, x1, y1) when given: "the darkest blob is the mitosis"."""
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    blur = cv2.GaussianBlur(grey, (0, 0), sigma)
-    x0, y0, x1, y1 = (
-        (0, 0, grey.shape[1], grey.shape[0]) if region is None else [int(round(v)) for v in region]
-    )
-    sub = blur[y0:y1, x0:x1]
-    if sub.size == 0:
-        raise ValueError(f"darkest_blob: empty region {region} in a {grey.shape} image")
-    y, x = np.unravel_index(int(np.argmin(sub)), sub.shape)
-    return float(x + x0), float(y + y0)
+def placed_points(sample: Any, detections: Detections, margin: float = 30.0) -> ImagePoints:
+    """One placed crop as the product's scoring input: its figure as the ground truth and
+    the detections whose centre lies in the window's neighbourhood (grown by ``margin`` px),
+    at 1 µm/px so that radii are in pixels."""
+    pts = np.asarray(detections[0], dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(detections[1], dtype=np.float64).reshape(-1)
+    keep = points_in_region(pts, sample.neighbourhood(margin))
+    return ImagePoints([sample.figure], pts[keep], scores[keep], mpp=_PIXEL_MPP)
 
 
 def _group_name(atypical: bool) -> str:
@@ -71,20 +78,15 @@ def evaluate_placed(
             f"evaluate_placed: {len(samples)} samples but {len(detections)} detection sets"
         )
     rows = []
-    for s, (pts, scores) in zip(samples, detections):
-        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        keep = points_in_region(pts, s.neighbourhood(margin))
-        pts, scores = pts[keep], scores[keep]
-        gt = np.asarray([s.figure], dtype=np.float64)
+    for s, det in zip(samples, detections):
+        image = placed_points(s, det, margin)
+        pts, scores = image.pred, image.scores
         rank1 = (
-            bool(len(scores)) and float(np.hypot(*(pts[int(np.argmax(scores))] - gt[0]))) <= radius
+            bool(len(scores))
+            and float(np.hypot(*(pts[int(np.argmax(scores))] - image.gt[0]))) <= radius
         )
-        alive = scores >= threshold
-        order = np.argsort(-scores[alive], kind="stable")
-        m = greedy_match(gt, pts[alive][order], radius)
-        tp = int(m[0] >= 0)
-        rows.append((_group_name(s.atypical), tp, int(alive.sum()) - tp, rank1))
+        tp, fp, _ = count_matches(image, radius, threshold)
+        rows.append((_group_name(s.atypical), tp, fp, rank1))
     out = {}
     for group in ("normal", "atypical", "all"):
         sel = [r for r in rows if group == "all" or r[0] == group]
@@ -110,15 +112,14 @@ def select_threshold(
     detections: Sequence[Detections],
     thresholds: Optional[Sequence[float]] = None,
 ) -> Tuple[float, float]:
-    """(threshold, F1) with the best overall F1 (ties: the lower threshold)."""
+    """(threshold, F1) with the best overall F1 (ties: the lower threshold), over
+    ``thresholds`` (default 0.05, 0.06, ..., 0.95): :func:`midog_d2.evaluation.best_threshold`
+    on :func:`placed_points` (radius :data:`RADIUS` px, the default neighbourhood)."""
     if thresholds is None:
         thresholds = np.round(np.arange(0.05, 0.96, 0.01), 2)
-    best = (float(thresholds[0]), -1.0)
-    for t in thresholds:
-        f1 = evaluate_placed(samples, detections, float(t))["all"]["f1"]
-        if f1 > best[1]:
-            best = (float(t), f1)
-    return best
+    images = [placed_points(s, d) for s, d in zip(samples, detections)]
+    f1, threshold = best_threshold(images, RADIUS, thresholds)
+    return threshold, f1
 
 
 def baseline_rank1(
@@ -137,9 +138,7 @@ def baseline_rank1(
 
 def chance_rank1(samples: Sequence[Any], radius: float = RADIUS) -> Dict[str, float]:
     """Expected rank-1 of a pick uniformly at random among the nucleus-like blobs of the
-    window's neighbourhood (:func:`midog_d2.datagen.canvas.nucleus_candidates`)."""
-    from .canvas import nucleus_candidates
-
+    window's neighbourhood (:func:`midog_d2.datagen.nuclei.nucleus_candidates`)."""
     hits: Dict[str, List[float]] = {"normal": [], "atypical": [], "all": []}
     for s in samples:
         cand = nucleus_candidates(s.image, box=s.neighbourhood())
@@ -153,41 +152,32 @@ def chance_rank1(samples: Sequence[Any], radius: float = RADIUS) -> Dict[str, fl
     return {k: float(np.mean(v)) for k, v in hits.items() if v}
 
 
-@torch.no_grad()
 def predict_points(
     model: torch.nn.Module,
     images: Sequence[np.ndarray],
     image_format: str = "BGR",
     batch_size: int = 8,
 ) -> List[Detections]:
-    """Box centres and scores of ``model`` (Detectron2 inference mode) on RGB uint8 images."""
+    """Box centres and scores of the mitotic-figure detections of ``model`` on RGB uint8
+    images (:func:`midog_d2.inference.predict_images`); the model runs in eval mode and is
+    put back in the mode it was in."""
     was_training = model.training
     model.eval()
-    out: List[Detections] = []
     try:
-        for i in range(0, len(images), batch_size):
-            batch = []
-            for rgb in images[i : i + batch_size]:
-                im = rgb if image_format == "RGB" else rgb[:, :, ::-1]
-                batch.append(
-                    {
-                        "image": torch.as_tensor(np.ascontiguousarray(im.transpose(2, 0, 1))),
-                        "height": rgb.shape[0],
-                        "width": rgb.shape[1],
-                    }
-                )
-            for r in model(batch):
-                inst = r["instances"].to("cpu")
-                keep = inst.pred_classes == 0 if inst.has("pred_classes") else slice(None)
-                inst = inst[keep]
-                out.append(
-                    (
-                        inst.pred_boxes.get_centers().numpy().astype(np.float64),
-                        inst.scores.numpy().astype(np.float64),
-                    )
-                )
+        outputs = predict_images(model, list(images), image_format, batch_size)
     finally:
         model.train(was_training)
+    out: List[Detections] = []
+    for r in outputs:
+        inst = r["instances"].to("cpu")
+        keep = inst.pred_classes == MITOTIC_FIGURE if inst.has("pred_classes") else slice(None)
+        inst = inst[keep]
+        out.append(
+            (
+                inst.pred_boxes.get_centers().numpy().astype(np.float64),
+                inst.scores.numpy().astype(np.float64),
+            )
+        )
     return out
 
 
@@ -195,7 +185,7 @@ def false_detections_per_mm2(
     detections: Sequence[Detections],
     shapes: Sequence[Tuple[int, int]],
     threshold: float,
-    mpp: float = 0.25,
+    mpp: float = DEFAULT_MPP,
 ) -> float:
     """Detections at or above ``threshold`` per mm² over images of ``shapes`` (h, w) px at
     ``mpp`` µm/px (every detection counts: the images are assumed to hold no figure)."""

@@ -32,9 +32,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from ..constants import BOX_SIZE, MIDOG_CATEGORIES
 from ..data.midog import load_midog_json
+from ..io import read_rgb
+from .crop_position import CROP_SIZE, control_statistics, locate_figure, position_statistics
+from .nuclei import extreme_point
 
 __all__ = [
     "RealFigure",
@@ -52,16 +55,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CROP_SIZE = 128
-BOX_SIZE = 50
 # Folder -> atypical flag; the folders are the dataset's own labels (= the CSV majority).
 CLASS_FOLDERS = (("Normal", False), ("Atypical", True))
 VOTES_CSV = "AtNorM-MD_expert_votes.csv"
 SPLITS = ("train", "val", "test")
-# Letterbox bars are pure black (0); rows/columns at the crop edge no brighter
-# than this count as bar. Tissue rows never are, even in dark nuclei.
-_BAR_MAX = 10
-_SMOOTH_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -147,87 +144,6 @@ def _name_key(name: str):
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
 
 
-def _gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with edge padding (NumPy only: no SciPy here)."""
-    r = int(math.ceil(3 * sigma))
-    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma * sigma))
-    k = (k / k.sum()).astype(np.float32)
-    out = np.pad(image, ((r, r), (0, 0)), mode="edge")
-    out = sum(w * out[i : i + image.shape[0]] for i, w in enumerate(k))
-    out = np.pad(out, ((0, 0), (r, r)), mode="edge")
-    return sum(w * out[:, i : i + image.shape[1]] for i, w in enumerate(k))
-
-
-def _content_box(rgb: np.ndarray) -> Tuple[int, int, int, int]:
-    bar_row = rgb.max(axis=(1, 2)) <= _BAR_MAX
-    bar_col = rgb.max(axis=(0, 2)) <= _BAR_MAX
-
-    def span(bar):
-        keep = np.flatnonzero(~bar)
-        return (0, len(bar)) if len(keep) == 0 else (int(keep[0]), int(keep[-1]) + 1)
-
-    x0, x1 = span(bar_col)
-    y0, y1 = span(bar_row)
-    return x0, y0, x1, y1
-
-
-def _darkness(rgb: np.ndarray, content_box: Tuple[int, int, int, int]) -> np.ndarray:
-    """Smoothed darkness (255 - grey); the letterbox bar gets the tissue's median
-    so that it neither wins nor drags the blur."""
-    x0, y0, x1, y1 = content_box
-    dark = 255.0 - rgb.astype(np.float32).mean(axis=2)
-    inside = np.zeros(dark.shape, bool)
-    inside[y0:y1, x0:x1] = True
-    dark[~inside] = np.median(dark[inside])
-    return _gaussian_smooth(dark, _SMOOTH_SIGMA)
-
-
-def locate_figure(
-    rgb: np.ndarray, crop_size: int = CROP_SIZE
-) -> Tuple[Tuple[float, float], Tuple[int, int, int, int], Tuple[int, int]]:
-    """
-    Where the figure of one crop is.
-
-    Returns ``(center, content_box, darkest)``: the figure centre (x, y); the
-    tissue part ``(x0, y0, x1, y1)`` without letterbox bars; and the darkest
-    point of the smoothed crop (a statistic for checking the centre, not used
-    to place the box).
-
-    A full crop is a window centred on the figure: centre (crop_size / 2,
-    crop_size / 2). Along an axis that has bars, the window was cut by the
-    region border on one side and then centred, so the figure lies half a
-    window from one end of the tissue: at ``x0 + crop_size/2`` or
-    ``x1 - crop_size/2``; the candidate with the darker point within a quarter
-    box (mitotic chromatin is the darkest thing in the crop) is taken.
-    """
-    h, w = rgb.shape[:2]
-    content = _content_box(rgb)
-    x0, y0, x1, y1 = content
-    dark = _darkness(rgb, content)
-    masked = np.full_like(dark, -np.inf)
-    masked[y0:y1, x0:x1] = dark[y0:y1, x0:x1]
-    dy, dx = np.unravel_index(int(np.argmax(masked)), masked.shape)
-
-    half = crop_size / 2.0
-    xs = sorted({x0 + half, x1 - half})
-    ys = sorted({y0 + half, y1 - half})
-    # The darkest point within a quarter box of each candidate: condensed
-    # chromatin is darker than any interphase nucleus, whereas a mean over the
-    # neighbourhood is swayed by how crowded the nuclei are (checked by eye on
-    # the letterboxed crops, docs/real_figures.md).
-    r = BOX_SIZE // 4
-
-    def score(c):
-        cx, cy = int(round(c[0])), int(round(c[1]))
-        return float(
-            dark[max(cy - r, y0) : min(cy + r + 1, y1), max(cx - r, x0) : min(cx + r + 1, x1)].max()
-        )
-
-    candidates = [(x, y) for y in ys for x in xs]
-    center = max(candidates, key=score)  # first of equals: deterministic
-    return (float(center[0]), float(center[1])), content, (int(dx), int(dy))
-
-
 def _read_votes(votes_csv: str) -> Dict[str, Tuple[Tuple[str, ...], Optional[str]]]:
     """File name -> (expert votes, majority); values normalised to Normal/Atypical."""
     labels = {"normal": "Normal", "atypical": "Atypical"}
@@ -301,23 +217,7 @@ def scan_real_figures(
     votes = _read_votes(votes_csv)
     scan = RealFigureScan(root=os.path.abspath(root), votes_csv=os.path.abspath(votes_csv))
 
-    entries = []
-    for folder, atypical in CLASS_FOLDERS:
-        path = os.path.join(root, folder)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"{root}: class folder {folder}/ not found (expected Normal/ and Atypical/)"
-            )
-        names = sorted((n for n in os.listdir(path) if n.lower().endswith(".png")), key=_name_key)
-        entries.extend((folder, n, atypical) for n in names)
-    by_name = defaultdict(list)
-    for folder, name, _ in entries:
-        by_name[name].append(folder)
-    both = sorted((n for n, f in by_name.items() if len(f) > 1), key=_name_key)
-    if both:
-        raise ValueError(
-            f"{root}: file name(s) in more than one class folder, cannot join the CSV: {both[:20]}"
-        )
+    entries = _class_entries(root)
     stems = [os.path.splitext(n)[0] for _, n, _ in entries]
     numeric_ids = all(s.isdigit() and int(s) > 0 for s in stems)
 
@@ -328,15 +228,7 @@ def scan_real_figures(
     for i, (folder, name, atypical) in enumerate(entries):
         rel = f"{folder}/{name}"
         path = os.path.join(root, folder, name)
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot decode crop {path}: {e}") from None
-        if rgb.shape[:2] != (crop_size, crop_size):
-            raise ValueError(
-                f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}"
-            )
+        rgb = _read_square_crop(path, crop_size)
         center, content, darkest = locate_figure(rgb, crop_size)
         sha = hashlib.sha256(rgb.tobytes()).hexdigest()
         by_hash[sha].append(rel)
@@ -366,12 +258,54 @@ def scan_real_figures(
             n_full += 1
     scan.n_normal = sum(not f.atypical for f in figures)
     scan.n_atypical = sum(f.atypical for f in figures)
-    scan.csv_without_file = sorted(set(votes) - set(by_name), key=_name_key)
+    scan.csv_without_file = sorted(set(votes) - {n for _, n, _ in entries}, key=_name_key)
     scan.duplicate_groups = sorted((g for g in by_hash.values() if len(g) > 1), key=lambda g: g[0])
     if n_full:
-        py, px = np.unravel_index(int(np.argmax(dark_sum)), dark_sum.shape)
-        scan.mean_darkness_peak = (int(px), int(py))
+        scan.mean_darkness_peak = extreme_point(dark_sum, largest=True)
+    _report(scan, root, votes_csv, strict)
+    if not figures:
+        raise ValueError(f"{root}: no PNG crop in Normal/ or Atypical/")
+    return figures, scan
 
+
+def _class_entries(root: str) -> List[Tuple[str, str, bool]]:
+    """(folder, file name, atypical) of every PNG crop of the class folders, in folder then
+    numeric-name order (a name in both folders is a ValueError)."""
+    entries = []
+    for folder, atypical in CLASS_FOLDERS:
+        path = os.path.join(root, folder)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{root}: class folder {folder}/ not found (expected Normal/ and Atypical/)"
+            )
+        names = sorted((n for n in os.listdir(path) if n.lower().endswith(".png")), key=_name_key)
+        entries.extend((folder, n, atypical) for n in names)
+    by_name = defaultdict(list)
+    for folder, name, _ in entries:
+        by_name[name].append(folder)
+    both = sorted((n for n, f in by_name.items() if len(f) > 1), key=_name_key)
+    if both:
+        raise ValueError(
+            f"{root}: file name(s) in more than one class folder, cannot join the CSV: {both[:20]}"
+        )
+    return entries
+
+
+def _read_square_crop(path: str, crop_size: int) -> np.ndarray:
+    """One crop, RGB (ValueError when it cannot be decoded or is not ``crop_size`` square)."""
+    try:
+        rgb = read_rgb(path)
+    except OSError as e:
+        raise ValueError(f"cannot decode crop {path}: {e}") from None
+    if rgb.shape[:2] != (crop_size, crop_size):
+        raise ValueError(
+            f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}"
+        )
+    return rgb
+
+
+def _report(scan: RealFigureScan, root: str, votes_csv: str, strict: bool) -> None:
+    """Raise (``strict``) or log the scan's mismatches, and log its duplicate groups."""
     if strict and scan.problems:
         raise ValueError(f"{root} does not match {votes_csv}:\n  " + "\n  ".join(scan.problems))
     for line in scan.problems:
@@ -383,9 +317,6 @@ def scan_real_figures(
             len(scan.duplicate_groups),
             scan.duplicate_groups[:10],
         )
-    if not figures:
-        raise ValueError(f"{root}: no PNG crop in Normal/ or Atypical/")
-    return figures, scan
 
 
 def split_real_figures(
@@ -493,84 +424,10 @@ def real_figures_to_midog(
         )
     return {
         "info": dict(info or {}),
-        "categories": [
-            {"id": 1, "name": "mitotic figure"},
-            {"id": 2, "name": "not mitotic figure"},
-        ],
+        "categories": list(MIDOG_CATEGORIES),
         "images": images,
         "annotations": annotations,
     }
-
-
-def _summary(values: np.ndarray) -> Dict[str, Any]:
-    if len(values) == 0:
-        return {"n": 0}
-    return {
-        "n": int(len(values)),
-        "mean": [round(float(v), 2) for v in values.mean(axis=0)],
-        "median": [float(v) for v in np.median(values, axis=0)],
-        "std": [round(float(v), 2) for v in values.std(axis=0)],
-    }
-
-
-def position_statistics(figures: Sequence[RealFigure]) -> Dict[str, Any]:
-    """
-    Where the darkest blob of each crop lies, against the box centre: for all
-    crops, full ones and letterboxed ones, the mean / median / std of the
-    darkest point (x, y) and the fraction of crops where it is within 10 and 25
-    px (half a box) of the figure centre.
-    """
-    out = {}
-    for name, sel in (
-        ("all", list(figures)),
-        ("full", [f for f in figures if not f.letterboxed]),
-        ("letterboxed", [f for f in figures if f.letterboxed]),
-    ):
-        dark = np.array([f.darkest for f in sel], float).reshape(-1, 2)
-        centre = np.array([f.center for f in sel], float).reshape(-1, 2)
-        stats = _summary(dark)
-        if len(sel):
-            dist = np.hypot(*(dark - centre).T)
-            stats["within_10px_of_center"] = round(float((dist <= 10).mean()), 3)
-            stats["within_25px_of_center"] = round(float((dist <= 25).mean()), 3)
-            stats["median_distance_to_center"] = round(float(np.median(dist)), 2)
-            # Against the plain crop centre too: what the letterbox rule changes.
-            naive = np.hypot(*(dark - np.array([[f.width / 2.0, f.height / 2.0] for f in sel])).T)
-            stats["within_10px_of_crop_centre"] = round(float((naive <= 10).mean()), 3)
-        out[name] = stats
-    return out
-
-
-def control_statistics(
-    tile_paths: Sequence[str], windows_per_tile: int = 20, seed: int = 0, crop_size: int = CROP_SIZE
-) -> Dict[str, Any]:
-    """
-    The same darkest-point statistic on random ``crop_size`` windows of real H&E
-    tiles that are not centred on anything: what the statistic gives by chance.
-    Distances are to the window centre.
-    """
-    rng = np.random.default_rng(seed)
-    points = []
-    for path in sorted(tile_paths):
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        h, w = rgb.shape[:2]
-        if h < crop_size or w < crop_size:
-            raise ValueError(f"{path}: {w} x {h} px is smaller than a {crop_size} px window")
-        for _ in range(windows_per_tile):
-            y, x = int(rng.integers(0, h - crop_size + 1)), int(rng.integers(0, w - crop_size + 1))
-            win = rgb[y : y + crop_size, x : x + crop_size]
-            _, _, darkest = locate_figure(win, crop_size)
-            points.append(darkest)
-    pts = np.array(points, float).reshape(-1, 2)
-    stats = _summary(pts)
-    if len(pts):
-        dist = np.hypot(*(pts - crop_size / 2.0).T)
-        stats["within_10px_of_center"] = round(float((dist <= 10).mean()), 3)
-        stats["within_25px_of_center"] = round(float((dist <= 25).mean()), 3)
-        stats["median_distance_to_center"] = round(float(np.median(dist)), 2)
-    stats["tiles"] = len(tile_paths)
-    return stats
 
 
 def write_real_figures(

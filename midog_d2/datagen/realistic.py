@@ -18,7 +18,7 @@ real H&E instead (docs/synthetic_data.md, "Real appearance"):
   are blended in too, so a window seam says nothing about what it holds;
 * **scanner**: the composed RGB is unmixed into haematoxylin and eosin (Ruifrok's
   vectors) and rendered again through the domain's scanner
-  (:func:`midog_d2.datagen.synthetic._acquire`: stain vectors, blur, sharpening, noise,
+  (:func:`midog_d2.datagen.synthetic_render.acquire`: stain vectors, blur, sharpening, noise,
   JPEG), so the scanner shift is the same as for drawn images.
 
 The tumor type of these images is a label on a set of real tissue, not a real tumor
@@ -35,27 +35,35 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import cv2
 import numpy as np
 
+from ..constants import BOX_SIZE, DEFAULT_MPP
 from ..data.stain import stain_concentrations
-from .canvas import (
-    EVAL_TILES,
+from .compose import (
     CanvasOptions,
-    ContextTile,
-    _blend,
-    _context,
-    _dihedral,
-    _figure_centre,
-    _lab_stats,
-    _negative_window,
-    _positive_window,
+    Cut,
+    Placement,
+    core_is_free,
+    dihedral,
     feather_mask,
-    load_context_tiles,
-    nucleus_candidates,
-    read_crop,
+    figure_centre,
+    lab_stats,
+    negative_window,
+    paste_windows,
+    positive_window,
     reinhard_match,
+    window_core,
+)
+from .context import (
+    EVAL_TILES,
+    ContextTile,
+    load_context_tiles,
+    random_context,
+    read_crop,
     split_tiles,
     tile_names,
 )
-from .synthetic import BOX_SIZE, Cell, Scanner, _acquire
+from .nuclei import darkest_blob
+from .synthetic_domains import Scanner
+from .synthetic_render import Cell, acquire
 
 __all__ = [
     "REAL_MPP",
@@ -69,7 +77,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REAL_MPP = 0.25  # µm/px of the crops and (after their level scaling) of the context tiles
+REAL_MPP = DEFAULT_MPP  # µm/px of the crops and (after their level scaling) of the context tiles
 # 99th percentiles the unmixed concentrations are scaled to before a scanner renders them:
 # those of the drawn images (midog_d2.datagen.synthetic), whose scanners were tuned for them.
 # Unscaled, the crops' strong eosin (Ruifrok's E vector fits MIDOG's pink poorly) turns red.
@@ -176,9 +184,6 @@ def real_sources_from_folder(real_data: str, work_dir: str, seed: int = 0) -> Re
     return load_real_sources(files["train"], [files["val"], files["test"]], tiles)
 
 
-# ----------------------------------------------------------------------------- stains
-
-
 # ----------------------------------------------------------------------------- composition
 
 
@@ -198,7 +203,7 @@ def _tissue_mosaic(
     for y in range(0, max(H - _MOSAIC_OVERLAP, 1), step):
         for x in range(0, max(W - _MOSAIC_OVERLAP, 1), step):
             h, w = min(_MOSAIC_CELL, H - y), min(_MOSAIC_CELL, W - x)
-            piece, _ = _context(rng, tiles, _MOSAIC_CELL)
+            piece, _ = random_context(rng, tiles, _MOSAIC_CELL)
             piece = reinhard_match(np.ascontiguousarray(piece[:h, :w]), *target)
             # Image borders get full weight: only the shared overlaps are feathered.
             a = feather_mask(
@@ -210,16 +215,6 @@ def _tissue_mosaic(
             acc[y : y + h, x : x + w] += piece.astype(np.float32) * a[:, :, None]
             wsum[y : y + h, x : x + w] += a
     return np.clip(acc / wsum[:, :, None] + 0.5, 0, 255).astype(np.uint8)
-
-
-def _darkest_nucleus(rgb: np.ndarray, box: Sequence[int]) -> Optional[Tuple[float, float]]:
-    """The darkest nucleus-like blob inside ``box`` of ``rgb``, or None."""
-    cand = nucleus_candidates(rgb, box=box)
-    if not len(cand):
-        return None
-    grey = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 4.0)
-    k = int(np.argmin(grey[cand[:, 1].astype(int), cand[:, 0].astype(int)]))
-    return float(cand[k, 0]), float(cand[k, 1])
 
 
 def compose_real_tissue(
@@ -242,76 +237,77 @@ def compose_real_tissue(
     window; windows as ``(x0, y0, x1, y1, category_id)``, 0 for unlabelled ones. Cells
     lie ``margin`` px inside the image and ``min_distance`` px apart; ``num_mitoses`` +
     2 x ``num_imposters`` windows are tried, fewer land when they do not fit.
+
+    Long only by its two callbacks of :func:`~midog_d2.datagen.compose.paste_windows`
+    (how a crop is cut, where its anchor may land), which read this image's tissue mask.
     """
     H, W = size_hw
     # Unlabelled figure-free windows as many as the labelled ones: seams carry no label.
     cats = [1] * num_mitoses + [2] * num_imposters + [0] * num_imposters
     jobs = [(cat, *crops.draw(rng)) for cat in cats]
     # One colour for the whole image, the crops' own (as in training canvases).
-    target = _lab_stats([rgb for _, _, rgb in jobs]) if jobs else None
+    target = lab_stats([rgb for _, _, rgb in jobs]) if jobs else None
     if target is None:
-        target = _lab_stats([tiles[int(rng.integers(len(tiles)))].image])
+        target = lab_stats([tiles[int(rng.integers(len(tiles)))].image])
     canvas = _tissue_mosaic(rng, tiles, size_hw, target)
     # Tissue = local texture: glass and fat are flat (and, once colour-matched, not white).
     g = cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY).astype(np.float32)
     local_sd = np.sqrt(np.maximum(cv2.blur(g * g, (15, 15)) - cv2.blur(g, (15, 15)) ** 2, 0))
     tissue = (local_sd > 6.0).astype(np.float32)
-    taken: List[Tuple[int, int, int, int]] = []
-    cells: List[Tuple[float, float, int, str]] = []
-    windows: List[Tuple[int, int, int, int, int]] = []
     f = opts.feather
-    for cat, d, rgb in jobs:
+
+    def cut(rng: np.random.Generator, job: Tuple[int, dict, np.ndarray]) -> Optional[Cut]:
+        cat, d, rgb = job
         content = tuple(d.get("content_box") or (0, 0, rgb.shape[1], rgb.shape[0]))
-        rgb, point, content = _dihedral(
-            rgb, _figure_centre(d), content, int(rng.integers(4)), bool(rng.random() < 0.5)
+        rgb, point, content = dihedral(
+            rgb, figure_centre(d), content, int(rng.integers(4)), bool(rng.random() < 0.5)
         )
-        win = (_positive_window if cat == 1 else _negative_window)(rng, point, content, opts)
+        win = (positive_window if cat == 1 else negative_window)(rng, point, content, opts)
         if win is None:
-            continue
+            return None
         x0, y0, x1, y1 = win
-        if x1 - x0 < 24 or y1 - y0 < 24:
-            continue
         if cat == 1:
             anchor = point
-        else:
-            anchor = (
-                _darkest_nucleus(rgb, (x0 + 4, y0 + 4, x1 - 4, y1 - 4))
-                if cat == 2
-                else ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        elif cat == 2:
+            # (no random draw: computed before the size test, it changes no pixel)
+            anchor = darkest_blob(
+                rgb, region=(x0 + 4, y0 + 4, x1 - 4, y1 - 4), among_candidates=True
             )
-            if anchor is None:
-                continue
+        else:
+            anchor = ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        return None if anchor is None else Cut(rgb, point, win, anchor)
+
+    def place(rng, job, c: Cut, taken, placed: List[Placement]) -> Optional[Tuple[int, int]]:
+        # Where the anchor lands: inside the margin, on tissue, clear of every window core
+        # and (for a labelled cell) ``min_distance`` from the other cells.
+        cat, (x0, y0, x1, y1), anchor = job[0], c.window, c.anchor
+        cells = [p.at(p.cut.anchor) for p in placed if p.job[0]]
         for _ in range(30):
-            # where the anchor lands: inside the margin, on tissue, clear of every window core
             cx, cy = rng.uniform(margin, W - margin), rng.uniform(margin, H - margin)
             px, py = int(round(cx - (anchor[0] - x0))), int(round(cy - (anchor[1] - y0)))
             qx, qy = px + x1 - x0, py + y1 - y0
             if px < 0 or py < 0 or qx > W or qy > H:
                 continue
-            core = (px + f, py + f, qx - f, qy - f)
-            if any(
-                not (core[2] <= a or c <= core[0] or core[3] <= b or e <= core[1])
-                for a, b, c, e in taken
-            ):
+            if not core_is_free(window_core(px, py, x1 - x0, y1 - y0, f), taken):
                 continue
-            if cat and any((cx - x) ** 2 + (cy - y) ** 2 < min_distance**2 for x, y, _, _ in cells):
+            if cat and any((cx - x) ** 2 + (cy - y) ** 2 < min_distance**2 for x, y in cells):
                 continue
             if tissue[py:qy, px:qx].mean() < 0.7:  # mostly glass or fat: no cell would be there
                 continue
-            # Matched to the image's colour, not to the patch it covers: matched to a pale
-            # patch of fat a mitosis would lose the darkness that makes it one.
-            _blend(
-                canvas,
-                reinhard_match(np.ascontiguousarray(rgb[y0:y1, x0:x1]), *target, 1.0),
-                px,
-                py,
-                f,
-            )
-            taken.append(core)
-            windows.append((px, py, qx, qy, cat))
-            if cat:
-                cells.append((px + anchor[0] - x0, py + anchor[1] - y0, cat, d["file_name"]))
-            break
+            return px, py
+        return None
+
+    # Matched to the image's colour, not to the patch it covers: matched to a pale patch of
+    # fat a mitosis would lose the darkness that makes it one.
+    placed = paste_windows(rng, canvas, jobs, cut, place, target, 1.0, f, 24)
+    windows = []
+    cells: List[Tuple[float, float, int, str]] = []
+    for p in placed:
+        cat, d = p.job[0], p.job[1]
+        x0, y0, x1, y1 = p.cut.window
+        windows.append((p.x, p.y, p.x + x1 - x0, p.y + y1 - y0, cat))
+        if cat:
+            cells.append((*p.at(p.cut.anchor), cat, d["file_name"]))
     return canvas, cells, windows
 
 
@@ -354,7 +350,7 @@ def render_realistic_image(
     h_conc, e_conc = stain_concentrations(rgb)
     h_conc *= _H_P99 / max(float(np.percentile(h_conc, 99)), 1e-3)
     e_conc *= _E_P99 / max(float(np.percentile(e_conc, 99)), 1e-3)
-    out = _acquire(scanner, h_conc, e_conc, None, mpp, rng)
+    out = acquire(scanner, h_conc, e_conc, None, mpp, rng)
     m = BOX_SIZE / 2
     return out, [
         Cell(float(np.clip(x / s, m, w - m)), float(np.clip(y / s, m, h - m)), int(c), name)

@@ -3,7 +3,7 @@ best checkpoint."""
 
 import logging
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -69,12 +69,20 @@ class MidogTrainer(DefaultTrainer):
         return ret
 
 
-def setup_cfg(config_file: str, opts: Optional[list] = None, args=None) -> CfgNode:
-    """Config from ``config_file`` + ``opts`` with midog keys, frozen; registers the
-    config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it
+def setup_cfg(
+    config_file: str,
+    opts: Optional[list] = None,
+    args=None,
+    add_config: Sequence[Callable[[CfgNode], None]] = (),
+) -> CfgNode:
+    """Config from ``config_file`` + ``opts`` with midog keys (and those of each
+    ``add_config`` hook, e.g. ``midog_d2.datagen.add_datagen_config``), frozen; registers
+    the config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it
     also runs Detectron2's ``default_setup`` (logging, output dir, seeds)."""
     cfg = get_cfg()
     add_midog_config(cfg)
+    for add in add_config:
+        add(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts or [])
     cfg.freeze()

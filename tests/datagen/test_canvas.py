@@ -10,23 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import CONFIGS, make_cfg
+from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from detectron2.structures import BoxMode
 
-from midog_d2.datagen.canvas import (
-    EVAL_TILES,
-    CanvasOptions,
-    ContextTile,
-    RealFigureCanvasMapper,
-    _dihedral,
-    build_placed_crops,
-    control_points,
-    feather_mask,
-    load_context_tiles,
-    nucleus_candidates,
-    split_tiles,
-)
+from midog_d2.datagen.canvas import RealFigureCanvasMapper, build_placed_crops, control_points
+from midog_d2.datagen.compose import CanvasOptions, dihedral, feather_mask
+from midog_d2.datagen.context import EVAL_TILES, ContextTile, load_context_tiles, split_tiles
+from midog_d2.datagen.nuclei import nucleus_candidates
 from midog_d2.datagen.placed_crops import chance_rank1
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -102,12 +93,12 @@ def test_feather_mask_ramps_from_border_to_one():
 def test_dihedral_moves_the_point_with_the_pixels(k, flip):
     img = np.zeros((128, 96, 3), np.uint8)
     img[30, 70] = 255  # pixel (x=70, y=30): its centre is (70.5, 30.5)
-    out, (x, y), box = _dihedral(img, (70.5, 30.5), (10, 5, 90, 120), k, flip)
+    out, (x, y), box = dihedral(img, (70.5, 30.5), (10, 5, 90, 120), k, flip)
     ys, xs = np.nonzero(out[:, :, 0])
     assert (xs[0] + 0.5, ys[0] + 0.5) == pytest.approx((x, y))
     mask = np.zeros((128, 96), np.uint8)
     mask[5:120, 10:90] = 1
-    mo, _, _ = _dihedral(np.repeat(mask[:, :, None], 3, 2), (0, 0), (0, 0, 96, 128), k, flip)
+    mo, _, _ = dihedral(np.repeat(mask[:, :, None], 3, 2), (0, 0), (0, 0, 96, 128), k, flip)
     ys, xs = np.nonzero(mo[:, :, 0])
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == tuple(box)
 
@@ -162,8 +153,8 @@ def test_real_figure_loader_sets_the_atypical_weight(tmp_path, crops, monkeypatc
     tiles.mkdir()
     for name in EVAL_TILES + ("train-a.png",):
         cv2.imwrite(str(tiles / name), np.full((64, 64, 3), 200, np.uint8))
-    cfg = make_cfg(
-        CONFIGS / "dev" / "RealFigures-CPU-R18.yaml", "DATASETS.REAL_FIGURES.TILE_DIR", str(tiles)
+    cfg = make_datagen_cfg(
+        DEV_CONFIGS / "RealFigures-CPU-R18.yaml", "DATASETS.REAL_FIGURES.TILE_DIR", str(tiles)
     )
     assert canvas_mod.build_real_figure_train_loader(cfg) == "loader"
     weights = {d["file_name"]: d.get("sample_weight", 1.0) for d in seen["dataset"]}

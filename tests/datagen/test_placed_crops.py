@@ -4,13 +4,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, make_cfg
+from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from midog_d2.datagen.canvas import PlacedCrop
+from midog_d2.datagen.nuclei import darkest_blob
 from midog_d2.datagen.placed_crops import (
     baseline_rank1,
     chance_rank1,
-    darkest_blob,
     evaluate_placed,
     false_detections_per_mm2,
     predict_points,
@@ -109,8 +109,8 @@ def test_predict_points_on_the_cpu_model():
     torch.manual_seed(0)
     from detectron2.modeling import build_model
 
-    cfg = make_cfg(
-        CONFIGS / "dev" / "RealFigures-CPU-R18.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"
+    cfg = make_datagen_cfg(
+        DEV_CONFIGS / "RealFigures-CPU-R18.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"
     )
     model = build_model(cfg)
     model.train()

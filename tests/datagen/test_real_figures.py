@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from midog_d2.constants import BOX_SIZE
 from midog_d2.data import MidogPatchMapper, load_midog_json
+from midog_d2.datagen.crop_position import control_statistics, locate_figure
 from midog_d2.datagen.real_figures import (
-    BOX_SIZE,
     RealFigure,
-    control_statistics,
     convert_real_figures,
     load_real_figures,
-    locate_figure,
     scan_real_figures,
     split_real_figures,
     write_real_figures,

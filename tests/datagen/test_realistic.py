@@ -13,8 +13,9 @@ import tifffile
 from detectron2.structures import BoxMode
 
 from midog_d2.data import load_midog_json
-from midog_d2.datagen.canvas import EVAL_TILES, CanvasOptions, ContextTile
 from midog_d2.data.stain import RUIFROK_HE, stain_concentrations
+from midog_d2.datagen.compose import CanvasOptions
+from midog_d2.datagen.context import EVAL_TILES, ContextTile
 from midog_d2.datagen.realistic import (
     CropPool,
     RealSources,

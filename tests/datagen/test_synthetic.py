@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from midog_d2.constants import BOX_SIZE
 from midog_d2.datagen.synthetic import (
-    BOX_SIZE,
     PRESETS,
     SCANNERS,
     TUMOR_TYPES,

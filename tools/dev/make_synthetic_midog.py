@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Generate a MIDOG++-like dataset (tiled TIFFs, JSON, CSV) with domain shift.
 
-    python tools/make_synthetic_midog.py --out datasets/synthetic --preset demo --seed 0 \
+    python tools/dev/make_synthetic_midog.py --out datasets/synthetic --preset demo --seed 0 \
         --preview docs/images/synthetic_preview.png
     # the same domains built from real tissue and real mitotic figures
-    python tools/make_synthetic_midog.py --out datasets/synthetic_real --preset demo --seed 0 \
+    python tools/dev/make_synthetic_midog.py --out datasets/synthetic_real --preset demo --seed 0 \
         --real-data ../shared/data/real --preview docs/images/synthetic_real_preview.png
 
 See docs/synthetic_data.md for the presets and domains.

