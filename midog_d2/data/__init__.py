@@ -9,6 +9,7 @@ from .register import (
     register_midog,
     seeded_val_split,
     split_by_csv,
+    split_for_domain_study,
 )
 from .mapper import MidogPatchMapper, MidogTestMapper, build_patch_augmentation
 from .sampler import (

@@ -24,6 +24,7 @@ from midog_d2.data import (
     register_midog,
     seeded_val_split,
     split_by_csv,
+    split_for_domain_study,
 )
 from midog_d2.io import check_images
 
@@ -590,3 +591,23 @@ def test_check_images_and_tool(tmp_path):
     spec.loader.exec_module(module)
     assert module.main(["--json", good, "--image-root", str(tmp_path)]) == 0
     assert module.main(["--json", str(tmp_path / "nope.json"), "--image-root", str(tmp_path)]) == 2
+
+
+def test_domain_split_holds_out_tumor_and_scanner():
+    dicts = [
+        {"image_id": i, "tumor_type": tumor, "scanner": scanner, "annotations": []}
+        for i, (tumor, scanner) in enumerate(
+            [("breast", "A")] * 6
+            + [("lung", "B")] * 6
+            + [("net", "A")] * 3
+            + [("breast", "Leica")] * 3
+        )
+    ]
+    splits = split_for_domain_study(dicts, "net", "Leica", val_fraction=0.25, seed=0)
+    ids = {k: {d["image_id"] for d in v} for k, v in splits.items()}
+    assert ids["unseen_tumor"] == {12, 13, 14}
+    assert ids["unseen_scanner"] == {15, 16, 17}
+    assert ids["train"].isdisjoint(ids["val"]) and ids["train"] | ids["val"] == set(range(12))
+    assert len(ids["val"]) == 4  # a quarter of each training tumor type, by image
+    with pytest.raises(ValueError, match="unseen_scanner.*empty"):
+        split_for_domain_study(dicts, "net", "Philips", val_fraction=0.25, seed=0)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO
 
-from midog_d2.datagen.demo import split_for_domain_study
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 
 
@@ -88,23 +87,3 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     # Detectron2's metrics.json holds the training losses, auxiliary ones included.
     events = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("loss_tumor" in e and "loss_foreground" in e for e in events)
-
-
-def test_domain_split_holds_out_tumor_and_scanner():
-    dicts = [
-        {"image_id": i, "tumor_type": tumor, "scanner": scanner, "annotations": []}
-        for i, (tumor, scanner) in enumerate(
-            [("breast", "A")] * 6
-            + [("lung", "B")] * 6
-            + [("net", "A")] * 3
-            + [("breast", "Leica")] * 3
-        )
-    ]
-    splits = split_for_domain_study(dicts, "net", "Leica", val_fraction=0.25, seed=0)
-    ids = {k: {d["image_id"] for d in v} for k, v in splits.items()}
-    assert ids["unseen_tumor"] == {12, 13, 14}
-    assert ids["unseen_scanner"] == {15, 16, 17}
-    assert ids["train"].isdisjoint(ids["val"]) and ids["train"] | ids["val"] == set(range(12))
-    assert len(ids["val"]) == 4  # a quarter of each training tumor type, by image
-    with pytest.raises(ValueError, match="unseen_scanner.*empty"):
-        split_for_domain_study(dicts, "net", "Philips", val_fraction=0.25, seed=0)

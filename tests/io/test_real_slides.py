@@ -289,7 +289,7 @@ def test_thumbnail_aspect_and_scale(path):
 
 
 def test_demo_overlay_draws_on_the_thumbnail(tmp_path):
-    from midog_d2.datagen.demo import draw_overlay
+    from midog_d2.utils.visualizer import draw_overlay
 
     out = tmp_path / "overlay.png"
     det = {"bbox": [1000.0, 1500.0, 200.0, 100.0], "score": 0.9}
