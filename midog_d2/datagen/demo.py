@@ -118,6 +118,51 @@ def run_demo(
             output_dir, real_data, seed
         )
 
+    names = {split: f"midog_demo_{split}" for split in DEMO_SPLITS}
+    cfg = _demo_cfg(config_file, opts, output_dir, names, seed)
+    splits = _register_splits(
+        cfg,
+        names,
+        json_file,
+        image_root,
+        csv_file,
+        holdout_tumor,
+        holdout_scanner,
+        val_fraction,
+        seed,
+    )
+
+    trainer = MidogTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    untrained = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "untrained"))
+    train_start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_start
+    trained = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "trained"))
+
+    overlay = _draw_unseen_tumor_overlay(output_dir, names["unseen_tumor"], trained)
+
+    summary = {
+        "config_file": config_file,
+        "json_file": json_file,
+        "data": data_kind,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - start,
+        "untrained": untrained,
+        "trained": trained,
+        "overlay": overlay,
+    }
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    return summary
+
+
+def _demo_cfg(
+    config_file: str, opts: Sequence[str], output_dir: str, names: Dict[str, str], seed: int
+) -> CfgNode:
+    """The demo's frozen config: ``config_file`` + ``opts`` on the demo's datasets."""
     cfg = get_cfg()
     add_midog_config(cfg)
     cfg.merge_from_file(config_file)
@@ -125,12 +170,25 @@ def run_demo(
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.merge_from_list(list(opts))
     cfg.OUTPUT_DIR = output_dir
-    names = {split: f"midog_demo_{split}" for split in DEMO_SPLITS}
     cfg.DATASETS.TRAIN = (names["train"],)
     cfg.DATASETS.TEST = (names["val"], names["unseen_tumor"], names["unseen_scanner"])
     cfg.freeze()
     seed_all_rng(cfg.SEED if cfg.SEED >= 0 else seed)
+    return cfg
 
+
+def _register_splits(
+    cfg: CfgNode,
+    names: Dict[str, str],
+    json_file: str,
+    image_root: str,
+    csv_file: Optional[str],
+    holdout_tumor: str,
+    holdout_scanner: str,
+    val_fraction: float,
+    seed: int,
+) -> Dict[str, List[dict]]:
+    """Split the dataset by domain and register each part under ``names[split]``."""
     tumor_types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
     load_options = dict(load_options_from_config(cfg), tumor_types=tumor_types, csv_file=csv_file)
     dicts = load_midog_json(json_file, image_root, **load_options)
@@ -153,17 +211,11 @@ def run_demo(
                 a["category_id"] == MITOTIC_FIGURE for d in splits[split] for a in d["annotations"]
             ),
         )
+    return splits
 
-    trainer = MidogTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    untrained = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "untrained"))
-    train_start = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - train_start
-    trained = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "trained"))
 
-    # The overlay: the first unseen-tumor image, detections at the validation threshold.
-    heldout = names["unseen_tumor"]
+def _draw_unseen_tumor_overlay(output_dir: str, heldout: str, trained: Dict[str, dict]) -> str:
+    """The overlay of the first unseen-tumor image, detections at the validation threshold."""
     first = DatasetCatalog.get(heldout)[0]
     with open(os.path.join(output_dir, "trained", heldout, "coco_instances_results.json")) as f:
         dets = [d for d in json.load(f) if d["image_id"] == first["image_id"]]
@@ -175,22 +227,7 @@ def run_demo(
         trained[heldout]["midog"]["threshold"],
         overlay,
     )
-
-    summary = {
-        "config_file": config_file,
-        "json_file": json_file,
-        "data": data_kind,
-        "splits": {k: len(v) for k, v in splits.items()},
-        "max_iter": cfg.SOLVER.MAX_ITER,
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - start,
-        "untrained": untrained,
-        "trained": trained,
-        "overlay": overlay,
-    }
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=float)
-    return summary
+    return overlay
 
 
 def format_summary(summary: dict) -> str:

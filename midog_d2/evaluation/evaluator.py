@@ -130,18 +130,9 @@ class MidogEvaluator(DatasetEvaluator):
                 return float(value)
         return DEFAULT_MPP
 
-    def evaluate(self):
-        if self._distributed:
-            comm.synchronize()
-            records = list(itertools.chain(*comm.gather(self._records, dst=0)))
-            if not comm.is_main_process():
-                return {}
-        else:
-            records = self._records
-        if not records:
-            logger.warning("[MidogEvaluator] no predictions received")
-            return {}
-
+    def _collect(self, records: List[Dict[str, Any]]):
+        """Per record: the scored points (:func:`~.scoring.image_points`), the tumor head's
+        hits, the foreground head's (score, label) per tile and the challenge JSON."""
         dicts = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
         images: List[ImagePoints] = []
         tumor_hits, fg_scores, fg_labels, points_json = [], [], [], {}
@@ -173,7 +164,28 @@ class MidogEvaluator(DatasetEvaluator):
             images.append(points)
         if skipped:
             logger.info("[MidogEvaluator] %d unlabelled image(s) left out of scoring", skipped)
+        return images, tumor_hits, fg_scores, fg_labels, points_json, skipped
 
+    def _write(self, full: Dict[str, Any], points_json: Dict[str, Any]) -> None:
+        PathManager.mkdirs(self._output_dir)
+        with PathManager.open(os.path.join(self._output_dir, "midog_metrics.json"), "w") as f:
+            json.dump(json_safe(full), f, indent=1)
+        with PathManager.open(os.path.join(self._output_dir, "midog_points.json"), "w") as f:
+            json.dump(points_json, f)
+
+    def evaluate(self):
+        if self._distributed:
+            comm.synchronize()
+            records = list(itertools.chain(*comm.gather(self._records, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        else:
+            records = self._records
+        if not records:
+            logger.warning("[MidogEvaluator] no predictions received")
+            return {}
+
+        images, tumor_hits, fg_scores, fg_labels, points_json, skipped = self._collect(records)
         full = evaluate_points(images, self._radius_um, self._threshold, box_half_um=AP_BOX_HALF_UM)
         res: Dict[str, float] = {
             "F1": full["f1"],
@@ -202,11 +214,7 @@ class MidogEvaluator(DatasetEvaluator):
         )
 
         if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "midog_metrics.json"), "w") as f:
-                json.dump(json_safe(full), f, indent=1)
-            with PathManager.open(os.path.join(self._output_dir, "midog_points.json"), "w") as f:
-                json.dump(points_json, f)
+            self._write(full, points_json)
         logger.info(
             "MIDOG results on %s:\n%s", self._dataset_name, format_results_table({"midog": res})
         )

@@ -447,8 +447,18 @@ def test_shortcut_control_does_not_learn_position():
 
 @needs_real
 @pytest.mark.slow
-def test_shortcut_control_does_not_learn_position_at_full_size():
+def test_at_full_size_the_figure_probe_ignores_the_window_cue_the_control_learns():
     """The same at the size the real-figure model trains at (``configs/dev/RealFigures-*``:
     256-px canvases of 4 figure windows and 10 figure-free ones), on three times the crops,
-    canvases and steps of the small run, with the same assertions."""
-    _assert_no_position_shortcut(_shortcut_control(256, 4, 10, 240, 120, 480, 900))
+    canvases and steps of the small run.
+
+    At this size the control does learn where its labelled nucleus sits in a window, as the
+    full training found (docs/real_figures.md, "shortcut control"): measured 2026-12-01,
+    control on its own windows 0.408 (chance 0.146, window-centre guess 0.442), and on whole
+    crops pasted instead of windows 0.158 (chance 0.087): its hits go with the window. The
+    figure-trained probe does not follow that cue: 0.092 on the control's windows, and it finds
+    the real figures (0.808) where the control does not (0.158)."""
+    r = _shortcut_control(256, 4, 10, 240, 120, 480, 900)
+    assert r["real_on_control"] <= r["chance"] + 0.1, r
+    assert r["real_rank1"] >= 0.75 and r["real_rank1"] >= r["control_on_figures"] + 0.5, r
+    assert r["control_on_whole_crops"] <= r["control_rank1"] - 0.15, r
