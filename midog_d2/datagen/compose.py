@@ -52,9 +52,8 @@ class CanvasOptions:
     negative_clearance: int = 36  # least distance from the figure centre to a negative window
     match_strength: Tuple[float, float] = (0.6, 1.0)  # Reinhard strength range (training)
     control: bool = False  # box moved to a random other nucleus (shortcut control)
-    decoy_fraction: float = (
-        0.0  # negative windows cut around an unlabelled nucleus, by the positive rule
-    )
+    # negative windows cut around an unlabelled nucleus, by the positive rule
+    decoy_fraction: float = 0.0
     min_control_distance: float = 40.0
     seed: int = 0  # seeds the control points (fixed per crop)
 
@@ -74,7 +73,8 @@ def figure_centre(d: Dict[str, Any]) -> Tuple[float, float]:
 def reinhard_match(
     src: np.ndarray, mean: np.ndarray, std: np.ndarray, strength: float = 1.0
 ) -> np.ndarray:
-    """``src`` (RGB uint8) with its Lab mean/std moved ``strength`` of the way to ``mean``/``std``."""
+    """``src`` (RGB uint8) with its Lab mean/std moved ``strength`` of the way to
+    ``mean``/``std``."""
     lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
     m, s = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
     tm = m + strength * (mean - m)
@@ -107,7 +107,8 @@ def feather_mask(h: int, w: int, feather: int) -> np.ndarray:
 def dihedral(
     rgb: np.ndarray, point: Tuple[float, float], content: Sequence[int], k: int, flip: bool
 ) -> Tuple[np.ndarray, Tuple[float, float], Box]:
-    """Rotate by k*90° (counter-clockwise) and optionally flip left-right: image, point, content box."""
+    """Rotate by k*90° (counter-clockwise) and optionally flip left-right: image, point,
+    content box."""
     h, w = rgb.shape[:2]
     x, y = point
     x0, y0, x1, y1 = content

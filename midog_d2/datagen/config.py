@@ -31,9 +31,8 @@ def add_datagen_config(cfg: CN) -> None:
     _C.INPUT.CANVAS = CN()
     _C.INPUT.CANVAS.SIZE = 256  # canvas side (px)
     _C.INPUT.CANVAS.CROPS = 4  # figure windows tried per canvas
-    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = (
-        10  # figure-free crop windows tried per canvas (fill the gaps)
-    )
+    # figure-free crop windows tried per canvas (fill the gaps)
+    _C.INPUT.CANVAS.NEGATIVE_WINDOWS = 10
     _C.INPUT.CANVAS.MIN_WINDOW = 48  # smallest window side (px)
     _C.INPUT.CANVAS.MARGIN = 16  # least distance from the figure to a window side (px)
     _C.INPUT.CANVAS.FEATHER = 10  # alpha ramp width at the window border (px)

@@ -74,9 +74,8 @@ class RealFigure:
     center: Tuple[float, float]  # figure centre (x, y)
     darkest: Tuple[int, int]  # darkest point after smoothing (x, y): a statistic, not a label
     sha256: str  # of the decoded RGB pixels
-    expert_votes: Optional[Tuple[str, ...]] = (
-        None  # "Normal"/"Atypical" per expert; None: not in the CSV
-    )
+    # "Normal"/"Atypical" per expert; None: not in the CSV
+    expert_votes: Optional[Tuple[str, ...]] = None
     majority: Optional[str] = None
 
     @property
@@ -299,7 +298,8 @@ def _read_square_crop(path: str, crop_size: int) -> np.ndarray:
         raise ValueError(f"cannot decode crop {path}: {e}") from None
     if rgb.shape[:2] != (crop_size, crop_size):
         raise ValueError(
-            f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x {crop_size}"
+            f"{path}: crop is {rgb.shape[1]} x {rgb.shape[0]} px, expected {crop_size} x "
+            f"{crop_size}"
         )
     return rgb
 
@@ -336,7 +336,8 @@ def split_real_figures(
     fractions = [float(f) for f in fractions]
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(
-            f"split fractions (train, val, test) must be three numbers >= 0 summing to 1, got {fractions}"
+            "split fractions (train, val, test) must be three numbers >= 0 summing to 1, got "
+            f"{fractions}"
         )
     names = [f.file_name for f in figures]
     if len(set(names)) != len(names):
@@ -452,7 +453,9 @@ def write_real_figures(
     parts = split_real_figures(figures, fractions, seed)
     os.makedirs(output_dir, exist_ok=True)
     info = {
-        "description": "AMi-Br AtNorM-MD mitotic-figure crops (from MIDOG++), one 50 x 50 box per crop",
+        "description": (
+            "AMi-Br AtNorM-MD mitotic-figure crops (from MIDOG++), one 50 x 50 box per crop"
+        ),
         "image_root": scan.root,
         "votes_csv": scan.votes_csv,
         "seed": seed,
@@ -480,7 +483,10 @@ def write_real_figures(
             for s in SPLITS
         },
         "scan": scan.summary(),
-        "center_rule": "crop centre; letterboxed crops: half a crop from the tissue edge, on the darker side",
+        "center_rule": (
+            "crop centre; letterboxed crops: half a crop from the tissue edge, on the "
+            "darker side"
+        ),
         "darkest_point": position_statistics(figures),
     }
     if control_tiles:

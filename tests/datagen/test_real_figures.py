@@ -1,4 +1,5 @@
-"""Real mitotic-figure crops (AMi-Br AtNorM-MD) -> MIDOG-style files: counts, boxes, splits, loading, bad input."""
+"""Real mitotic-figure crops (AMi-Br AtNorM-MD) -> MIDOG-style files: counts, boxes, splits,
+loading, bad input."""
 
 import csv
 import importlib.util
@@ -201,7 +202,7 @@ def test_loader_and_patch_mapper_read_the_output(real_written):
     assert box == [max(x1 - x0, 0), max(y1 - y0, 0), min(x2 - x0, 96), min(y2 - y0, 96)]
 
 
-# --- generated crops: duplicates, letterboxing and bad input ---------------------------------------
+# --- generated crops: duplicates, letterboxing and bad input ------------------------------------
 
 
 def crop(rng, blob=(64, 64), content=(0, 0, 128, 128)):

@@ -112,7 +112,8 @@ def test_composition_puts_figures_at_their_cells_and_seams_everywhere(crops):
     for i, a in enumerate(cells):
         for b in cells[i + 1 :]:
             assert np.hypot(a[0] - b[0], a[1] - b[1]) >= 44.0
-    # every labelled cell sits in its own window; unlabelled windows come as often as labelled negatives
+    # every labelled cell sits in its own window; unlabelled windows come as often as
+    # labelled negatives
     for x, y, cat, _ in cells:
         assert sum(x0 <= x < x1 and y0 <= y < y1 and c == cat for x0, y0, x1, y1, c in windows) >= 1
     assert sum(c == 0 for *_, c in windows) >= 2

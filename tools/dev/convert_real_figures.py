@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--control-tiles",
         default=None,
-        help="folder of real H&E PNG tiles: darkest-point statistic on random windows, for comparison",
+        help="folder of real H&E PNG tiles: darkest-point statistic on random windows, for "
+        "comparison",
     )
     args = parser.parse_args(argv)
     tiles = (
@@ -72,11 +73,13 @@ def main(argv=None) -> int:
         return 2
     scan = report["scan"]
     print(
-        f"{scan['n_normal'] + scan['n_atypical']} crops: {scan['n_normal']} normal, {scan['n_atypical']} atypical"
+        f"{scan['n_normal'] + scan['n_atypical']} crops: {scan['n_normal']} normal, "
+        f"{scan['n_atypical']} atypical"
     )
     for split, c in report["counts"].items():
         print(
-            f"  {split:5s} {c['crops']:5d} crops ({c['normal']} normal, {c['atypical']} atypical) -> {report['files'][split]}"
+            f"  {split:5s} {c['crops']:5d} crops ({c['normal']} normal, {c['atypical']} atypical) "
+            f"-> {report['files'][split]}"
         )
     for key, what in (
         ("missing_from_csv", "crops not in the votes CSV"),
@@ -86,8 +89,8 @@ def main(argv=None) -> int:
         names = scan[key]
         print(f"{len(names)} {what}" + (f": {', '.join(names)}" if names else ""))
     print(
-        f"{scan['n_duplicate_crops']} pixel-identical crops in {scan['n_duplicate_groups']} group(s)"
-        + (f": {scan['duplicate_groups']}" if scan["duplicate_groups"] else "")
+        f"{scan['n_duplicate_crops']} pixel-identical crops in {scan['n_duplicate_groups']} "
+        "group(s)" + (f": {scan['duplicate_groups']}" if scan["duplicate_groups"] else "")
     )
     print(f"{len(scan['letterboxed'])} letterboxed crops (black bars; figure off-centre)")
     print("darkest point:", json.dumps(report["darkest_point"]))

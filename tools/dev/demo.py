@@ -1,11 +1,17 @@
 #!/usr/bin/env python
 """The main job: train the multi-task RetinaNet and score it on unseen domains.
 
-    python tools/dev/demo.py                         # generated multi-domain data, CPU, ~10 minutes with set-up
-    python tools/dev/demo.py --real-data ../shared/data/real   # the same domains built from real pixels
-    python tools/dev/demo.py --json datasets/midog++/MIDOGpp.json --image-root datasets/midog++/images \\
-        --csv datasets/midog++/MIDOGpp_datasets_xvalidation.csv --config-file configs/Base-MultiTask-RetinaNet.yaml \\
-        --holdout-tumor "human neuroendocrine tumor" --holdout-scanner "Leica GT450" MODEL.DEVICE cuda
+    # generated multi-domain data, CPU, ~10 minutes with set-up
+    python tools/dev/demo.py
+    # the same domains built from real pixels
+    python tools/dev/demo.py --real-data ../shared/data/real
+    # real MIDOG++ on a GPU
+    python tools/dev/demo.py --json datasets/midog++/MIDOGpp.json \\
+        --image-root datasets/midog++/images \\
+        --csv datasets/midog++/MIDOGpp_datasets_xvalidation.csv \\
+        --config-file configs/Base-MultiTask-RetinaNet.yaml \\
+        --holdout-tumor "human neuroendocrine tumor" --holdout-scanner "Leica GT450" \\
+        MODEL.DEVICE cuda
 
 Trailing arguments are config overrides (KEY VALUE ...).
 """

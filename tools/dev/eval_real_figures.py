@@ -3,7 +3,8 @@
 
     python tools/dev/eval_real_figures.py --config-file configs/dev/RealFigures-CPU-R18.yaml \
         MODEL.WEIGHTS output/real_figures_cpu_r18/model_final.pth
-    python tools/dev/eval_real_figures.py --config-file configs/dev/RealFigures-CPU-R18.yaml --baseline-only
+    python tools/dev/eval_real_figures.py --config-file configs/dev/RealFigures-CPU-R18.yaml \
+        --baseline-only
 
 The score threshold is the one with the best F1 on the placed *validation* crops; the
 figures reported are on the placed *test* crops (and the evaluation context tiles alone):
