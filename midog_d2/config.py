@@ -131,7 +131,7 @@ def _add_input_config(cfg: CN) -> None:
     _C.INPUT.HED.BIAS = 0.05
     # µm per pixel the model is trained at (MIDOG: ~0.25). Training patches and
     # test tiles of an image at another µm/px are resampled to it when read
-    # (midog_d2.data.read_region_scaled); coordinates stay in level-0 pixels.
+    # (midog_d2.io.read_region_scaled); coordinates stay in level-0 pixels.
     # 0 reads every image at its own resolution.
     _C.INPUT.MODEL_MPP = DEFAULT_MPP
     # Images whose µm/px is within this fraction of MODEL_MPP are read as they are

@@ -91,7 +91,7 @@ class MidogPatchMapper(DatasetMapper):
     and follow the augmentations. Patches without cells are returned too.
 
     An image whose µm/px differs from ``model_mpp`` by more than ``mpp_tolerance``
-    is read resampled to it (:func:`midog_d2.data.read_region_scaled`): the patch
+    is read resampled to it (:func:`midog_d2.io.read_region_scaled`): the patch
     then covers ``patch_size / scale`` level-0 pixels (scale = image µm/px /
     ``model_mpp``) and its boxes are scaled with it; ``patch_origin`` stays in
     level-0 pixels.

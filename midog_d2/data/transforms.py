@@ -150,7 +150,7 @@ class ColorJitterTransform(_ColorOnlyTransform):
 
     def _shift_hue(self, x: np.ndarray, delta: float, dst: np.ndarray) -> None:
         # OpenCV's float HSV has H in degrees (float keeps the shift exact), and its
-        # HSV->RGB wraps H outside [0, 360) itself (tests/test_transforms.py checks it).
+        # HSV->RGB wraps H outside [0, 360) itself (tests/data/test_transforms.py checks it).
         rgb = self.image_format == "RGB"
         a, hsv = _workspace.get("a", x.shape), _workspace.get("b", x.shape)
         np.copyto(a, x)

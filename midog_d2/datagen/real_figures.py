@@ -5,7 +5,7 @@ MIDOG++ mitotic figures, one figure per crop, in ``Normal/`` and ``Atypical/``,
 with the five experts' votes in ``AtNorM-MD_expert_votes.csv``. This module turns
 them into what the project already reads: one MIDOG-style JSON per split
 (:func:`midog_d2.data.load_midog_json`) whose file names are relative to the crop
-folder, so the pixels are read in place through :func:`midog_d2.data.read_region`.
+folder, so the pixels are read in place through :func:`midog_d2.io.read_region`.
 
 Where the figure is: a crop is a 128 px window centred on the figure, so the box
 is 50 x 50 px around (64, 64). Crops of figures close to the border of their
