@@ -49,6 +49,22 @@ def make_inputs(n: int = 2, size: int = 128, seed: int = 0, with_boxes: bool = T
     return inputs
 
 
+def assert_model_matches_config(cfg):
+    """Build the model of ``cfg`` and check it is the configured MultiTaskRetinaNet: each
+    auxiliary head present exactly when switched on, the tumor head as wide as TUMOR_TYPES."""
+    from detectron2.modeling import build_model
+
+    from midog_d2.modeling import MultiTaskRetinaNet
+
+    model = build_model(cfg)
+    assert isinstance(model, MultiTaskRetinaNet)
+    mt = cfg.MODEL.MULTITASK
+    assert (model.tumor_head is not None) == mt.TUMOR_HEAD_ON
+    assert (model.foreground_head is not None) == mt.FOREGROUND_HEAD_ON
+    if mt.TUMOR_HEAD_ON:
+        assert model.tumor_head.predictor.out_features == len(mt.TUMOR_TYPES)
+
+
 @pytest.fixture
 def cfg():
     return make_cfg()

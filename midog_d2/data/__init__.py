@@ -14,6 +14,7 @@ from .register import (
 from .mapper import MidogPatchMapper, MidogTestMapper, build_patch_augmentation
 from .sampler import (
     MidogTrainingSampler,
+    build_midog_test_loader,
     build_midog_train_loader,
     image_weights,
     labelled_images,

@@ -16,14 +16,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data.sampler import Sampler
 
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.utils import comm
 
 from ..constants import is_labelled
-from .mapper import MidogPatchMapper
+from .mapper import MidogPatchMapper, MidogTestMapper
 
 __all__ = [
     "MidogTrainingSampler",
+    "build_midog_test_loader",
     "build_midog_train_loader",
     "image_weights",
     "labelled_images",
@@ -186,3 +191,9 @@ def build_midog_train_loader(
         # that ranks augment differently.
         seed=None if seed is None else seed + comm.get_rank(),
     )
+
+
+def build_midog_test_loader(cfg, dataset_name: str):
+    """Detectron2's test loader over ``dataset_name``, each dict mapped by
+    :class:`MidogTestMapper` to a record without pixels (the tiler reads them)."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=MidogTestMapper(cfg))

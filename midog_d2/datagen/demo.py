@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -7,7 +7,7 @@ same pixels (:mod:`.synthetic_render` calls them in the order its images depend 
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import cv2
 import numpy as np

@@ -8,14 +8,13 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_midog_config
-from ..data import MidogTestMapper, build_midog_train_loader, register_from_config
+from ..data import build_midog_test_loader, build_midog_train_loader, register_from_config
 from ..evaluation import build_midog_evaluators
 from ..inference import TiledPredictor
 from ..solver import build_optimizer
@@ -37,7 +36,7 @@ class MidogTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=MidogTestMapper(cfg))
+        return build_midog_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -19,7 +19,6 @@ from tabulate import tabulate
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
-from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled

@@ -9,10 +9,9 @@ from typing import Dict, Optional
 from torch import nn
 
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 
-from ..data.mapper import MidogTestMapper
+from ..data.sampler import build_midog_test_loader
 from ..inference.predictor import TiledPredictor
 from .evaluator import build_midog_evaluators
 
@@ -34,7 +33,7 @@ def score_dataset(
     cfg.DATASETS.TEST = (dataset_name,)
     if threshold is not None:
         cfg.TEST.MIDOG.SCORE_THRESHOLD = float(threshold)
-    loader = build_detection_test_loader(cfg, dataset_name, mapper=MidogTestMapper(cfg))
+    loader = build_midog_test_loader(cfg, dataset_name)
     evaluator = build_midog_evaluators(cfg, dataset_name, output_dir)
     return inference_on_dataset(TiledPredictor(cfg, model), loader, evaluator)
 

@@ -1,15 +1,14 @@
 """The development-data config keys (midog_d2.datagen.add_datagen_config)."""
 
 import pytest
+from conftest import assert_model_matches_config
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 
 from midog_d2 import add_midog_config
 from midog_d2.datagen import add_datagen_config
 from midog_d2.datagen.canvas import CanvasOptions, canvas_options_from_config
-from midog_d2.modeling import MultiTaskRetinaNet
 
 REAL_FIGURE_CONFIGS = sorted(DEV_CONFIGS.glob("RealFigures-*.yaml"))
 
@@ -33,12 +32,6 @@ def test_canvas_defaults_are_the_options_defaults():
 @pytest.mark.parametrize("config_file", REAL_FIGURE_CONFIGS, ids=lambda p: p.name)
 def test_every_real_figure_config_builds(config_file):
     cfg = make_datagen_cfg(config_file)
-    model = build_model(cfg)
     # test_model.py's test_every_config_builds, for the configs that need the datagen keys
-    assert isinstance(model, MultiTaskRetinaNet)
-    mt = cfg.MODEL.MULTITASK
-    assert (model.tumor_head is not None) == mt.TUMOR_HEAD_ON
-    assert (model.foreground_head is not None) == mt.FOREGROUND_HEAD_ON
-    if mt.TUMOR_HEAD_ON:
-        assert model.tumor_head.predictor.out_features == len(mt.TUMOR_TYPES)
+    assert_model_matches_config(cfg)
     assert cfg.DATALOADER.ATYPICAL_WEIGHT == 3.0

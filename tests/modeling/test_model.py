@@ -6,14 +6,12 @@ import logging
 
 import pytest
 import torch
-from conftest import CONFIGS, make_cfg, make_inputs
+from conftest import CONFIGS, assert_model_matches_config, make_cfg, make_inputs
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.utils.events import EventStorage
-
-from midog_d2.modeling import MultiTaskRetinaNet
 
 # The real-figure configs need add_datagen_config's keys too:
 # tests/datagen/test_datagen_config.py builds them with the same assertions.
@@ -29,14 +27,7 @@ def train_losses(model, inputs):
 
 @pytest.mark.parametrize("config_file", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_builds(config_file):
-    cfg = make_cfg(config_file)
-    model = build_model(cfg)
-    assert isinstance(model, MultiTaskRetinaNet)
-    mt = cfg.MODEL.MULTITASK
-    assert (model.tumor_head is not None) == mt.TUMOR_HEAD_ON
-    assert (model.foreground_head is not None) == mt.FOREGROUND_HEAD_ON
-    if mt.TUMOR_HEAD_ON:
-        assert model.tumor_head.predictor.out_features == len(mt.TUMOR_TYPES)
+    assert_model_matches_config(make_cfg(config_file))
 
 
 def test_ablation_configs_cover_the_papers_table():
