@@ -1,9 +1,22 @@
-"""ImageNet weights: torchvision ResNet state dicts -> Detectron2 checkpoints."""
+"""Weights: torchvision ResNet state dicts -> Detectron2 checkpoints, the operating threshold
+stored beside a checkpoint (bound to its SHA-256), and the checkpointer that carries the
+domain head's class names (so that fine-tuning on a longer domain list keeps what was
+learnt)."""
 
-from typing import Dict
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .constants import DEFAULT_SCORE_THRESHOLD
+
+logger = logging.getLogger(__name__)
 
 
 def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
@@ -41,3 +54,190 @@ def torchvision_to_d2_checkpoint(state_dict: Dict[str, torch.Tensor]) -> dict:
         "__author__": "torchvision",
         "matching_heuristics": True,
     }
+
+
+# ----------------------------------------------------------------------------- threshold
+
+THRESHOLD_SUFFIX = ".threshold.json"
+
+
+def threshold_file(weights: str) -> str:
+    """Where the operating threshold of ``weights`` is stored: beside it, ``<weights>`` +
+    ``.threshold.json``."""
+    return weights + THRESHOLD_SUFFIX
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_threshold(weights: str, threshold: float, **info: Any) -> str:
+    """Store ``threshold`` beside ``weights``, bound to the weights' SHA-256 (a JSON file,
+    written to a temporary name and renamed). ``info``: what it was chosen on (dataset,
+    F1, radius). Returns the file's path."""
+    threshold = float(threshold)
+    if not (0.0 <= threshold <= 1.0):
+        raise ValueError(f"operating threshold must be in [0, 1], got {threshold}")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights not found: {weights}")
+    record = {
+        "threshold": threshold,
+        "weights": os.path.basename(weights),
+        "weights_sha256": file_sha256(weights),
+        **info,
+    }
+    path = threshold_file(weights)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_threshold(weights: str) -> Optional[Dict[str, Any]]:
+    """The record :func:`save_threshold` stored for ``weights``, or None when there is none
+    or it belongs to other bytes (a warning says so: the weights changed since)."""
+    path = threshold_file(weights)
+    if not weights or not os.path.isfile(path) or not os.path.isfile(weights):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        value = float(record["threshold"])
+        sha = str(record["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a threshold record ({type(e).__name__}: {e})") from None
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{path}: threshold {value} is not in [0, 1]")
+    if sha != file_sha256(weights):
+        logger.warning(
+            "%s was stored for other weights (SHA-256 differs from %s): ignored", path, weights
+        )
+        return None
+    return record
+
+
+def resolve_score_threshold(cfg) -> Tuple[float, str]:
+    """The operating threshold and where it came from: ``TEST.MIDOG.SCORE_THRESHOLD`` when
+    set (>= 0: "config"), else the one stored beside ``MODEL.WEIGHTS`` ("stored with
+    <file>"), else :data:`DEFAULT_SCORE_THRESHOLD` ("default")."""
+    value = float(cfg.TEST.MIDOG.SCORE_THRESHOLD)
+    if value >= 0:
+        return value, "config TEST.MIDOG.SCORE_THRESHOLD"
+    record = load_threshold(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
+    if record is not None:
+        return float(record["threshold"]), f"stored with {cfg.MODEL.WEIGHTS}"
+    return DEFAULT_SCORE_THRESHOLD, "default (no threshold stored with MODEL.WEIGHTS)"
+
+
+# ----------------------------------------------------------------------------- checkpointer
+
+# The domain head's output layer, whose rows follow MODEL.MULTITASK.TUMOR_TYPES.
+DOMAIN_HEAD = "tumor_head."
+DOMAIN_ROWS = ("tumor_head.predictor.weight", "tumor_head.predictor.bias")
+
+
+def _norm(name: Any) -> str:
+    return " ".join(str(name).split()).lower()
+
+
+class MidogCheckpointer(DetectionCheckpointer):
+    """
+    Detectron2's checkpointer that records the domain head's class names (``domains``,
+    ``MODEL.MULTITASK.TUMOR_TYPES``) in every checkpoint it saves and, loading a checkpoint
+    that records other names, maps the head's output rows by name: a domain in both keeps
+    its trained row, a new domain keeps the fresh initialisation of the model being loaded
+    into, a domain the model no longer lists is dropped. ``reinit_domain_head`` leaves the
+    whole domain head at its fresh initialisation instead. A checkpoint without names
+    loads as Detectron2 loads it (rows in order when the shapes agree, the layer skipped
+    when they do not).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_dir: str = "",
+        *,
+        domains: Optional[Sequence[str]] = None,
+        reinit_domain_head: bool = False,
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, **checkpointables)
+        self.domains = list(domains) if domains is not None else None
+        self.reinit_domain_head = reinit_domain_head
+
+    @classmethod
+    def from_config(cls, cfg, model: torch.nn.Module, save_dir: str = "", **checkpointables):
+        """The checkpointer of ``cfg``'s model: its domain names and
+        ``MODEL.MULTITASK.REINIT_DOMAIN_HEAD``."""
+        mt = cfg.MODEL.MULTITASK
+        return cls(
+            model,
+            save_dir,
+            domains=list(mt.TUMOR_TYPES) if mt.TUMOR_HEAD_ON else None,
+            reinit_domain_head=mt.REINIT_DOMAIN_HEAD,
+            **checkpointables,
+        )
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if self.domains is not None:
+            kwargs.setdefault("domains", self.domains)
+        super().save(name, **kwargs)
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        state = checkpoint["model"]
+        model_state = self.model.state_dict()
+        has_head = any(k.startswith(DOMAIN_HEAD) for k in model_state)
+        if has_head and self.reinit_domain_head:
+            dropped = [k for k in list(state) if k.startswith(DOMAIN_HEAD)]
+            for k in dropped:
+                del state[k]
+            logger.info("Domain head re-initialised (not loaded): %s", ", ".join(dropped))
+        elif has_head and self.domains is not None and checkpoint.get("domains") is not None:
+            self._map_domain_rows(state, model_state, list(checkpoint["domains"]))
+        incompatible = super()._load_model(checkpoint)
+        if has_head and self.reinit_domain_head:
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if not k.startswith(DOMAIN_HEAD)
+            ]
+        return incompatible
+
+    def _map_domain_rows(
+        self, state: Dict[str, Any], model_state: Dict[str, torch.Tensor], source: List[str]
+    ) -> None:
+        if [_norm(d) for d in source] == [_norm(d) for d in self.domains]:
+            return
+        where = {_norm(d): i for i, d in enumerate(source)}
+        kept = [d for d in self.domains if _norm(d) in where]
+        for key in DOMAIN_ROWS:
+            if key not in state or key not in model_state:
+                continue
+            old = torch.as_tensor(state[key])
+            new = model_state[key].detach().clone()
+            if old.shape[1:] != new.shape[1:] or old.shape[0] != len(source):
+                logger.warning(
+                    "%s: checkpoint shape %s does not fit its %d domains / the model's %s; "
+                    "left to the default loader",
+                    key,
+                    tuple(old.shape),
+                    len(source),
+                    tuple(new.shape),
+                )
+                return
+            for j, d in enumerate(self.domains):
+                if _norm(d) in where:
+                    new[j] = old[where[_norm(d)]]
+            state[key] = new
+        logger.info(
+            "Domain head mapped by name: kept %s, new (freshly initialised) %s, dropped %s",
+            kept,
+            [d for d in self.domains if _norm(d) not in where],
+            [d for d in source if _norm(d) not in {_norm(x) for x in self.domains}],
+        )

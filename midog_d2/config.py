@@ -31,13 +31,27 @@ def _add_model_config(cfg: CN) -> None:
     _C.MODEL.MULTITASK.HIDDEN_DIM = 256
     # Number of hidden FC layers (each FC + ReLU) before the output FC layer.
     _C.MODEL.MULTITASK.NUM_HIDDEN_FC = 1
-    # Tumor-type head: cross-entropy over TUMOR_TYPES; images whose
-    # `tumor_label` is -1 (unknown / not listed) take no part in it.
+    # Domain head (the paper's tumor-type head): cross-entropy over TUMOR_TYPES;
+    # images whose `tumor_label` is -1 (unknown / not listed) take no part in it.
     _C.MODEL.MULTITASK.TUMOR_HEAD_ON = True
     _C.MODEL.MULTITASK.TUMOR_LOSS_WEIGHT = 1.0
-    # Ordered tumor-type names; the head has len(TUMOR_TYPES) outputs and the
-    # data loader maps each image's tumor type to its index here.
+    # Ordered domain names; the head has len(TUMOR_TYPES) outputs and the data
+    # loader maps each image's DOMAIN_FIELD value to its index here (`tumor_label`).
+    # Tumor types for MIDOG 2022 / MIDOG++; scanner names for a scanner study.
     _C.MODEL.MULTITASK.TUMOR_TYPES = list(MIDOGPP_TUMOR_TYPES)
+    # Which field of an image is its domain: "tumor_type" (the paper), "scanner"
+    # (MIDOG 2021, from the MIDOG++ CSV or the image entry), or any other key of the
+    # dataset dicts ("lab", "species"). Matched to TUMOR_TYPES case-insensitively.
+    _C.MODEL.MULTITASK.DOMAIN_FIELD = "tumor_type"
+    # Fine-tuning from a checkpoint (midog_d2.checkpoint.MidogCheckpointer): checkpoints
+    # record TUMOR_TYPES; loading one with another list keeps the rows of the domains in
+    # both, leaves new domains' rows freshly initialised and drops the rest. True
+    # re-initialises the whole domain head instead.
+    _C.MODEL.MULTITASK.REINIT_DOMAIN_HEAD = False
+    # Freeze the FPN (lateral and output convs, and the P6/P7 block) for fine-tuning; with
+    # MODEL.BACKBONE.FREEZE_AT 5 (Detectron2's: the stem and all four ResNet stages) only
+    # the detection and auxiliary heads train. FREEZE_AT alone freezes the ResNet only.
+    _C.MODEL.FPN.FREEZE = False
     # Foreground head: one logit, "this patch holds at least one mitotic figure
     # or hard negative", trained with sigmoid focal loss.
     _C.MODEL.MULTITASK.FOREGROUND_HEAD_ON = True
@@ -155,10 +169,12 @@ def _add_dataloader_config(cfg: CN) -> None:
 
 def _add_test_config(cfg: CN) -> None:
     _C = cfg
-    # Scoring (midog.md §2): hit radius in µm and operating score threshold.
+    # Scoring (midog.md §2): hit radius in µm and the operating score threshold.
     _C.TEST.MIDOG = CN()
     _C.TEST.MIDOG.RADIUS_UM = 7.5
-    _C.TEST.MIDOG.SCORE_THRESHOLD = 0.5
+    # -1: the threshold stored beside MODEL.WEIGHTS (tools/calibrate_threshold.py), else
+    # 0.5 (logged); a value in [0, 1] overrides what the weights carry.
+    _C.TEST.MIDOG.SCORE_THRESHOLD = -1.0
     # Metric (as the event storage names it) whose best value keeps
     # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50"
     # (with several DATASETS.TEST: "<dataset>/midog/F1"); "" disables it.

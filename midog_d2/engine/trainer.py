@@ -3,6 +3,7 @@ best checkpoint."""
 
 import logging
 import os
+import weakref
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -13,6 +14,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import MidogCheckpointer
 from ..config import add_midog_config
 from ..data import build_midog_test_loader, build_midog_train_loader, register_from_config
 from ..evaluation import build_midog_evaluators
@@ -56,6 +58,11 @@ class MidogTrainer(DefaultTrainer):
         return super().test(cfg, TiledPredictor(cfg, model), evaluators)
 
     def build_hooks(self) -> List[hooks.HookBase]:
+        # DefaultTrainer made a plain DetectionCheckpointer just before; the hooks must
+        # save through the one that records the domain names.
+        self.checkpointer = MidogCheckpointer.from_config(
+            self.cfg, self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         ret = super().build_hooks()
         metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
         if metric and self.cfg.TEST.EVAL_PERIOD > 0 and self.cfg.DATASETS.TEST:

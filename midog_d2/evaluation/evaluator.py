@@ -21,7 +21,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.file_io import PathManager
 
-from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
+from ..checkpoint import resolve_score_threshold
+from ..constants import (
+    AP_BOX_HALF_UM,
+    DEFAULT_MPP,
+    DEFAULT_RADIUS_UM,
+    DEFAULT_SCORE_THRESHOLD,
+    MITOTIC_FIGURE,
+    is_labelled,
+)
 from ..io.points import json_safe, points_to_json
 from .metrics import ImagePoints, evaluate_points, points_in_region, roc_auc
 from .scoring import box_centres, image_points
@@ -83,7 +91,12 @@ class MidogEvaluator(DatasetEvaluator):
         if radius_um is None:
             radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
         if score_threshold is None:
-            score_threshold = cfg.TEST.MIDOG.SCORE_THRESHOLD if cfg is not None else 0.5
+            score_threshold, source = (
+                resolve_score_threshold(cfg)
+                if cfg is not None
+                else (DEFAULT_SCORE_THRESHOLD, "default")
+            )
+            logger.info("%s: operating threshold %.3f (%s)", dataset_name, score_threshold, source)
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         self._radius_um = float(radius_um)

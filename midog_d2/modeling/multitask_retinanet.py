@@ -62,6 +62,7 @@ class MultiTaskRetinaNet(RetinaNet):
         foreground_loss_weight: float = 1.0,
         foreground_focal_alpha: float = 0.25,
         foreground_focal_gamma: float = 2.0,
+        freeze_fpn: bool = False,
         **kwargs,
     ):
         """
@@ -71,6 +72,9 @@ class MultiTaskRetinaNet(RetinaNet):
             tumor_loss_weight, foreground_loss_weight: multipliers of their losses.
             foreground_focal_alpha, foreground_focal_gamma: focal-loss parameters
                 of the foreground head.
+            freeze_fpn: no gradient for the backbone's parameters outside its bottom-up
+                network (FPN convs, P6/P7): fine-tuning the heads only, with the ResNet
+                frozen by ``MODEL.BACKBONE.FREEZE_AT``.
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
@@ -83,6 +87,14 @@ class MultiTaskRetinaNet(RetinaNet):
         self.foreground_loss_weight = foreground_loss_weight
         self.foreground_focal_alpha = foreground_focal_alpha
         self.foreground_focal_gamma = foreground_focal_gamma
+        if freeze_fpn:
+            bottom_up = getattr(self.backbone, "bottom_up", None)
+            if bottom_up is None:
+                raise ValueError("MODEL.FPN.FREEZE: the backbone has no FPN (no bottom_up)")
+            own = {id(p) for p in bottom_up.parameters()}
+            for p in self.backbone.parameters():
+                if id(p) not in own:
+                    p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -102,6 +114,7 @@ class MultiTaskRetinaNet(RetinaNet):
             foreground_loss_weight=mt.FOREGROUND_LOSS_WEIGHT,
             foreground_focal_alpha=mt.FOREGROUND_FOCAL_ALPHA,
             foreground_focal_gamma=mt.FOREGROUND_FOCAL_GAMMA,
+            freeze_fpn=cfg.MODEL.FPN.FREEZE,
         )
         return ret
 

@@ -125,10 +125,10 @@ def test_atypical_weight_draws_the_other_crops_of_a_canvas_too(crops):
     mapper = RealFigureCanvasMapper(
         weighted, _tile(), CanvasOptions(size=128, crops=2, negative_windows=0), image_format="RGB"
     )
-    # 3 atypical crops of 6 at weight 20: 60 / 63 of the draws
-    assert mapper._usable_p[
-        [i for i, d in enumerate(crops) if d["atypical"]]
-    ].sum() == pytest.approx(60 / 63)
+    # 3 atypical crops of 6 at weight 20: 60 / 63 of the draws (one domain: unknown, -1)
+    idx, p = mapper._domains[-1]
+    assert list(idx) == list(range(len(crops)))
+    assert p[[i for i, d in enumerate(crops) if d["atypical"]]].sum() == pytest.approx(60 / 63)
     with pytest.raises(ValueError, match="sample_weight"):
         RealFigureCanvasMapper(
             [dict(d, sample_weight=0.0) for d in crops], _tile(), CanvasOptions()

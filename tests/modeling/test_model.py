@@ -6,16 +6,23 @@ import logging
 
 import pytest
 import torch
-from conftest import CONFIGS, assert_model_matches_config, make_cfg, make_inputs
+from conftest import (
+    CONFIGS,
+    DATAGEN_CONFIGS,
+    PROJECT_CONFIGS,
+    assert_model_matches_config,
+    make_cfg,
+    make_inputs,
+)
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.utils.events import EventStorage
 
-# The real-figure configs need add_datagen_config's keys too:
+# The development configs need add_datagen_config's keys too:
 # tests/datagen/test_datagen_config.py builds them with the same assertions.
-ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("RealFigures-"))
+ALL_CONFIGS = [p for p in PROJECT_CONFIGS if p not in DATAGEN_CONFIGS]
 
 
 def train_losses(model, inputs):

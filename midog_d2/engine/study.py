@@ -1,0 +1,407 @@
+"""Ablation studies: cells x folds x seeds of one training recipe, resumable, with paired
+effects.
+
+A study file (YAML, read with ``yaml.safe_load``: it cannot run code) names the base config
+and what varies::
+
+    config: configs/dev/ScannerStudy-CPU-R18.yaml   # relative to the study file's folder
+    seeds: [0, 1, 2]
+    folds:                    # name -> config overrides (KEY VALUE list)
+      heldout_xr: [DATASETS.REAL_FIGURES.TRAIN_DOMAINS, "['Hamamatsu S360', 'Aperio CS2']"]
+    cells:                    # name -> config overrides
+      baseline: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False"]
+      all: []
+    baseline: baseline        # the cell whose domain gap is reported
+    effects:                  # name -> [cell with the component, cell without it]
+      domain head: [domain, baseline]
+
+Every (seed, fold, cell) is one run: the base config, the fold's overrides, the cell's,
+then ``SEED`` and ``OUTPUT_DIR``. The same seeds serve every cell, so two cells compare
+run for run (paired). Runs go in seed-major order, so a study stopped early holds whole
+seeds. Each finished run appends one JSON line (cell, fold, seed, config, metrics, wall
+time) to the results file, written and fsynced at once; a study started again skips the
+runs already there, so a killed study loses at most the runs in progress.
+
+What a run does is the caller's ``execute(run, output_dir) -> metrics`` (a picklable
+function: it runs in a fresh process, ``jobs`` at a time).
+"""
+
+import concurrent.futures as cf
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+__all__ = [
+    "Study",
+    "StudyRun",
+    "completed_runs",
+    "load_study",
+    "markdown_summary",
+    "paired_effect",
+    "read_results",
+    "run_study",
+    "summarize_study",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One training run of a study."""
+
+    cell: str
+    fold: str
+    seed: int
+    opts: Tuple[str, ...]  # fold's overrides, then the cell's, then SEED
+
+    @property
+    def key(self) -> Tuple[str, str, int]:
+        return (self.cell, self.fold, self.seed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell}__{self.fold}__seed{self.seed}"
+
+
+@dataclass
+class Study:
+    """A parsed study file."""
+
+    path: str
+    config_file: str  # absolute
+    seeds: List[int]
+    folds: Dict[str, List[str]]
+    cells: Dict[str, List[str]]
+    baseline: Optional[str] = None
+    effects: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+
+    def runs(self) -> List[StudyRun]:
+        """Every run, seed-major (then fold, then cell in file order)."""
+        return [
+            StudyRun(cell, fold, seed, tuple(fopts) + tuple(copts) + ("SEED", str(seed)))
+            for seed in self.seeds
+            for fold, fopts in self.folds.items()
+            for cell, copts in self.cells.items()
+        ]
+
+
+def _opts(path: str, where: str, value: Any) -> List[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) % 2:
+        raise ValueError(f"{path}: {where} must be a list of KEY VALUE pairs, got {value!r}")
+    return [str(v) for v in value]
+
+
+def load_study(path: str) -> Study:
+    """Parse and check a study file (ValueError naming the file and the entry)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study file is a mapping (config, seeds, folds, cells)")
+    unknown = sorted(set(raw) - {"config", "seeds", "folds", "cells", "baseline", "effects"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}")
+    for key in ("config", "seeds", "cells"):
+        if key not in raw:
+            raise ValueError(f"{path}: '{key}' missing")
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), str(raw["config"]))
+    if not os.path.isfile(config):
+        raise ValueError(f"{path}: config {raw['config']!r} not found ({config})")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: seeds repeat: {seeds}")
+    folds = raw.get("folds") or {"all": []}
+    cells = raw["cells"]
+    for what, table in (("folds", folds), ("cells", cells)):
+        if not isinstance(table, dict) or not table:
+            raise ValueError(f"{path}: {what} must be a non-empty mapping name -> overrides")
+    study = Study(
+        path=os.path.abspath(path),
+        config_file=config,
+        seeds=seeds,
+        folds={str(k): _opts(path, f"fold {k!r}", v) for k, v in folds.items()},
+        cells={str(k): _opts(path, f"cell {k!r}", v) for k, v in cells.items()},
+        baseline=raw.get("baseline"),
+    )
+    if study.baseline is not None and study.baseline not in study.cells:
+        raise ValueError(f"{path}: baseline {study.baseline!r} is not a cell")
+    for name, pair in (raw.get("effects") or {}).items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in cells for p in pair)):
+            raise ValueError(
+                f"{path}: effect {name!r} must be [cell with, cell without], two cells; got "
+                f"{pair!r}"
+            )
+        study.effects[str(name)] = (pair[0], pair[1])
+    return study
+
+
+def read_results(path: str) -> List[Dict[str, Any]]:
+    """The rows of a results file (JSON lines); a last line cut short by a kill is
+    ignored, any other malformed line is a ValueError naming the file and line."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):  # an unterminated last line: the write was killed
+                logger.warning("%s: ignoring the cut-off last line %d", path, i)
+                continue
+            raise ValueError(f"{path}, line {i}: not a JSON object") from None
+        if not isinstance(row, dict) or not all(k in row for k in ("cell", "fold", "seed")):
+            raise ValueError(f"{path}, line {i}: a result row needs cell, fold and seed")
+        rows.append(row)
+    return rows
+
+
+def completed_runs(path: str) -> set:
+    """Keys (cell, fold, seed) of the runs a results file holds."""
+    return {(r["cell"], r["fold"], int(r["seed"])) for r in read_results(path)}
+
+
+def _append_row(path: str, row: Dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # A row that follows a cut-off line must start a line of its own.
+    needs_newline = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            needs_newline = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(("\n" if needs_newline else "") + json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _run_one(execute: Callable, run: StudyRun, output_dir: str) -> Dict[str, Any]:
+    start = time.time()
+    metrics = execute(run, output_dir)
+    return {"wall_s": round(time.time() - start, 1), **metrics}
+
+
+def _execute_all(execute, todo, output_root, jobs):
+    """(run, metrics or None when it failed) as the runs finish: each in a fresh process,
+    ``jobs`` at a time, or one after the other in this process with ``jobs`` 0."""
+    if jobs <= 0:
+        for r in todo:
+            try:
+                yield r, _run_one(execute, r, os.path.join(output_root, r.name))
+            except Exception as e:  # one failed run must not stop the others
+                logger.error("Run %s failed: %s: %s", r.name, type(e).__name__, e)
+                yield r, None
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as ex:
+        futures = {
+            ex.submit(_run_one, execute, r, os.path.join(output_root, r.name)): r for r in todo
+        }
+        for fut in cf.as_completed(futures):
+            r = futures[fut]
+            try:
+                yield r, fut.result()
+            except Exception as e:
+                logger.error("Run %s failed: %s: %s", r.name, type(e).__name__, e)
+                yield r, None
+
+
+def run_study(
+    study: Study,
+    results_file: str,
+    output_root: str,
+    execute: Callable[[StudyRun, str], Dict[str, Any]],
+    jobs: int = 1,
+    limit: int = 0,
+    only: Optional[Iterable[Tuple[str, str, int]]] = None,
+) -> List[Dict[str, Any]]:
+    """
+    Run the study's runs that ``results_file`` does not hold yet, ``jobs`` at a time, each
+    in a fresh process (``execute(run, output_root/<run name>)``; ``jobs`` 0: one after
+    the other in this process), appending a row per
+    finished run. ``limit`` > 0 stops after that many new runs have been started; ``only``
+    restricts to those keys. A run that raises is logged and left for the next start.
+    Returns the rows written now.
+    """
+    done = completed_runs(results_file)
+    todo = [r for r in study.runs() if r.key not in done]
+    if only is not None:
+        keep = set(only)
+        todo = [r for r in todo if r.key in keep]
+    if limit > 0:
+        todo = todo[:limit]
+    logger.info(
+        "Study %s: %d runs, %d done, %d to run now (%d at a time)",
+        study.path,
+        len(study.runs()),
+        len(done),
+        len(todo),
+        jobs,
+    )
+    written = []
+    for r, metrics in _execute_all(execute, todo, output_root, jobs):
+        if metrics is not None:
+            row = {
+                "cell": r.cell,
+                "fold": r.fold,
+                "seed": r.seed,
+                "config": os.path.relpath(study.config_file),
+                "opts": list(r.opts),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **metrics,
+            }
+            _append_row(results_file, row)
+            written.append(row)
+            logger.info("Run %s done in %.0f s", r.name, metrics.get("wall_s", float("nan")))
+    return written
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _get(row: Dict[str, Any], metric: str) -> float:
+    """``row``'s value at a dotted path ("held_out.f1"); NaN when absent."""
+    v: Any = row
+    for part in metric.split("."):
+        if not isinstance(v, dict) or part not in v:
+            return float("nan")
+        v = v[part]
+    return float(v) if v is not None else float("nan")
+
+
+def _mean_sd(values: Sequence[float]) -> Tuple[float, float, int]:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan"), 0
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
+    return m, sd, len(v)
+
+
+def paired_effect(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0) -> Dict[str, float]:
+    """Mean of paired differences with a 95 % percentile-bootstrap interval (resampling the
+    pairs, seeded), how many pairs are positive / negative, and the two-sided sign-test
+    p-value (ties dropped)."""
+    d = [x for x in diffs if not math.isnan(x)]
+    out = {"n": len(d), "mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    if not d:
+        return {**out, "positive": 0, "negative": 0, "sign_p": float("nan")}
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(d, k=len(d))) / len(d) for _ in range(n_boot))
+    pos, neg = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    n, k = pos + neg, min(pos, neg)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {
+        "n": len(d),
+        "mean": sum(d) / len(d),
+        "lo": means[int(0.025 * (n_boot - 1))],
+        "hi": means[int(math.ceil(0.975 * (n_boot - 1)))],
+        "positive": pos,
+        "negative": neg,
+        "sign_p": p,
+    }
+
+
+def summarize_study(
+    study: Study, rows: Sequence[Dict[str, Any]], metrics: Sequence[str]
+) -> Dict[str, Any]:
+    """Per cell: mean, sd and n of each ``metrics`` path over its (fold, seed) runs; the
+    baseline's domain gap per metric name present as both ``in_domain.X`` and
+    ``held_out.X`` (paired in-domain minus held-out); each effect's paired difference
+    (:func:`paired_effect`, pairs matched on fold and seed). Rows of cells or folds the
+    study does not name are left out."""
+    rows = [r for r in rows if r["cell"] in study.cells and r["fold"] in study.folds]
+    by_cell: Dict[str, List[Dict[str, Any]]] = {c: [] for c in study.cells}
+    for r in rows:
+        by_cell[r["cell"]].append(r)
+    cells = {}
+    for c, rs in by_cell.items():
+        cells[c] = {"runs": len(rs), **{m: _mean_sd([_get(r, m) for r in rs]) for m in metrics}}
+        cells[c]["wall_s"] = _mean_sd([_get(r, "wall_s") for r in rs])
+    out: Dict[str, Any] = {"cells": cells, "effects": {}, "gap": {}}
+    if study.baseline:
+        for m in metrics:
+            if m.startswith("held_out."):
+                name = m[len("held_out.") :]
+                if f"in_domain.{name}" in metrics:
+                    diffs = [
+                        _get(r, f"in_domain.{name}") - _get(r, m) for r in by_cell[study.baseline]
+                    ]
+                    out["gap"][name] = paired_effect(diffs)
+    index = {(r["cell"], r["fold"], int(r["seed"])): r for r in rows}
+    for name, (with_c, without_c) in study.effects.items():
+        out["effects"][name] = {}
+        for m in metrics:
+            diffs = [
+                _get(index[(with_c, f, s)], m) - _get(index[(without_c, f, s)], m)
+                for (c, f, s) in index
+                if c == with_c and (without_c, f, s) in index
+            ]
+            out["effects"][name][m] = paired_effect(diffs)
+    return out
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def markdown_summary(
+    study: Study, summary: Dict[str, Any], metrics: Sequence[str], labels: Dict[str, str]
+) -> str:
+    """Markdown tables of :func:`summarize_study`: cells (mean ± sd, n), the baseline's
+    domain gap and the effects (mean [95 % CI], positive/negative pairs)."""
+    lines = ["| cell | runs | " + " | ".join(labels.get(m, m) for m in metrics) + " | s/run |"]
+    lines.append("|---|--:|" + "--:|" * (len(metrics) + 1))
+    for c, s in summary["cells"].items():
+        vals = [f"{_fmt(s[m][0])} ± {_fmt(s[m][1])}" if s[m][2] else "–" for m in metrics]
+        lines.append(
+            f"| {c} | {s['runs']} | " + " | ".join(vals) + f" | {_fmt(s['wall_s'][0], 0)} |"
+        )
+    if summary["gap"]:
+        lines += ["", f"Domain gap of `{study.baseline}` (in-domain minus held-out, paired):", ""]
+        lines.append("| metric | gap | 95 % CI | runs | in-domain higher / lower |")
+        lines.append("|---|--:|--:|--:|--:|")
+        for name, e in summary["gap"].items():
+            lines.append(
+                f"| {labels.get('held_out.' + name, name)} | {_fmt(e['mean'])} | "
+                f"[{_fmt(e['lo'])}, {_fmt(e['hi'])}] | {e['n']} | {e['positive']} / {e['negative']} |"
+            )
+    if summary["effects"]:
+        lines += [
+            "",
+            "Paired effects (with minus without, matched on fold and seed; "
+            "mean [95 % bootstrap CI], pairs up / down):",
+            "",
+        ]
+        lines.append("| effect | " + " | ".join(labels.get(m, m) for m in metrics) + " |")
+        lines.append("|---|" + "--:|" * len(metrics))
+        for name, per_metric in summary["effects"].items():
+            with_c, without_c = study.effects[name]
+            vals = []
+            for m in metrics:
+                e = per_metric[m]
+                vals.append(
+                    f"{_fmt(e['mean'])} [{_fmt(e['lo'])}, {_fmt(e['hi'])}] {e['positive']}/{e['negative']}"
+                    if e["n"]
+                    else "–"
+                )
+            lines.append(f"| {name} (`{with_c}` − `{without_c}`) | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Choose the F1-optimal operating threshold on a validation split and store it with the
+weights.
+
+    python tools/calibrate_threshold.py --config-file configs/... --dataset midog_val \\
+        MODEL.WEIGHTS output/model_final.pth
+
+Scores the model on whole images of ``--dataset`` (tiled inference, MIDOG matching), takes
+the threshold with the best F1 (the lowest among equals) and writes it beside the weights,
+``<weights>.threshold.json``, bound to the weights' SHA-256. Evaluation (``train_net.py
+--eval-only``) then uses it without a flag; ``TEST.MIDOG.SCORE_THRESHOLD x`` overrides it.
+"""
+
+import argparse
+import json
+import sys
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from midog_d2.checkpoint import save_threshold
+from midog_d2.engine import MidogTrainer, setup_cfg
+from midog_d2.evaluation.protocol import score_dataset
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config-file", required=True)
+    ap.add_argument("--dataset", default="", help="validation dataset (default: DATASETS.TEST[0])")
+    ap.add_argument("--output-dir", default="", help="evaluator files (default: none written)")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (MODEL.WEIGHTS ...)")
+    args = ap.parse_args(argv)
+    cfg = setup_cfg(args.config_file, args.opts)
+    if not cfg.MODEL.WEIGHTS:
+        print("error: MODEL.WEIGHTS is empty: name the weights to calibrate", file=sys.stderr)
+        return 2
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    if not dataset:
+        print("error: no --dataset and DATASETS.TEST is empty", file=sys.stderr)
+        return 2
+    model = MidogTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]
+    path = save_threshold(
+        cfg.MODEL.WEIGHTS,
+        midog["best_threshold"],
+        dataset=dataset,
+        f1=midog["best_f1"],
+        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
+        num_images=midog.get("num_images"),
+    )
+    print(json.dumps({"threshold": midog["best_threshold"], "f1": midog["best_f1"], "file": path}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Run (or resume) the leave-one-scanner-out study on real pixels, then tabulate it.
+
+    # reduced, two runs at once on one thread each (about 4 h on two cores; resumable)
+    .venv/bin/python tools/dev/run_scanner_study.py --study configs/dev/study/scanner-loso-cpu.yaml
+    # the tables only, from the results file (and into docs/results.md between its markers)
+    .venv/bin/python tools/dev/run_scanner_study.py --study configs/dev/study/scanner-loso-cpu.yaml \
+        --summarize --results-md docs/results.md
+
+Each finished run appends a row to ``--results`` (default ``docs/study/<study>.jsonl``); a
+study started again runs only what is missing, so kill it whenever. The crops are converted
+first when the config's split files do not exist (``--crops``, split by slide 0.6 / 0.2 /
+0.2, seed 0). Runs: :func:`midog_d2.datagen.scanner_study.train_and_score`; the runner and
+the statistics: :mod:`midog_d2.engine.study`.
+"""
+
+import argparse
+import functools
+import logging
+import os
+import re
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from midog_d2.datagen import setup_datagen_cfg
+from midog_d2.datagen.real_figures import convert_real_figures
+from midog_d2.datagen.scanner_study import train_and_score
+from midog_d2.engine.study import (
+    load_study,
+    markdown_summary,
+    read_results,
+    run_study,
+    summarize_study,
+)
+
+HELD_OUT = [
+    "held_out.f1",
+    "held_out.best_f1",
+    "held_out.ap50",
+    "held_out.recall",
+    "held_out.rank1",
+    "held_out.fp_per_crop",
+]
+IN_DOMAIN = [m.replace("held_out.", "in_domain.") for m in HELD_OUT]
+LABELS = {
+    m: label
+    for prefix in ("held_out", "in_domain")
+    for m, label in (
+        (f"{prefix}.f1", "F1 @ val thr"),
+        (f"{prefix}.best_f1", "best F1"),
+        (f"{prefix}.ap50", "AP50"),
+        (f"{prefix}.recall", "recall"),
+        (f"{prefix}.rank1", "rank-1"),
+        (f"{prefix}.fp_per_crop", "false det./crop"),
+    )
+}
+
+
+def tables(study, rows) -> str:
+    """The study's markdown: held-out and in-domain tables, the domain gap, the effects."""
+    s_out = summarize_study(study, rows, HELD_OUT + IN_DOMAIN)
+    held = markdown_summary(study, {**s_out, "gap": {}, "effects": {}}, HELD_OUT, LABELS)
+    ind = markdown_summary(study, {**s_out, "gap": {}, "effects": {}}, IN_DOMAIN, LABELS)
+    rest = markdown_summary(
+        study,
+        {
+            "cells": {},
+            "gap": s_out["gap"],
+            "effects": {k: {m: v[m] for m in HELD_OUT} for k, v in s_out["effects"].items()},
+        },
+        HELD_OUT,
+        LABELS,
+    )
+    rest = rest.split("\n", 2)[2]  # drop the empty cell table's header
+    folds = sorted({r["fold"] for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    head = (
+        f"{len(rows)} of {len(study.runs())} runs ({len(study.cells)} cells x "
+        f"{len(study.folds)} folds x {len(study.seeds)} seeds; in the file: folds {folds}, "
+        f"seeds {seeds}); mean ± sd over folds and seeds.\n\n"
+    )
+    return (
+        head
+        + "**Held-out scanner** (test slides of the scanner never trained on):\n\n"
+        + held
+        + "\n**In-domain** (test slides of the two training scanners):\n\n"
+        + ind
+        + rest
+    )
+
+
+def update_section(path: str, name: str, text: str) -> None:
+    """Replace the text between ``<!-- BEGIN study: name -->`` and ``<!-- END study: name
+    -->`` in ``path`` (both markers must be there)."""
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    begin, end = f"<!-- BEGIN study: {name} -->", f"<!-- END study: {name} -->"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"{path}: markers {begin!r} ... {end!r} not found")
+    doc = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(doc)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--study", required=True, help="study file (YAML)")
+    ap.add_argument("--results", default="", help="JSON-lines results file")
+    ap.add_argument("--output-root", default="", help="folder for the runs' outputs")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--limit", type=int, default=0, help="start at most N new runs (0: all)")
+    ap.add_argument("--eval-size", type=int, default=256, help="placed-crop canvas side (px)")
+    ap.add_argument(
+        "--crops", default="../shared/data/real/ami-br-midog21", help="crops to convert"
+    )
+    ap.add_argument("--summarize", action="store_true", help="only print the tables")
+    ap.add_argument("--results-md", default="", help="also write the tables into this file")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = ap.parse_args(argv)
+    setup_logger(name="midog_d2")
+    log = logging.getLogger("midog_d2")
+    try:
+        study = load_study(args.study)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stem = os.path.splitext(os.path.basename(args.study))[0]
+    results = args.results or os.path.join("docs", "study", f"{stem}.jsonl")
+    if not args.summarize:
+        cfg = setup_datagen_cfg(study.config_file, args.opts)
+        rf = cfg.DATASETS.REAL_FIGURES
+        if not all(os.path.exists(p) for p in (rf.TRAIN_JSON, rf.VAL_JSON, rf.TEST_JSON)):
+            out = os.path.dirname(rf.TRAIN_JSON)
+            prefix = os.path.basename(rf.TRAIN_JSON).rsplit("_train.json", 1)[0]
+            log.info("Converting %s into %s (prefix %s)", args.crops, out, prefix)
+            convert_real_figures(args.crops, out, fractions=(0.6, 0.2, 0.2), seed=0, prefix=prefix)
+        execute = functools.partial(
+            train_and_score,
+            study.config_file,
+            threads=args.threads,
+            eval_size=args.eval_size,
+            extra_opts=tuple(args.opts),
+        )
+        run_study(
+            study,
+            results,
+            args.output_root or os.path.join("output", "study", stem),
+            execute,
+            jobs=args.jobs,
+            limit=args.limit,
+        )
+    text = tables(study, read_results(results))
+    print(text)
+    if args.results_md:
+        update_section(args.results_md, stem, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
