@@ -15,9 +15,7 @@ import argparse
 import json
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
-
-from midog_d2.checkpoint import save_threshold
+from midog_d2.checkpoint import MidogCheckpointer, save_threshold
 from midog_d2.engine import MidogTrainer, setup_cfg
 from midog_d2.evaluation.protocol import score_dataset
 
@@ -40,17 +38,17 @@ def main(argv=None) -> int:
         print("error: no --dataset and DATASETS.TEST is empty", file=sys.stderr)
         return 2
     model = MidogTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]
     path = save_threshold(
         cfg.MODEL.WEIGHTS,
         midog["best_threshold"],
         dataset=dataset,
-        f1=midog["best_f1"],
+        f1=midog["best_F1"],
         radius_um=cfg.TEST.MIDOG.RADIUS_UM,
         num_images=midog.get("num_images"),
     )
-    print(json.dumps({"threshold": midog["best_threshold"], "f1": midog["best_f1"], "file": path}))
+    print(json.dumps({"threshold": midog["best_threshold"], "f1": midog["best_F1"], "file": path}))
     return 0
 
 

@@ -8,9 +8,9 @@
     python tools/train_net.py --config-file ... --num-gpus 8
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
+from midog_d2.checkpoint import MidogCheckpointer
 from midog_d2.engine import MidogTrainer, setup_cfg
 
 
@@ -18,7 +18,7 @@ def main(args):
     cfg = setup_cfg(args.config_file, args.opts, args)
     if args.eval_only:
         model = MidogTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        MidogCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return MidogTrainer.test(cfg, model)

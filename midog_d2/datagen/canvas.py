@@ -522,12 +522,13 @@ def first_slides(dicts: Sequence[Dict[str, Any]], k: int, seed: int) -> List[Dic
 def real_figure_train_set(cfg) -> List[Dict[str, Any]]:
     """The training crops ``cfg`` selects: the converted train split, its
     ``DATASETS.REAL_FIGURES.TRAIN_DOMAINS`` only (``[]``: all), then, with ``TRAIN_SLIDES``
-    > 0, the crops of that many of its slides (seeded by ``SLIDE_SEED``)."""
+    > 0, the crops of that many of its slides (seeded by ``SLIDE_SEED``, or ``SEED``)."""
     rf = cfg.DATASETS.REAL_FIGURES
     dicts = real_figure_split(cfg, "train")
     dicts = select_domains(dicts, cfg.MODEL.MULTITASK.DOMAIN_FIELD, rf.TRAIN_DOMAINS)
     if rf.TRAIN_SLIDES > 0:
-        dicts = first_slides(dicts, rf.TRAIN_SLIDES, rf.SLIDE_SEED)
+        seed = rf.SLIDE_SEED if rf.SLIDE_SEED >= 0 else max(cfg.SEED, 0)
+        dicts = first_slides(dicts, rf.TRAIN_SLIDES, seed)
     if not dicts:
         raise ValueError(
             f"no real-figure training crop left in {rf.TRAIN_JSON} for TRAIN_DOMAINS "

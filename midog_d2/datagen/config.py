@@ -31,9 +31,10 @@ def add_datagen_config(cfg: CN) -> None:
     # domains held out.
     _C.DATASETS.REAL_FIGURES.TRAIN_DOMAINS = []
     # > 0: train on the crops of this many slides of the train split only (drawn with
-    # SLIDE_SEED; needs a manifest's crops): fine-tuning on k slides of a new domain.
+    # SLIDE_SEED, -1: with SEED, so that runs of one seed share their slides; needs a
+    # manifest's crops): fine-tuning on k slides of a new domain.
     _C.DATASETS.REAL_FIGURES.TRAIN_SLIDES = 0
-    _C.DATASETS.REAL_FIGURES.SLIDE_SEED = 0
+    _C.DATASETS.REAL_FIGURES.SLIDE_SEED = -1
     # Real-figure training canvases (midog_d2.datagen.canvas.RealFigureCanvasMapper): crops cut
     # to asymmetric feathered windows, blended at random places into real H&E context.
     _C.INPUT.CANVAS = CN()

@@ -22,7 +22,7 @@ import torch
 
 from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import save_threshold
+from ..checkpoint import MidogCheckpointer, save_threshold
 from ..engine import MidogTrainer
 from ..evaluation import ap50_points
 from .canvas import (
@@ -31,6 +31,7 @@ from .canvas import (
     build_real_figure_train_loader,
     context_tile_names,
     real_figure_split,
+    real_figure_train_set,
     select_domains,
 )
 from .context import load_context_tiles
@@ -47,6 +48,7 @@ __all__ = [
     "RealFigureTrainer",
     "domain_evaluation_sets",
     "evaluate_domains",
+    "finetune_and_score",
     "score_set",
     "train_and_score",
 ]
@@ -122,6 +124,68 @@ def evaluate_domains(
         out[name] = score_set(sets[name], det.get(name, []), threshold)
     out["crops"] = {k: len(v) for k, v in sets.items()}
     return out
+
+
+def _run_logging(output_dir: str) -> None:
+    """One log file per run; the study's own output stays readable with two runs at once."""
+    handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+    for name in ("detectron2", "fvcore", "midog_d2"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
+
+
+def finetune_and_score(
+    config_file: str,
+    run,
+    output_dir: str,
+    threads: int = 1,
+    eval_size: int = 256,
+    extra_opts: Sequence[str] = (),
+) -> Dict[str, Any]:
+    """One fine-tuning run: ``config_file`` + ``run.opts`` + ``extra_opts`` trained into
+    ``output_dir`` from ``MODEL.WEIGHTS`` (loaded by :class:`MidogCheckpointer`, which maps
+    the domain head by name; ``""``: from scratch) on the crops of
+    ``DATASETS.REAL_FIGURES.TRAIN_SLIDES`` slides of the new domain (``TRAIN_DOMAINS``), or,
+    with ``SOLVER.MAX_ITER`` 0, ``MODEL.WEIGHTS`` as they are (zero-shot). Scored by
+    :func:`evaluate_domains` with the new domain's validation slides choosing the
+    threshold: ``new`` are its test slides, ``old`` the other domains' test slides."""
+    from .config import setup_datagen_cfg
+
+    torch.set_num_threads(threads)
+    os.makedirs(output_dir, exist_ok=True)
+    cfg = setup_datagen_cfg(
+        config_file, list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
+    )
+    _run_logging(output_dir)
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
+    if cfg.SOLVER.MAX_ITER > 0:
+        trainer = RealFigureTrainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        model = trainer.model
+        n_crops = len(real_figure_train_set(cfg))
+    else:
+        model = RealFigureTrainer.build_model(cfg)
+        MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+        n_crops = 0
+    scores = evaluate_domains(cfg, model, seed=0, size=eval_size)
+    return {
+        "threshold": scores["threshold"],
+        "val_f1": scores["val_f1"],
+        "new": scores["in_domain"],
+        "old": scores["held_out"],
+        "crops": scores["crops"],
+        "train_crops": n_crops,
+        "train_slides": cfg.DATASETS.REAL_FIGURES.TRAIN_SLIDES,
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "weights": cfg.MODEL.WEIGHTS,
+        "domains": list(cfg.MODEL.MULTITASK.TUMOR_TYPES),
+    }
 
 
 def train_and_score(

@@ -18,8 +18,7 @@ import os
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-
+from midog_d2.checkpoint import MidogCheckpointer
 from midog_d2.constants import DEFAULT_MPP
 from midog_d2.datagen import setup_datagen_cfg
 from midog_d2.datagen.real_figure_eval import evaluate_real_figure_model
@@ -52,7 +51,7 @@ def main():
     if not args.baseline_only:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         model = MidogTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     result = evaluate_real_figure_model(cfg, model, args.seed, args.size, args.limit, args.mpp)
     out = args.output or os.path.join(cfg.OUTPUT_DIR, "placed_crops.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

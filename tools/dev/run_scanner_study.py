@@ -3,6 +3,10 @@
 
     # reduced, two runs at once on one thread each (about 4 h on two cores; resumable)
     .venv/bin/python tools/dev/run_scanner_study.py --study configs/dev/study/scanner-loso-cpu.yaml
+    # fine-tuning to a new scanner (after the source study has trained the source model)
+    .venv/bin/python tools/dev/run_scanner_study.py --study configs/dev/study/scanner-source-cpu.yaml
+    .venv/bin/python tools/dev/run_scanner_study.py --finetune \\
+        --study configs/dev/study/scanner-finetune-cpu.yaml
     # the tables only, from the results file (and into docs/results.md between its markers)
     .venv/bin/python tools/dev/run_scanner_study.py --study configs/dev/study/scanner-loso-cpu.yaml \
         --summarize --results-md docs/results.md
@@ -25,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 from midog_d2.datagen import setup_datagen_cfg
 from midog_d2.datagen.real_figures import convert_real_figures
-from midog_d2.datagen.scanner_study import train_and_score
+from midog_d2.datagen.scanner_study import finetune_and_score, train_and_score
 from midog_d2.engine.study import (
     load_study,
     markdown_summary,
@@ -34,43 +38,45 @@ from midog_d2.engine.study import (
     summarize_study,
 )
 
-HELD_OUT = [
-    "held_out.f1",
-    "held_out.best_f1",
-    "held_out.ap50",
-    "held_out.recall",
-    "held_out.rank1",
-    "held_out.fp_per_crop",
+METRICS = [
+    ("f1", "F1 @ val thr"),
+    ("best_f1", "best F1"),
+    ("ap50", "AP50"),
+    ("recall", "recall"),
+    ("rank1", "rank-1"),
+    ("fp_per_crop", "false det./crop"),
 ]
-IN_DOMAIN = [m.replace("held_out.", "in_domain.") for m in HELD_OUT]
-LABELS = {
-    m: label
-    for prefix in ("held_out", "in_domain")
-    for m, label in (
-        (f"{prefix}.f1", "F1 @ val thr"),
-        (f"{prefix}.best_f1", "best F1"),
-        (f"{prefix}.ap50", "AP50"),
-        (f"{prefix}.recall", "recall"),
-        (f"{prefix}.rank1", "rank-1"),
-        (f"{prefix}.fp_per_crop", "false det./crop"),
-    )
+# (row key, what it holds) of the two scored sets: the study's, the fine-tuning runs'.
+SETS = {
+    "study": (
+        ("held_out", "**Held-out scanner** (test slides of the scanner never trained on)"),
+        ("in_domain", "**In-domain** (test slides of the training scanners)"),
+    ),
+    "finetune": (
+        ("new", "**New scanner** (its test slides; threshold from its validation slides)"),
+        ("old", "**Old scanners** (their test slides, at the same threshold)"),
+    ),
 }
 
 
-def tables(study, rows) -> str:
-    """The study's markdown: held-out and in-domain tables, the domain gap, the effects."""
-    s_out = summarize_study(study, rows, HELD_OUT + IN_DOMAIN)
-    held = markdown_summary(study, {**s_out, "gap": {}, "effects": {}}, HELD_OUT, LABELS)
-    ind = markdown_summary(study, {**s_out, "gap": {}, "effects": {}}, IN_DOMAIN, LABELS)
+def tables(study, rows, kind: str = "study") -> str:
+    """The study's markdown: one table per scored set, the baseline's domain gap and the
+    paired effects on the first set."""
+    (first, first_title), (second, second_title) = SETS[kind]
+    labels = {f"{p}.{m}": label for p in (first, second) for m, label in METRICS}
+    m1 = [f"{first}.{m}" for m, _ in METRICS]
+    m2 = [f"{second}.{m}" for m, _ in METRICS]
+    summary = summarize_study(study, rows, m1 + m2)
+    only_cells = {**summary, "gap": {}, "effects": {}}
     rest = markdown_summary(
         study,
         {
             "cells": {},
-            "gap": s_out["gap"],
-            "effects": {k: {m: v[m] for m in HELD_OUT} for k, v in s_out["effects"].items()},
+            "gap": summary["gap"],
+            "effects": {k: {m: v[m] for m in m1} for k, v in summary["effects"].items()},
         },
-        HELD_OUT,
-        LABELS,
+        m1,
+        labels,
     )
     rest = rest.split("\n", 2)[2]  # drop the empty cell table's header
     folds = sorted({r["fold"] for r in rows})
@@ -82,10 +88,10 @@ def tables(study, rows) -> str:
     )
     return (
         head
-        + "**Held-out scanner** (test slides of the scanner never trained on):\n\n"
-        + held
-        + "\n**In-domain** (test slides of the two training scanners):\n\n"
-        + ind
+        + f"{first_title}:\n\n"
+        + markdown_summary(study, only_cells, m1, labels)
+        + f"\n{second_title}:\n\n"
+        + markdown_summary(study, only_cells, m2, labels)
         + rest
     )
 
@@ -121,6 +127,11 @@ def main(argv=None) -> int:
         "--crops", default="../shared/data/real/ami-br-midog21", help="crops to convert"
     )
     ap.add_argument("--summarize", action="store_true", help="only print the tables")
+    ap.add_argument(
+        "--finetune",
+        action="store_true",
+        help="fine-tuning runs (finetune_and_score: new / old scanners) instead of study runs",
+    )
     ap.add_argument("--results-md", default="", help="also write the tables into this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = ap.parse_args(argv)
@@ -142,7 +153,7 @@ def main(argv=None) -> int:
             log.info("Converting %s into %s (prefix %s)", args.crops, out, prefix)
             convert_real_figures(args.crops, out, fractions=(0.6, 0.2, 0.2), seed=0, prefix=prefix)
         execute = functools.partial(
-            train_and_score,
+            finetune_and_score if args.finetune else train_and_score,
             study.config_file,
             threads=args.threads,
             eval_size=args.eval_size,
@@ -156,7 +167,7 @@ def main(argv=None) -> int:
             jobs=args.jobs,
             limit=args.limit,
         )
-    text = tables(study, read_results(results))
+    text = tables(study, read_results(results), "finetune" if args.finetune else "study")
     print(text)
     if args.results_md:
         update_section(args.results_md, stem, text)

@@ -12,16 +12,7 @@ Score a checkpoint with tools/dev/eval_real_figures.py.
 from detectron2.engine import default_argument_parser, launch
 
 from midog_d2.datagen import setup_datagen_cfg
-from midog_d2.datagen.canvas import build_real_figure_train_loader
-from midog_d2.engine import MidogTrainer
-
-
-class RealFigureTrainer(MidogTrainer):
-    """:class:`MidogTrainer` fed with real-figure canvases."""
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return build_real_figure_train_loader(cfg)
+from midog_d2.datagen.scanner_study import RealFigureTrainer
 
 
 def main(args):
