@@ -14,7 +14,8 @@ from midog_d2 import add_midog_config
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 # Study files (midog_d2.engine.study) are not Detectron2 configs.
-STUDY_FILES = sorted((CONFIGS / "dev" / "study").glob("*.yaml"))
+PRODUCT_STUDY_FILES = sorted((CONFIGS / "study").glob("*.yaml"))
+STUDY_FILES = PRODUCT_STUDY_FILES + sorted((CONFIGS / "dev" / "study").glob("*.yaml"))
 
 
 def needs_datagen_keys(config_file: Path) -> bool:

@@ -23,7 +23,8 @@ time) to the results file, written and fsynced at once; a study started again sk
 runs already there, so a killed study loses at most the runs in progress.
 
 What a run does is the caller's ``execute(run, output_dir) -> metrics`` (a picklable
-function: it runs in a fresh process, ``jobs`` at a time).
+function: it runs in a fresh process, ``jobs`` at a time); :func:`train_and_evaluate` is the
+one for MIDOG data (``tools/run_study.py``).
 """
 
 import concurrent.futures as cf
@@ -33,6 +34,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -48,7 +50,10 @@ __all__ = [
     "paired_effect",
     "read_results",
     "run_study",
+    "study_tables",
     "summarize_study",
+    "train_and_evaluate",
+    "write_markdown_section",
 ]
 
 logger = logging.getLogger(__name__)
@@ -405,3 +410,149 @@ def markdown_summary(
                 )
             lines.append(f"| {name} (`{with_c}` − `{without_c}`) | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+METRICS = (
+    ("f1", "F1 @ val thr"),
+    ("best_f1", "best F1"),
+    ("ap50", "AP50"),
+    ("recall", "recall"),
+    ("rank1", "rank-1"),
+    ("fp_per_crop", "false det./crop"),
+)
+
+
+def study_tables(
+    study: Study,
+    rows: Sequence[Dict[str, Any]],
+    sets: Sequence[Tuple[str, str]],
+    metrics: Sequence[Tuple[str, str]] = METRICS,
+) -> str:
+    """The study's markdown: a cell table for each scored set (``sets``: (row key, title)),
+    the baseline's domain gap and the paired effects on the first set. ``metrics``:
+    (name, column label); metrics no row has are left out."""
+    present = {
+        m for r in rows for key, _ in sets for m in (r.get(key) or {}) if not isinstance(m, dict)
+    }
+    metrics = [(m, label) for m, label in metrics if m in present] or list(metrics)
+    labels = {f"{k}.{m}": label for k, _ in sets for m, label in metrics}
+    per_set = [[f"{k}.{m}" for m, _ in metrics] for k, _ in sets]
+    summary = summarize_study(study, rows, [m for ms in per_set for m in ms])
+    only_cells = {**summary, "gap": {}, "effects": {}}
+    first = per_set[0]
+    rest = markdown_summary(
+        study,
+        {
+            "cells": {},
+            "gap": summary["gap"],
+            "effects": {k: {m: v[m] for m in first} for k, v in summary["effects"].items()},
+        },
+        first,
+        labels,
+    ).split("\n", 2)[
+        2
+    ]  # without the empty cell table's header
+    folds = sorted({r["fold"] for r in rows if r["fold"] in study.folds})
+    seeds = sorted({int(r["seed"]) for r in rows if r["fold"] in study.folds})
+    n = sum(1 for r in rows if r["cell"] in study.cells and r["fold"] in study.folds)
+    text = (
+        f"{n} of {len(study.runs())} runs ({len(study.cells)} cells x {len(study.folds)} "
+        f"folds x {len(study.seeds)} seeds; done so far: folds {folds}, seeds {seeds}); "
+        "mean ± sd over folds and seeds.\n"
+    )
+    for (key, title), ms in zip(sets, per_set):
+        text += f"\n{title}:\n\n" + markdown_summary(study, only_cells, ms, labels)
+    return text + rest
+
+
+def write_markdown_section(path: str, name: str, text: str) -> None:
+    """Replace the text between ``<!-- BEGIN study: name -->`` and ``<!-- END study: name
+    -->`` in ``path`` (ValueError when the markers are not there); written to a temporary
+    name, then renamed."""
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    begin, end = f"<!-- BEGIN study: {name} -->", f"<!-- END study: {name} -->"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"{path}: markers {begin!r} ... {end!r} not found")
+    doc = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(doc)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- MIDOG runs
+
+
+def _midog_scores(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The study's names for one dataset's evaluator results (fractions; COCO AP50 in %)."""
+    m = result.get("midog", {})
+    out = {
+        "f1": m.get("F1"),
+        "precision": m.get("precision"),
+        "recall": m.get("recall"),
+        "threshold": m.get("threshold"),
+        "best_f1": m.get("best_F1"),
+        "best_threshold": m.get("best_threshold"),
+        "ap50": m.get("AP50_points"),
+        "num_images": m.get("num_images"),
+    }
+    if "bbox" in result:
+        out["coco_ap50"] = result["bbox"].get("AP50")
+    return out
+
+
+def train_and_evaluate(
+    config_file: str,
+    run: StudyRun,
+    output_dir: str,
+    threads: int = 0,
+    extra_opts: Sequence[str] = (),
+) -> Dict[str, Any]:
+    """
+    One study run on MIDOG data: ``config_file`` + ``run.opts`` + ``extra_opts``, trained by
+    :class:`~midog_d2.engine.MidogTrainer` into ``output_dir``, then scored by the domain
+    protocol (:func:`midog_d2.evaluation.protocol.evaluate_domains`): the first
+    ``DATASETS.TEST`` entry (in-domain validation) fixes the threshold, stored beside
+    ``model_final.pth``; ``in_domain`` holds its scores, ``held_out`` those of the second
+    entry (the held-out domain) and ``datasets`` every entry's. ``threads`` > 0 sets torch's
+    thread count.
+    """
+    import torch
+
+    from detectron2.utils.env import seed_all_rng
+
+    from ..checkpoint import save_threshold
+    from ..evaluation.protocol import evaluate_domains
+    from .trainer import MidogTrainer, setup_cfg
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    os.makedirs(output_dir, exist_ok=True)
+    cfg = setup_cfg(config_file, list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir])
+    if len(cfg.DATASETS.TEST) < 2:
+        raise ValueError(
+            f"{config_file}: a study run needs DATASETS.TEST = (in-domain validation, held-out "
+            f"domain, ...), got {tuple(cfg.DATASETS.TEST)}"
+        )
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
+    trainer = MidogTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "inference"))
+    scores = {name: _midog_scores(r) for name, r in results.items()}
+    val, held = cfg.DATASETS.TEST[0], cfg.DATASETS.TEST[1]
+    threshold = scores[val]["best_threshold"]
+    weights = os.path.join(output_dir, "model_final.pth")
+    if os.path.isfile(weights) and threshold is not None and math.isfinite(threshold):
+        save_threshold(weights, threshold, dataset=val, f1=scores[val]["best_f1"])
+    return {
+        "threshold": threshold,
+        "in_domain": scores[val],
+        "held_out": scores[held],
+        "datasets": scores,
+        "iterations": cfg.SOLVER.MAX_ITER,
+    }

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import DATAGEN_CONFIGS, STUDY_FILES, assert_model_matches_config
+from conftest import CONFIGS, DATAGEN_CONFIGS, STUDY_FILES, assert_model_matches_config
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from detectron2.config import get_cfg
@@ -44,7 +44,10 @@ def test_every_datagen_config_builds(config_file):
     assert_model_matches_config(make_datagen_cfg(config_file))
 
 
-@pytest.mark.parametrize("study_file", STUDY_FILES, ids=lambda p: p.name)
+DEV_STUDY_FILES = [p for p in STUDY_FILES if p.parent == CONFIGS / "dev" / "study"]
+
+
+@pytest.mark.parametrize("study_file", DEV_STUDY_FILES, ids=lambda p: p.name)
 def test_every_run_of_every_study_has_a_valid_config(study_file):
     from midog_d2.engine.study import load_study
 

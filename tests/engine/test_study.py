@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import study_helpers
+from conftest import CONFIGS, PRODUCT_STUDY_FILES, REPO, make_cfg
 
+from midog_d2.checkpoint import load_threshold
+from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 from midog_d2.engine.study import (
     load_study,
     markdown_summary,
@@ -209,3 +212,67 @@ def test_summary_pairs_runs_on_fold_and_seed(tmp_path):
     text = markdown_summary(study, s, metrics, {"held_out.f1": "held-out F1"})
     assert "| a | 4 | 0.505 ± 0.006" in text and "held-out F1" in text
     assert "`b` − `a`" in text
+
+
+@pytest.mark.parametrize("study_file", PRODUCT_STUDY_FILES, ids=lambda p: p.name)
+def test_every_run_of_a_product_study_has_a_valid_config(study_file):
+    study = load_study(str(study_file))
+    for run in study.runs():
+        cfg = make_cfg(Path(study.config_file), *run.opts)
+        assert cfg.SEED == run.seed and len(cfg.DATASETS.TEST) >= 2
+
+
+def test_run_study_tool_on_generated_midog_data(tmp_path):
+    """tools/run_study.py end to end: two cells, one fold, one seed of two iterations each on
+    a tiny generated dataset; rows with in-domain and held-out scores, the threshold stored
+    beside each run's weights, the tables written between their markers."""
+    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(f"""\
+            config: {CONFIGS / 'dev' / 'Demo-CPU-R18.yaml'}
+            seeds: [0]
+            folds:
+              heldout_net: [DATASETS.MIDOG.SPLIT, leave_one_tumor_out,
+                            DATASETS.MIDOG.HOLDOUT_TUMOR, "human neuroendocrine tumor",
+                            DATASETS.MIDOG.VAL_FRACTION, "0.5",
+                            DATASETS.TRAIN, "('midog_train',)",
+                            DATASETS.TEST, "('midog_val', 'midog_test')"]
+            cells:
+              none: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False", MODEL.MULTITASK.FOREGROUND_HEAD_ON, "False"]
+              both: []
+            baseline: none
+            effects:
+              heads: [both, none]
+            """))
+    md = tmp_path / "results.md"
+    md.write_text(
+        "# x\n<!-- BEGIN study: study -->\nPLACEHOLDER\n<!-- END study: study -->\ntail\n"
+    )
+    results = tmp_path / "rows.jsonl"
+    opts = [
+        "MODEL.DEVICE", "cpu",
+        "DATASETS.MIDOG.JSON_FILE", str(data["json_file"]),
+        "DATASETS.MIDOG.IMAGE_ROOT", str(data["image_root"]),
+        "DATASETS.MIDOG.CSV_FILE", str(data["csv_file"]),
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.STEPS", "()", "INPUT.PATCH.SIZE", "128", "TEST.TILE.SIZE", "256",
+        "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+    ]  # fmt: skip
+    cmd = [
+        sys.executable, str(REPO / "tools" / "run_study.py"), "--study", str(study),
+        "--results", str(results), "--output-root", str(tmp_path / "runs"), "--jobs", "0",
+        "--results-md", str(md), *opts,
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_results(str(results))
+    assert sorted(row["cell"] for row in rows) == ["both", "none"]
+    for row in rows:
+        assert row["in_domain"]["num_images"] == 1 and row["held_out"]["num_images"] == 1
+        assert 0 <= row["held_out"]["f1"] <= 1 and row["iterations"] == 2
+        weights = tmp_path / "runs" / f"{row['cell']}__heldout_net__seed0" / "model_final.pth"
+        assert load_threshold(str(weights))["threshold"] == row["threshold"]
+    text = md.read_text()
+    assert "| none | 1 |" in text and "| both | 1 |" in text and "PLACEHOLDER" not in text
+    assert text.startswith("# x\n") and text.endswith("tail\n")

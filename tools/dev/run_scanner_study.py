@@ -22,7 +22,6 @@ import argparse
 import functools
 import logging
 import os
-import re
 import sys
 
 from detectron2.utils.logger import setup_logger
@@ -32,20 +31,12 @@ from midog_d2.datagen.real_figures import convert_real_figures
 from midog_d2.datagen.scanner_study import finetune_and_score, train_and_score
 from midog_d2.engine.study import (
     load_study,
-    markdown_summary,
     read_results,
     run_study,
-    summarize_study,
+    study_tables,
+    write_markdown_section,
 )
 
-METRICS = [
-    ("f1", "F1 @ val thr"),
-    ("best_f1", "best F1"),
-    ("ap50", "AP50"),
-    ("recall", "recall"),
-    ("rank1", "rank-1"),
-    ("fp_per_crop", "false det./crop"),
-]
 # (row key, what it holds) of the two scored sets: the study's, the fine-tuning runs'.
 SETS = {
     "study": (
@@ -57,59 +48,6 @@ SETS = {
         ("old", "**Old scanners** (their test slides, at the same threshold)"),
     ),
 }
-
-
-def tables(study, rows, kind: str = "study") -> str:
-    """The study's markdown: one table per scored set, the baseline's domain gap and the
-    paired effects on the first set."""
-    (first, first_title), (second, second_title) = SETS[kind]
-    labels = {f"{p}.{m}": label for p in (first, second) for m, label in METRICS}
-    m1 = [f"{first}.{m}" for m, _ in METRICS]
-    m2 = [f"{second}.{m}" for m, _ in METRICS]
-    summary = summarize_study(study, rows, m1 + m2)
-    only_cells = {**summary, "gap": {}, "effects": {}}
-    rest = markdown_summary(
-        study,
-        {
-            "cells": {},
-            "gap": summary["gap"],
-            "effects": {k: {m: v[m] for m in m1} for k, v in summary["effects"].items()},
-        },
-        m1,
-        labels,
-    )
-    rest = rest.split("\n", 2)[2]  # drop the empty cell table's header
-    folds = sorted({r["fold"] for r in rows})
-    seeds = sorted({int(r["seed"]) for r in rows})
-    head = (
-        f"{len(rows)} of {len(study.runs())} runs ({len(study.cells)} cells x "
-        f"{len(study.folds)} folds x {len(study.seeds)} seeds; in the file: folds {folds}, "
-        f"seeds {seeds}); mean ± sd over folds and seeds.\n\n"
-    )
-    return (
-        head
-        + f"{first_title}:\n\n"
-        + markdown_summary(study, only_cells, m1, labels)
-        + f"\n{second_title}:\n\n"
-        + markdown_summary(study, only_cells, m2, labels)
-        + rest
-    )
-
-
-def update_section(path: str, name: str, text: str) -> None:
-    """Replace the text between ``<!-- BEGIN study: name -->`` and ``<!-- END study: name
-    -->`` in ``path`` (both markers must be there)."""
-    with open(path, encoding="utf-8") as f:
-        doc = f.read()
-    begin, end = f"<!-- BEGIN study: {name} -->", f"<!-- END study: {name} -->"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(doc):
-        raise ValueError(f"{path}: markers {begin!r} ... {end!r} not found")
-    doc = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -167,10 +105,12 @@ def main(argv=None) -> int:
             jobs=args.jobs,
             limit=args.limit,
         )
-    text = tables(study, read_results(results), "finetune" if args.finetune else "study")
+    text = study_tables(
+        study, read_results(results), SETS["finetune" if args.finetune else "study"]
+    )
     print(text)
     if args.results_md:
-        update_section(args.results_md, stem, text)
+        write_markdown_section(args.results_md, stem, text)
     return 0
 
 
