@@ -174,6 +174,15 @@ def finetune_and_score(
         MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
         n_crops = 0
     scores = evaluate_domains(cfg, model, seed=0, size=eval_size)
+    if cfg.SOLVER.MAX_ITER > 0:  # zero-shot leaves the source's own record alone
+        save_threshold(
+            os.path.join(output_dir, "model_final.pth"),
+            scores["threshold"],
+            dataset="placed validation crops of "
+            + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
+            f1=scores["val_f1"],
+            radius_px=RADIUS,
+        )
     return {
         "threshold": scores["threshold"],
         "val_f1": scores["val_f1"],
@@ -206,14 +215,7 @@ def train_and_score(
     os.makedirs(output_dir, exist_ok=True)
     opts = list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
     cfg = setup_datagen_cfg(config_file, opts)
-    # One log file per run; the study's own output stays readable with two runs at once.
-    handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
-    for name in ("detectron2", "fvcore", "midog_d2"):
-        lg = logging.getLogger(name)
-        lg.setLevel(logging.INFO)
-        lg.addHandler(handler)
-        lg.propagate = False
+    _run_logging(output_dir)
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     seed_all_rng(cfg.SEED)
