@@ -462,6 +462,10 @@ def study_tables(
     )
     for (key, title), ms in zip(sets, per_set):
         text += f"\n{title}:\n\n" + markdown_summary(study, only_cells, ms, labels)
+    if any(m == "fp_per_crop" for m, _ in metrics):
+        rest += (
+            "\n(False detections per crop: lower is better, so there a negative effect helps.)\n"
+        )
     return text + rest
 
 

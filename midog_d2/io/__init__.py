@@ -1,9 +1,19 @@
-"""Reading images and slides, and reading/writing detection files.
+"""Reading images and slides, reading/writing detection files, and viewer exports (QuPath
+GeoJSON, ASAP XML, CSV).
 
 ``io`` depends on nothing else of midog_d2 but ``constants``: data loading, inference and
 evaluation read pixels and files only through it.
 """
 
+from .exports import (
+    atomic_write_text,
+    detections_to_asap_xml,
+    detections_to_csv,
+    detections_to_geojson,
+    write_asap_xml,
+    write_detections_csv,
+    write_geojson,
+)
 from .images import read_rgb
 from .points import (
     detect_prediction_format,

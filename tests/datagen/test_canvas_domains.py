@@ -190,3 +190,23 @@ def test_other_labelled_cells_get_boxes_where_their_window_goes(tmp_path):
         _, points, classes = compose_canvas(rng, [item], [], _tile(), opts, 1.0)
         assert list(classes) == [MITOTIC_FIGURE, MITOTIC_FIGURE]
         assert np.hypot(*(points[0] - points[1])) == pytest.approx(10.0)
+
+
+def test_training_slides_and_domains_are_selected_by_the_config():
+    from midog_d2.datagen.canvas import first_slides, select_domains
+
+    dicts = [{"slide": f"s{i % 5}", "scanner": ["A", "B"][i % 2], "i": i} for i in range(20)]
+    assert {d["scanner"] for d in select_domains(dicts, "scanner", [" a "])} == {"A"}
+    assert len(select_domains(dicts, "scanner", ["A"], keep=False)) == 10
+    assert select_domains(dicts, "scanner", []) == dicts
+    one, three = first_slides(dicts, 1, seed=0), first_slides(dicts, 3, seed=0)
+    assert len({d["slide"] for d in one}) == 1 and len({d["slide"] for d in three}) == 3
+    # more slides for the same seed include the fewer ones: k = 1 within k = 3
+    assert {d["slide"] for d in one} <= {d["slide"] for d in three}
+    assert first_slides(dicts, 3, seed=0) == three
+    assert any(
+        {d["slide"] for d in first_slides(dicts, 1, seed=s)} != {d["slide"] for d in one}
+        for s in range(1, 6)
+    )
+    with pytest.raises(ValueError, match="no slide"):
+        first_slides([{"scanner": "A"}], 1, seed=0)

@@ -1,0 +1,158 @@
+"""Detections as the files viewers and spreadsheets read: QuPath GeoJSON, ASAP XML, CSV.
+
+Coordinates are level-0 pixels of the slide, origin top left (midog.md §5). A detection
+with ``score >= threshold`` is a "mitotic figure", one below it a "non-mitotic figure" (kept,
+as in the challenge JSON, so that a reader can choose another threshold).
+
+* QuPath (0.4+) imports a GeoJSON ``FeatureCollection`` whose Features carry a UUID ``id``, a
+  ``Point`` geometry and, inside ``properties``, ``objectType: "detection"``, a
+  ``classification`` ``{"name", "color": [r, g, b]}`` and ``measurements`` ``{"score"}``.
+* ASAP reads ``<ASAP_Annotations>`` with one ``Dot`` annotation per point in a declared group;
+  it has no score field, so the score is in the annotation's ``Name``.
+
+Every writer writes to a temporary name in the target folder and renames it, so a reader
+never sees half a file.
+"""
+
+import csv
+import io
+import json
+import os
+import uuid
+from typing import Any, Dict, Optional, Sequence, Tuple
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from ..constants import MITOTIC_NAME, NON_MITOTIC_NAME
+
+__all__ = [
+    "CLASS_COLORS",
+    "atomic_write_text",
+    "detections_to_asap_xml",
+    "detections_to_csv",
+    "detections_to_geojson",
+    "write_asap_xml",
+    "write_detections_csv",
+    "write_geojson",
+]
+
+# Colours of the two classes (RGB): red above the threshold, blue below.
+CLASS_COLORS: Dict[str, Tuple[int, int, int]] = {
+    MITOTIC_NAME: (220, 20, 60),
+    NON_MITOTIC_NAME: (65, 105, 225),
+}
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (flushed,
+    fsynced, renamed): the file is either the old one or the whole new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _points(xy: Any, scores: Any) -> Tuple[np.ndarray, np.ndarray]:
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(xy) != len(scores):
+        raise ValueError(f"{len(xy)} points but {len(scores)} scores")
+    bad = ~(np.isfinite(xy).all(axis=1) & np.isfinite(scores))
+    if bad.any():
+        raise ValueError(f"detection {int(np.flatnonzero(bad)[0])} is not finite")
+    return xy, scores
+
+
+def _name(score: float, threshold: float) -> str:
+    return MITOTIC_NAME if score >= threshold else NON_MITOTIC_NAME
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def detections_to_geojson(
+    xy: Any, scores: Any, threshold: float, seed: Optional[int] = None
+) -> Dict[str, Any]:
+    """The QuPath GeoJSON ``FeatureCollection`` of point detections (level-0 pixels):
+    one ``Point`` Feature each, UUID ids (``seed`` makes them reproducible)."""
+    xy, scores = _points(xy, scores)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    features = []
+    for (x, y), s in zip(xy, scores):
+        name = _name(s, threshold)
+        uid = uuid.UUID(bytes=rng.bytes(16), version=4) if rng is not None else uuid.uuid4()
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uid),
+                "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": name, "color": list(CLASS_COLORS[name])},
+                    "measurements": {"score": float(s)},
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def detections_to_asap_xml(xy: Any, scores: Any, threshold: float) -> str:
+    """ASAP's annotation XML: one ``Dot`` a detection in the group of its class (the
+    score in its ``Name``), and both groups declared."""
+    xy, scores = _points(xy, scores)
+    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
+    for i, ((x, y), s) in enumerate(zip(xy, scores)):
+        name = _name(s, threshold)
+        lines += [
+            f"\t\t<Annotation Name={quoteattr(f'{name} {i} ({s:.3f})')} Type=\"Dot\" "
+            f"PartOfGroup={quoteattr(name)} Color={quoteattr(_hex(CLASS_COLORS[name]))}>",
+            "\t\t\t<Coordinates>",
+            f'\t\t\t\t<Coordinate Order="0" X="{x:.2f}" Y="{y:.2f}" />',
+            "\t\t\t</Coordinates>",
+            "\t\t</Annotation>",
+        ]
+    lines += ["\t</Annotations>", "\t<AnnotationGroups>"]
+    for name, rgb in CLASS_COLORS.items():
+        lines += [
+            f'\t\t<Group Name={quoteattr(name)} PartOfGroup="None" Color={quoteattr(_hex(rgb))}>',
+            "\t\t\t<Attributes />",
+            "\t\t</Group>",
+        ]
+    lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>"]
+    return "\n".join(lines) + "\n"
+
+
+def detections_to_csv(xy: Any, scores: Any, threshold: float) -> str:
+    """CSV text: ``x,y,score,label`` a detection (level-0 pixels)."""
+    xy, scores = _points(xy, scores)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["x", "y", "score", "label"])
+    for (x, y), s in zip(xy, scores):
+        w.writerow([f"{x:.2f}", f"{y:.2f}", f"{s:.6f}", _name(s, threshold)])
+    return buf.getvalue()
+
+
+def write_geojson(path: str, xy: Any, scores: Any, threshold: float, **kw: Any) -> None:
+    """:func:`detections_to_geojson` written atomically to ``path``."""
+    atomic_write_text(path, json.dumps(detections_to_geojson(xy, scores, threshold, **kw)))
+
+
+def write_asap_xml(path: str, xy: Any, scores: Any, threshold: float) -> None:
+    """:func:`detections_to_asap_xml` written atomically to ``path``."""
+    atomic_write_text(path, detections_to_asap_xml(xy, scores, threshold))
+
+
+def write_detections_csv(path: str, xy: Any, scores: Any, threshold: float) -> None:
+    """:func:`detections_to_csv` written atomically to ``path``."""
+    atomic_write_text(path, detections_to_csv(xy, scores, threshold))
