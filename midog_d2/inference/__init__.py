@@ -1,6 +1,9 @@
-"""Inference: tile grids, seam merging, and the one image -> batch -> model -> shift -> merge
-path (:class:`TiledPredictor`, :func:`predict_images`)."""
+"""Inference: tile grids, seam merging (all at once, or streaming), the one image -> batch ->
+model -> shift -> merge path (:class:`TiledPredictor`, :func:`predict_images`), the tissue
+mask and the clinical read-outs (density, hotspot)."""
 
 from .grid import scaled_tile_grid, tile_grid
-from .merge import suppress_close_points
+from .clinical import HPF10_MM2, Hotspot, find_hotspot, hotspot_window_px, mitotic_density
+from .merge import StreamingMerger, suppress_close_points
 from .predictor import TiledPredictor, model_inputs, predict_images
+from .tissue import mask_area_mm2, tile_tissue_fraction, tissue_mask
