@@ -65,3 +65,19 @@ def test_malformed_records_and_values_are_refused(weights):
         json.dump({"threshold": 7, "weights_sha256": "0"}, f)
     with pytest.raises(ValueError, match="not in"):
         load_threshold(str(weights))
+
+
+def test_the_evaluator_applies_the_stored_threshold_and_says_where_it_came_from(weights, caplog):
+    from midog_d2.evaluation import MidogEvaluator
+
+    cfg = make_cfg()
+    cfg.MODEL.WEIGHTS = str(weights)
+    with caplog.at_level(logging.INFO, logger="midog_d2"):
+        assert MidogEvaluator("any_dataset", cfg)._threshold == DEFAULT_SCORE_THRESHOLD
+    assert "default (no threshold stored with MODEL.WEIGHTS)" in caplog.text
+    save_threshold(str(weights), 0.37)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="midog_d2"):
+        assert MidogEvaluator("any_dataset", cfg)._threshold == 0.37
+    assert f"stored with {weights}" in caplog.text
+    assert MidogEvaluator("any_dataset", cfg, score_threshold=0.2)._threshold == 0.2
