@@ -350,11 +350,20 @@ def set_domain_labels(
     """
     index = {_norm(n): i for i, n in enumerate(domains)}
     counts: Counter = Counter()
+    seen: set = set()
     for d in dataset_dicts:
         value = d.get(domain_field)
         label = -1 if value is None else index.get(_norm(value), -1)
         d["tumor_label"] = label
         counts[label] += 1
+        seen.add(value)
+    if counts and seen == {None} and domain_field != "tumor_type":
+        # Most likely a misspelt MODEL.MULTITASK.DOMAIN_FIELD: say so, the head would learn nothing.
+        logger.warning(
+            "No image has a %r value: every domain label is unknown (-1); check "
+            "MODEL.MULTITASK.DOMAIN_FIELD",
+            domain_field,
+        )
     return counts
 
 

@@ -2,6 +2,7 @@
 canvases (midog_d2.datagen.canvas), and the domain label on its way to the model's head."""
 
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -83,6 +84,12 @@ def test_set_domain_labels_matches_names_and_leaves_the_rest_unknown(domain_crop
     d = [{"scanner": " aperio  cs2 "}, {"scanner": None}, {}]
     assert set_domain_labels(d, "scanner", SCANNERS) == {2: 1, -1: 2}
     assert [x["tumor_label"] for x in d] == [2, -1, -1]
+
+
+def test_a_domain_field_no_image_has_is_reported(caplog):
+    with caplog.at_level(logging.WARNING, logger="midog_d2"):
+        set_domain_labels([{"scanner": "Aperio CS2"}], "scaner", SCANNERS)
+    assert "'scaner'" in caplog.text and "DOMAIN_FIELD" in caplog.text
 
 
 def test_load_midog_json_labels_the_configured_field(tmp_path):
