@@ -20,10 +20,9 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from detectron2.utils.env import seed_all_rng
-
 from ..checkpoint import MidogCheckpointer, save_threshold
 from ..engine import MidogTrainer
+from ..engine.study import begin_run
 from ..evaluation import ap50_points
 from .canvas import (
     PlacedCrop,
@@ -137,6 +136,41 @@ def _run_logging(output_dir: str) -> None:
         lg.propagate = False
 
 
+def _start_run(config_file: str, run, output_dir: str, threads: int, extra_opts) -> Any:
+    """The run's config (``config_file`` + ``run.opts`` + ``extra_opts``, ``OUTPUT_DIR``
+    ``output_dir``) with its thread count, log file, saved config and seeds set."""
+    from .config import setup_datagen_cfg
+
+    torch.set_num_threads(threads)
+    os.makedirs(output_dir, exist_ok=True)
+    opts = list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
+    cfg = setup_datagen_cfg(config_file, opts)
+    _run_logging(output_dir)
+    begin_run(cfg, output_dir)
+    return cfg
+
+
+def _train(cfg) -> torch.nn.Module:
+    trainer = RealFigureTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer.model
+
+
+def _store_threshold(cfg, output_dir: str, scores: Dict[str, Any]) -> str:
+    """The operating threshold stored beside the run's weights (midog_d2.checkpoint);
+    returns the weights' path."""
+    weights = os.path.join(output_dir, "model_final.pth")
+    save_threshold(
+        weights,
+        scores["threshold"],
+        dataset="placed validation crops of " + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
+        f1=scores["val_f1"],
+        radius_px=RADIUS,
+    )
+    return weights
+
+
 def finetune_and_score(
     config_file: str,
     run,
@@ -152,22 +186,9 @@ def finetune_and_score(
     with ``SOLVER.MAX_ITER`` 0, ``MODEL.WEIGHTS`` as they are (zero-shot). Scored by
     :func:`evaluate_domains` with the new domain's validation slides choosing the
     threshold: ``new`` are its test slides, ``old`` the other domains' test slides."""
-    from .config import setup_datagen_cfg
-
-    torch.set_num_threads(threads)
-    os.makedirs(output_dir, exist_ok=True)
-    cfg = setup_datagen_cfg(
-        config_file, list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
-    )
-    _run_logging(output_dir)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    seed_all_rng(cfg.SEED)
+    cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
     if cfg.SOLVER.MAX_ITER > 0:
-        trainer = RealFigureTrainer(cfg)
-        trainer.resume_or_load(resume=False)
-        trainer.train()
-        model = trainer.model
+        model = _train(cfg)
         n_crops = len(real_figure_train_set(cfg))
     else:
         model = RealFigureTrainer.build_model(cfg)
@@ -175,14 +196,7 @@ def finetune_and_score(
         n_crops = 0
     scores = evaluate_domains(cfg, model, seed=0, size=eval_size)
     if cfg.SOLVER.MAX_ITER > 0:  # zero-shot leaves the source's own record alone
-        save_threshold(
-            os.path.join(output_dir, "model_final.pth"),
-            scores["threshold"],
-            dataset="placed validation crops of "
-            + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
-            f1=scores["val_f1"],
-            radius_px=RADIUS,
-        )
+        _store_threshold(cfg, output_dir, scores)
     return {
         "threshold": scores["threshold"],
         "val_f1": scores["val_f1"],
@@ -209,30 +223,10 @@ def train_and_score(
     ``run.opts`` + ``extra_opts``, trained from scratch into ``output_dir`` on ``threads``
     threads, then :func:`evaluate_domains`. Returns the metrics, iterations and the
     config's held-out domains."""
-    from .config import setup_datagen_cfg
-
-    torch.set_num_threads(threads)
-    os.makedirs(output_dir, exist_ok=True)
-    opts = list(run.opts) + list(extra_opts) + ["OUTPUT_DIR", output_dir]
-    cfg = setup_datagen_cfg(config_file, opts)
-    _run_logging(output_dir)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    seed_all_rng(cfg.SEED)
-    trainer = RealFigureTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    model = trainer.model
+    cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
+    model = _train(cfg)
     result = evaluate_domains(cfg, model, seed=0, size=eval_size)
-    weights = os.path.join(output_dir, "model_final.pth")
-    # The operating threshold travels with the weights (midog_d2.checkpoint).
-    save_threshold(
-        weights,
-        result["threshold"],
-        dataset="placed validation crops of " + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
-        f1=result["val_f1"],
-        radius_px=RADIUS,
-    )
+    weights = _store_threshold(cfg, output_dir, result)
     mt = cfg.MODEL.MULTITASK
     result.update(
         iterations=cfg.SOLVER.MAX_ITER,

@@ -27,6 +27,7 @@ function: it runs in a fresh process, ``jobs`` at a time); :func:`train_and_eval
 one for MIDOG data (``tools/run_study.py``).
 """
 
+import argparse
 import concurrent.futures as cf
 import json
 import logging
@@ -35,6 +36,7 @@ import multiprocessing
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -42,6 +44,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import yaml
 
 __all__ = [
+    "add_study_arguments",
+    "begin_run",
+    "study_command",
     "Study",
     "StudyRun",
     "completed_runs",
@@ -368,11 +373,9 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def markdown_summary(
-    study: Study, summary: Dict[str, Any], metrics: Sequence[str], labels: Dict[str, str]
-) -> str:
-    """Markdown tables of :func:`summarize_study`: cells (mean ± sd, n), the baseline's
-    domain gap and the effects (mean [95 % CI], positive/negative pairs)."""
+def _cell_lines(
+    summary: Dict[str, Any], metrics: Sequence[str], labels: Dict[str, str]
+) -> List[str]:
     lines = ["| cell | runs | " + " | ".join(labels.get(m, m) for m in metrics) + " | s/run |"]
     lines.append("|---|--:|" + "--:|" * (len(metrics) + 1))
     for c, s in summary["cells"].items():
@@ -380,6 +383,14 @@ def markdown_summary(
         lines.append(
             f"| {c} | {s['runs']} | " + " | ".join(vals) + f" | {_fmt(s['wall_s'][0], 0)} |"
         )
+    return lines
+
+
+def _gap_and_effect_lines(
+    study: Study, summary: Dict[str, Any], metrics: Sequence[str], labels: Dict[str, str]
+) -> List[str]:
+    """The gap and effect tables, each after a blank line (none when empty)."""
+    lines: List[str] = []
     if summary["gap"]:
         lines += ["", f"Domain gap of `{study.baseline}` (in-domain minus held-out, paired):", ""]
         lines.append("| metric | gap | 95 % CI | runs | in-domain higher / lower |")
@@ -409,6 +420,16 @@ def markdown_summary(
                     else "–"
                 )
             lines.append(f"| {name} (`{with_c}` − `{without_c}`) | " + " | ".join(vals) + " |")
+    return lines
+
+
+def markdown_summary(
+    study: Study, summary: Dict[str, Any], metrics: Sequence[str], labels: Dict[str, str]
+) -> str:
+    """Markdown tables of :func:`summarize_study`: cells (mean ± sd, n), the baseline's
+    domain gap and the effects (mean [95 % CI], positive/negative pairs)."""
+    lines = _cell_lines(summary, metrics, labels)
+    lines += _gap_and_effect_lines(study, summary, metrics, labels)
     return "\n".join(lines) + "\n"
 
 
@@ -438,20 +459,12 @@ def study_tables(
     labels = {f"{k}.{m}": label for k, _ in sets for m, label in metrics}
     per_set = [[f"{k}.{m}" for m, _ in metrics] for k, _ in sets]
     summary = summarize_study(study, rows, [m for ms in per_set for m in ms])
-    only_cells = {**summary, "gap": {}, "effects": {}}
     first = per_set[0]
-    rest = markdown_summary(
-        study,
-        {
-            "cells": {},
-            "gap": summary["gap"],
-            "effects": {k: {m: v[m] for m in first} for k, v in summary["effects"].items()},
-        },
-        first,
-        labels,
-    ).split("\n", 2)[
-        2
-    ]  # without the empty cell table's header
+    effects = {k: {m: v[m] for m in first} for k, v in summary["effects"].items()}
+    rest_lines = _gap_and_effect_lines(
+        study, {"gap": summary["gap"], "effects": effects}, first, labels
+    )
+    rest = "\n".join(rest_lines) + "\n" if rest_lines else ""
     folds = sorted({r["fold"] for r in rows if r["fold"] in study.folds})
     seeds = sorted({int(r["seed"]) for r in rows if r["fold"] in study.folds})
     n = sum(1 for r in rows if r["cell"] in study.cells and r["fold"] in study.folds)
@@ -461,7 +474,7 @@ def study_tables(
         "mean ± sd over folds and seeds.\n"
     )
     for (key, title), ms in zip(sets, per_set):
-        text += f"\n{title}:\n\n" + markdown_summary(study, only_cells, ms, labels)
+        text += f"\n{title}:\n\n" + "\n".join(_cell_lines(summary, ms, labels)) + "\n"
     if any(m == "fp_per_crop" for m, _ in metrics):
         rest += (
             "\n(False detections per crop: lower is better, so there a negative effect helps.)\n"
@@ -484,6 +497,72 @@ def write_markdown_section(path: str, name: str, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(doc)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def add_study_arguments(parser, jobs: int = 1, threads: int = 0) -> None:
+    """The arguments every study command takes (``tools/run_study.py``,
+    ``tools/dev/run_scanner_study.py``): ``--study``, ``--results``, ``--output-root``,
+    ``--jobs``, ``--threads``, ``--limit``, ``--summarize``, ``--results-md`` and trailing
+    config overrides; ``jobs`` and ``threads`` are the defaults."""
+    parser.add_argument("--study", required=True, help="study file (YAML)")
+    parser.add_argument("--results", default="", help="JSON-lines results file")
+    parser.add_argument("--output-root", default="", help="folder for the runs' outputs")
+    parser.add_argument("--jobs", type=int, default=jobs, help="runs at once (0: in this process)")
+    parser.add_argument(
+        "--threads", type=int, default=threads, help="torch threads per run (0: torch's default)"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="start at most N new runs (0: all)")
+    parser.add_argument("--summarize", action="store_true", help="only print the tables")
+    parser.add_argument("--results-md", default="", help="also write the tables into this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+
+
+def study_command(
+    args,
+    make_execute: Callable[[Study], Callable[[StudyRun, str], Dict[str, Any]]],
+    sets: Sequence[Tuple[str, str]],
+    metrics: Sequence[Tuple[str, str]] = METRICS,
+    results_dir: str = os.path.join("output", "study"),
+) -> int:
+    """What a study command does with :func:`add_study_arguments`' ``args``: load the study
+    (exit status 2 with one line on a bad file), run what is missing with
+    ``make_execute(study)`` unless ``--summarize``, print :func:`study_tables` and, with
+    ``--results-md``, write them between the study's markers. Results default to
+    ``results_dir/<study>.jsonl``, run outputs to ``output/study/<study>/``."""
+    try:
+        study = load_study(args.study)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stem = os.path.splitext(os.path.basename(args.study))[0]
+    results = args.results or os.path.join(results_dir, f"{stem}.jsonl")
+    if not args.summarize:
+        run_study(
+            study,
+            results,
+            args.output_root or os.path.join("output", "study", stem),
+            make_execute(study),
+            jobs=args.jobs,
+            limit=args.limit,
+        )
+    text = study_tables(study, read_results(results), sets, metrics)
+    print(text)
+    if args.results_md:
+        write_markdown_section(args.results_md, stem, text)
+    return 0
+
+
+def begin_run(cfg, output_dir: str) -> None:
+    """What every study run does before training: its config saved as
+    ``output_dir/config.yaml``, every RNG seeded with ``cfg.SEED``."""
+    from detectron2.utils.env import seed_all_rng
+
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
 
 
 # ----------------------------------------------------------------------------- MIDOG runs
@@ -525,8 +604,6 @@ def train_and_evaluate(
     """
     import torch
 
-    from detectron2.utils.env import seed_all_rng
-
     from ..checkpoint import save_threshold
     from ..evaluation.protocol import evaluate_domains
     from .trainer import MidogTrainer, setup_cfg
@@ -540,9 +617,7 @@ def train_and_evaluate(
             f"{config_file}: a study run needs DATASETS.TEST = (in-domain validation, held-out "
             f"domain, ...), got {tuple(cfg.DATASETS.TEST)}"
         )
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    seed_all_rng(cfg.SEED)
+    begin_run(cfg, output_dir)
     trainer = MidogTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
