@@ -194,8 +194,8 @@ def _add_test_config(cfg: CN) -> None:
     # 25 px at 0.25 µm/px). 0 disables it.
     _C.TEST.TILE.MERGE_RADIUS_UM = 6.25
     # Arithmetic of the forward pass: "fp32", "bf16" (autocast; CPU or CUDA), "fp16"
-    # (autocast; CUDA only) or "auto": fp32 on the CPU, fp16 on CUDA (docs/benchmarks.md
-    # measures speed and agreement with fp32).
+    # (autocast; CUDA only) or "auto": the fastest one measured to agree with fp32 on the
+    # device (docs/benchmarks.md, "Whole-slide inference"; fp32 until measured).
     _C.TEST.TILE.PRECISION = "auto"
     # Threads reading and decoding tiles ahead of the model, and how many batches they
     # may read ahead (memory: (1 + PREFETCH_BATCHES) * BATCH_SIZE tiles).
@@ -213,6 +213,9 @@ def _add_test_config(cfg: CN) -> None:
     _C.TEST.TISSUE.THRESHOLD = -1.0
     # A tile is read when tissue covers at least this fraction of it (and any of it).
     _C.TEST.TISSUE.MIN_FRACTION = 0.05
+    # Drop detections centred outside the mask (grown by one thumbnail pixel): a tile on
+    # the tissue's edge also shows glass, dust and pen marks.
+    _C.TEST.TISSUE.DROP_OUTSIDE = True
     # Longest side of the thumbnail the mask (and the overlay) is computed on, px.
     _C.TEST.TISSUE.THUMBNAIL_SIZE = 2048
     # The hotspot: the window of this area (mm²; 10 HPF = 2.37, many human guidelines

@@ -43,23 +43,21 @@ __all__ = [
 
 Reader = Callable[[str, int, int, int, int, float], np.ndarray]
 
-# "auto": the fastest precision that agrees with fp32 on the device (docs/benchmarks.md).
+# "auto": the fastest precision measured to agree with fp32 on the device (docs/benchmarks.md).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device: str) -> str:
     """The precision (fp32, bf16 or fp16) that ``precision`` means on ``device``.
 
-    "auto" is fp32 on the CPU: bf16 autocast is faster there only on CPUs with bf16
-    instructions and drops detections near the threshold (docs/benchmarks.md measures
-    both), so it is an explicit choice; on CUDA "auto" is fp16, the standard mixed
-    precision of Detectron2's AMP. fp16 on the CPU is refused: PyTorch's CPU kernels run
-    it slower than fp32."""
+    "auto" is the fastest precision measured to agree with fp32 on that kind of device
+    (docs/benchmarks.md, "Whole-slide inference"): fp32 until a measurement says otherwise.
+    fp16 on the CPU is refused: PyTorch's CPU kernels run it slower than fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     cuda = str(device).startswith("cuda")
     if precision == "auto":
-        return "fp16" if cuda else "fp32"
+        return "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("fp16 inference needs a CUDA device; use bf16 or fp32 on the CPU")
     return precision

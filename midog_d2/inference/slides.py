@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 from torch import nn
 
@@ -94,6 +95,7 @@ class SlidePredictor:
     :meth:`TiledPredictor.stream` (read ahead, batched, merged as they arrive), with the
     slide's own µm/px (``slide_mpp``, else ``fallback_mpp``), so that a slide at another
     µm/px is read at the model's and its detections come back in its level-0 pixels.
+    Detections centred on glass are dropped (a tile at the tissue's edge sees both).
     """
 
     @configurable
@@ -106,6 +108,7 @@ class SlidePredictor:
         tissue_threshold: Optional[float] = None,
         min_tissue_fraction: float = 0.05,
         thumbnail_size: int = 2048,
+        drop_outside_tissue: bool = True,
         fallback_mpp: Optional[float] = None,
     ):
         """
@@ -113,6 +116,8 @@ class SlidePredictor:
             tiled: the tiled predictor whose model, grid, precision and readers are used.
             tissue, tissue_method, tissue_threshold, min_tissue_fraction, thumbnail_size:
                 ``TEST.TISSUE.*`` (threshold None: Otsu's on each thumbnail).
+            drop_outside_tissue: drop detections centred on glass (outside the mask grown
+                by one thumbnail pixel), ``TEST.TISSUE.DROP_OUTSIDE``.
             fallback_mpp: µm/px of files without resolution metadata
                 (``DATASETS.MIDOG.FALLBACK_MPP``); None makes such a file an error.
         """
@@ -132,6 +137,7 @@ class SlidePredictor:
         self.tissue_threshold = tissue_threshold
         self.min_tissue_fraction = float(min_tissue_fraction)
         self.thumbnail_size = int(thumbnail_size)
+        self.drop_outside_tissue = bool(drop_outside_tissue)
         self.fallback_mpp = fallback_mpp
 
     @classmethod
@@ -144,6 +150,7 @@ class SlidePredictor:
             "tissue_threshold": None if t.THRESHOLD < 0 else float(t.THRESHOLD),
             "min_tissue_fraction": t.MIN_FRACTION,
             "thumbnail_size": t.THUMBNAIL_SIZE,
+            "drop_outside_tissue": t.DROP_OUTSIDE,
             "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP or None,
         }
 
@@ -209,6 +216,8 @@ class SlidePredictor:
         s = np.concatenate(scores) if scores else np.zeros(0)
         c = np.concatenate(classes) if classes else np.zeros(0, np.int64)
         keep = c == MITOTIC_FIGURE
+        if facts["mask"] is not None and self.drop_outside_tissue and len(b):
+            keep &= _on_tissue(facts["mask"], facts["thumb_scale"], (b[:, :2] + b[:, 2:]) / 2)
         b, s = b[keep], s[keep]
         order = np.argsort(-s, kind="stable")
         b, s = b[order], s[order]
@@ -230,3 +239,13 @@ class SlidePredictor:
             seconds=time.perf_counter() - start,
             read_tiles=list(tiles),
         )
+
+
+def _on_tissue(mask: np.ndarray, thumb_scale: float, xy: np.ndarray) -> np.ndarray:
+    """Whether each level-0 point lies on the mask grown by one pixel (a cell on the
+    tissue's edge stays)."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    h, w = grown.shape
+    cols = np.clip((xy[:, 0] * thumb_scale).astype(np.int64), 0, w - 1)
+    rows = np.clip((xy[:, 1] * thumb_scale).astype(np.int64), 0, h - 1)
+    return grown[rows, cols]

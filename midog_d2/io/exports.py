@@ -64,6 +64,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    if not isinstance(text, str):
+        raise TypeError(f"{path}: expected text, got {type(text).__name__}")
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
