@@ -15,7 +15,7 @@ REAL_DATA ?= ../shared/data/real
 # What black and isort check (pyproject.toml holds their settings).
 FORMAT_PATHS := midog_d2 tools tests benchmarks setup.py
 
-.PHONY: venv test test-slow lint format demo bench clean-venv
+.PHONY: venv test test-slow lint format demo bench bench-deps clean-venv
 
 venv: $(STAMP)
 
@@ -54,6 +54,12 @@ demo: venv
 	else \
 	  echo "$(REAL_DATA) not found: demo on drawn cells (datasets/README.md says where to get the real data)"; \
 	  $(PY) tools/dev/demo.py; fi
+
+# SAHI without its opencv-python requirement (opencv-python-headless provides cv2), then
+# the rest of what it imports (benchmarks/requirements.txt).
+bench-deps: venv
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps sahi==0.12.8
+	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 
 bench: venv
 	$(PY) benchmarks/bench_train_step.py

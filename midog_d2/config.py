@@ -193,3 +193,33 @@ def _add_test_config(cfg: CN) -> None:
     # higher-scoring detection of the same class is dropped (reference approach:
     # 25 px at 0.25 µm/px). 0 disables it.
     _C.TEST.TILE.MERGE_RADIUS_UM = 6.25
+    # Arithmetic of the forward pass: "fp32", "bf16" (autocast; CPU or CUDA), "fp16"
+    # (autocast; CUDA only) or "auto": the fastest one measured to agree with fp32 on the
+    # device (docs/benchmarks.md, "Whole-slide inference"; fp32 until measured).
+    _C.TEST.TILE.PRECISION = "auto"
+    # Threads reading and decoding tiles ahead of the model, and how many batches they
+    # may read ahead (memory: (1 + PREFETCH_BATCHES) * BATCH_SIZE tiles).
+    _C.TEST.TILE.READ_WORKERS = 2
+    _C.TEST.TILE.PREFETCH_BATCHES = 2
+    # Whole-slide inference (tools/infer_slides.py): tiles on glass are never read.
+    _C.TEST.TISSUE = CN()
+    # Compute a tissue mask on a thumbnail and read only the tiles that hold tissue.
+    # False analyses the whole image (ROIs that are all tissue).
+    _C.TEST.TISSUE.ENABLED = True
+    # "saturation" (HSV S, 0-255) or "od" (optical density summed over RGB, for pale
+    # stains): Otsu's threshold on it, kept within 20-60 (saturation) / 0.15-0.5 (OD).
+    _C.TEST.TISSUE.METHOD = "saturation"
+    # A fixed threshold on that feature instead of Otsu's; -1 = Otsu's per slide.
+    _C.TEST.TISSUE.THRESHOLD = -1.0
+    # A tile is read when tissue covers at least this fraction of it (and any of it).
+    _C.TEST.TISSUE.MIN_FRACTION = 0.05
+    # Drop detections centred outside the mask (grown by one thumbnail pixel): a tile on
+    # the tissue's edge also shows glass, dust and pen marks.
+    _C.TEST.TISSUE.DROP_OUTSIDE = True
+    # Longest side of the thumbnail the mask (and the overlay) is computed on, px.
+    _C.TEST.TISSUE.THUMBNAIL_SIZE = 2048
+    # The hotspot: the window of this area (mm²; 10 HPF = 2.37, many human guidelines
+    # count per 2 mm²) and width / height (4:3) with the most detections above threshold.
+    _C.TEST.HOTSPOT = CN()
+    _C.TEST.HOTSPOT.AREA_MM2 = 2.37
+    _C.TEST.HOTSPOT.ASPECT = 4.0 / 3.0

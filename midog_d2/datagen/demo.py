@@ -27,6 +27,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import save_threshold
 from ..config import add_midog_config
 from ..constants import MITOTIC_FIGURE
 from ..data import load_midog_json, load_options_from_config, register_midog
@@ -138,6 +139,16 @@ def run_demo(
     trainer.train()
     train_seconds = time.perf_counter() - train_start
     trained = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "trained"))
+    # The validation threshold travels with the weights: infer_slides.py and --eval-only
+    # use it without a flag.
+    val = trained[names["val"]]["midog"]
+    save_threshold(
+        os.path.join(output_dir, "model_final.pth"),
+        val["best_threshold"],
+        dataset=names["val"],
+        f1=val["best_F1"],
+        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
+    )
 
     overlay = _draw_unseen_tumor_overlay(output_dir, names["unseen_tumor"], trained)
 

@@ -5,5 +5,14 @@ mask and the clinical read-outs (density, hotspot)."""
 from .grid import scaled_tile_grid, tile_grid
 from .clinical import HPF10_MM2, Hotspot, find_hotspot, hotspot_window_px, mitotic_density
 from .merge import StreamingMerger, suppress_close_points
-from .predictor import TiledPredictor, model_inputs, predict_images
+from .predictor import (
+    PRECISIONS,
+    TiledPredictor,
+    TileStream,
+    model_inputs,
+    predict_images,
+    resolve_precision,
+    stream_tile_detections,
+)
+from .slides import SlidePredictor, SlideReadout, SlideResult, slide_readout
 from .tissue import mask_area_mm2, tile_tissue_fraction, tissue_mask

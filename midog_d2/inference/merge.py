@@ -88,7 +88,9 @@ class StreamingMerger:
         self._xy = np.concatenate([self._xy, centres])
         self._scores = np.concatenate([self._scores, np.asarray(scores, np.float64).reshape(-1)])
         self._classes = np.concatenate([self._classes, np.asarray(classes, np.int64).reshape(-1)])
-        ex = np.zeros((n, 0)) if extra is None else np.asarray(extra, np.float64).reshape(n, -1)
+        ex = np.zeros((n, 0)) if extra is None else np.asarray(extra, np.float64)
+        if extra is not None:
+            ex = ex.reshape(n, -1) if n else ex.reshape(0, ex.shape[-1] if ex.ndim == 2 else 0)
         if self._extra is None:
             self._extra = np.zeros((0, ex.shape[1]))
         if ex.shape[1] != self._extra.shape[1]:

@@ -1,13 +1,20 @@
 """Running a detector: images -> batches -> model, and whole images in tiles.
 
 One path serves every caller. :func:`predict_images` turns RGB arrays into the model's
-inputs (``INPUT.FORMAT``, CHW) and runs them in batches; :class:`TiledPredictor` lays a grid
-over an image (:mod:`.grid`), reads the tiles through :mod:`midog_d2.io` (the next batch
-while the model runs), runs them through :func:`predict_images`, shifts the detections to
-level-0 pixels and merges them across seams (:mod:`.merge`).
+inputs (``INPUT.FORMAT``, CHW) and runs them in batches at a chosen precision;
+:func:`stream_tile_detections` reads a list of tiles through :mod:`midog_d2.io` ahead of
+the model (worker threads; at most ``prefetch`` batches in memory), runs them through
+:func:`predict_images`, shifts the detections to level-0 pixels and merges them across
+seams as they arrive (:class:`~.merge.StreamingMerger`). :class:`TiledPredictor`
+(evaluation) and :class:`~.slides.SlidePredictor` (whole slides, tissue only) lay their
+grids (:mod:`.grid`) and call it.
 """
 
+import contextlib
+import math
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,11 +28,47 @@ from ..constants import DEFAULT_MPP
 from ..data.transforms import rgb_to_format, to_chw_tensor
 from ..io.slide import read_region_scaled, resample_scale
 from .grid import ScaledTile, scaled_tile_grid, tile_grid
-from .merge import suppress_close_points
+from .merge import StreamingMerger
 
-__all__ = ["model_inputs", "predict_images", "TiledPredictor"]
+__all__ = [
+    "PRECISIONS",
+    "TileStream",
+    "autocast",
+    "model_inputs",
+    "predict_images",
+    "resolve_precision",
+    "stream_tile_detections",
+    "TiledPredictor",
+]
 
 Reader = Callable[[str, int, int, int, int, float], np.ndarray]
+
+# "auto": the fastest precision measured to agree with fp32 on the device (docs/benchmarks.md).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The precision (fp32, bf16 or fp16) that ``precision`` means on ``device``.
+
+    "auto" is the fastest precision measured to agree with fp32 on that kind of device
+    (docs/benchmarks.md, "Whole-slide inference"): fp32 until a measurement says otherwise.
+    fp16 on the CPU is refused: PyTorch's CPU kernels run it slower than fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda = str(device).startswith("cuda")
+    if precision == "auto":
+        return "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("fp16 inference needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def autocast(precision: str, device: str):
+    """The autocast context of a resolved ``precision`` on ``device`` (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
 
 
 def model_inputs(images: Sequence[np.ndarray], input_format: str) -> List[Dict[str, Any]]:
@@ -41,20 +84,181 @@ def model_inputs(images: Sequence[np.ndarray], input_format: str) -> List[Dict[s
     ]
 
 
+def _device_of(model: nn.Module) -> str:
+    p = next(iter(model.parameters()), None)
+    return str(p.device) if p is not None else "cpu"
+
+
 def predict_images(
-    model: nn.Module, images: Sequence[np.ndarray], input_format: str, batch_size: int = 8
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    input_format: str,
+    batch_size: int = 8,
+    precision: str = "fp32",
 ) -> List[Dict[str, Any]]:
     """The model's outputs (one dict per image, as the model returns them) on RGB uint8
-    ``images``, ``batch_size`` at a time, without gradients. The model must be in eval mode."""
+    ``images``, ``batch_size`` at a time, without gradients, at ``precision``
+    (:data:`PRECISIONS`; scores and boxes come back as float32). The model must be in
+    eval mode."""
     if model.training:
         raise RuntimeError("predict_images runs inference only: call model.eval() first")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    device = _device_of(model)
+    precision = resolve_precision(precision, device)
     outputs: List[Dict[str, Any]] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            outputs.extend(model(model_inputs(images[i : i + batch_size], input_format)))
+            with autocast(precision, device):
+                batch = model(model_inputs(images[i : i + batch_size], input_format))
+            if precision != "fp32":
+                batch = [_to_float32(o) for o in batch]
+            outputs.extend(batch)
     return outputs
+
+
+def _to_float32(out: Dict[str, Any]) -> Dict[str, Any]:
+    """Floating tensors of one output (its Instances' fields too) as float32."""
+
+    def f32(t):
+        return t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+
+    res = {}
+    for k, v in out.items():
+        if isinstance(v, Instances):
+            inst = Instances(v.image_size)
+            for name, val in v.get_fields().items():
+                inst.set(name, Boxes(f32(val.tensor)) if isinstance(val, Boxes) else f32(val))
+            v = inst
+        res[k] = f32(v)
+    return res
+
+
+@dataclass
+class TileStream:
+    """What :func:`stream_tile_detections` yields once per batch: the detections final so
+    far (level-0 ``boxes`` (N, 4), ``scores``, ``classes``), the batch's tiles and the
+    model's per-tile outputs other than ``instances`` (e.g. ``tumor_probs``)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    tiles: List[ScaledTile]
+    extras: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def _read_tile(reader: Reader, path: str, tile: ScaledTile, scale: float) -> np.ndarray:
+    x, y, w, h = tile
+    rgb = reader(path, x, y, w, h, scale)
+    if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"{path}: reading tile {tile} gave an array of shape {rgb.shape} and dtype "
+            f"{rgb.dtype}, expected ({h}, {w}, 3) uint8 RGB"
+        )
+    return rgb
+
+
+def _tile_batches(
+    reader: Reader,
+    path: str,
+    tiles: Sequence[ScaledTile],
+    scale: float,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+) -> Iterator[Tuple[List[ScaledTile], List[np.ndarray]]]:
+    """Batches of tile pixels, in order. ``workers`` threads read tiles ahead of the model
+    (OpenSlide, tifffile and OpenCV release the GIL while they decode), at most
+    ``prefetch`` batches beyond the one the model is on."""
+    chunks = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        submitted = 0
+
+        def submit_up_to(n):
+            nonlocal submitted
+            while submitted < min(n, len(chunks)):
+                pending.append(
+                    [pool.submit(_read_tile, reader, path, t, scale) for t in chunks[submitted]]
+                )
+                submitted += 1
+
+        submit_up_to(1 + max(1, prefetch))
+        for k, chunk in enumerate(chunks):
+            futures = pending.popleft()
+            try:
+                pixels = [f.result() for f in futures]
+            except BaseException:
+                for batch in pending:
+                    for f in batch:
+                        f.cancel()
+                raise
+            submit_up_to(k + 2 + max(1, prefetch))
+            yield chunk, pixels
+
+
+def stream_tile_detections(
+    model: nn.Module,
+    path: str,
+    tiles: Sequence[ScaledTile],
+    scale: float,
+    *,
+    merge_radius_px: float,
+    input_format: str = "BGR",
+    batch_size: int = 8,
+    precision: str = "fp32",
+    reader: Optional[Reader] = None,
+    read_workers: int = 1,
+    prefetch: int = 1,
+) -> Iterator[TileStream]:
+    """
+    The one tile -> batch -> model -> shift -> merge path.
+
+    Reads ``tiles`` ((x, y, w, h): level-0 origin, size in model pixels at ``scale`` model
+    pixels per level-0 pixel; in :func:`~.grid.scaled_tile_grid`'s row order, y never
+    decreasing) of ``path`` with ``reader`` ahead of the model, runs them ``batch_size`` at
+    a time at ``precision``, moves each detection to level-0 pixels
+    and merges them across seams within ``merge_radius_px`` level-0 pixels as they arrive
+    (:class:`~.merge.StreamingMerger`: the result is exactly the suppression over all
+    detections at once, held back only near the rows still to come). Yields one
+    :class:`TileStream` a batch, the last one with everything still held back.
+    """
+    reader = reader or read_region_scaled
+    tiles = list(tiles)
+    if any(b[1] < a[1] for a, b in zip(tiles, tiles[1:])):
+        raise ValueError("tiles must come in row order (y never decreasing)")
+    merger = StreamingMerger(merge_radius_px)
+    done = 0
+    for chunk, pixels in _tile_batches(
+        reader, path, tiles, scale, batch_size, read_workers, prefetch
+    ):
+        outputs = predict_images(model, pixels, input_format, len(pixels), precision)
+        boxes, centres, scores, classes, extras = [], [], [], [], []
+        for (tx, ty, tw, th), out in zip(chunk, outputs):
+            inst = out["instances"].to("cpu")
+            b = inst.pred_boxes.tensor.detach().double().numpy().reshape(-1, 4)
+            # model pixels of the tile -> level-0 pixels of the image, inside the tile
+            b = (b if scale == 1.0 else b / scale) + np.array([tx, ty, tx, ty], np.float64)
+            boxes.append(b)
+            # The merger's frontier needs every centre inside its tile; Detectron2's
+            # detectors clip boxes to the tile, so this only holds other models to it.
+            c = (b[:, :2] + b[:, 2:]) / 2.0
+            c[:, 0] = c[:, 0].clip(tx, tx + tw / scale)
+            c[:, 1] = c[:, 1].clip(ty, ty + th / scale)
+            centres.append(c)
+            scores.append(inst.scores.detach().double().numpy().reshape(-1))
+            classes.append(inst.pred_classes.detach().numpy().astype(np.int64).reshape(-1))
+            extras.append({k: v for k, v in out.items() if k != "instances"})
+        done += len(chunk)
+        b = np.concatenate(boxes)
+        frontier = tiles[done][1] if done < len(tiles) else math.inf
+        # the last batch's frontier is infinite: everything still held back comes out
+        _, s, c, bx = merger.add(
+            np.concatenate(centres), np.concatenate(scores), np.concatenate(classes), frontier, b
+        )
+        yield TileStream(bx.reshape(-1, 4), s, c, chunk, extras)
 
 
 class TiledPredictor(nn.Module):
@@ -68,12 +272,12 @@ class TiledPredictor(nn.Module):
     resampled to it (scale = mpp / model_mpp model pixels per level-0 pixel,
     :func:`midog_d2.io.read_region_scaled`): tiles are ``tile_size`` model pixels
     (:func:`~midog_d2.inference.grid.scaled_tile_grid`), and detections are scaled back, so
-    every output is in level-0 pixels. Tiles are read one batch at a time (RGB; the next
-    batch in a background thread while the model runs) and run by :func:`predict_images`.
-    Detections are moved to image coordinates and merged across seams: a detection
-    closer than ``merge_radius_um`` to a higher-scoring one of the same class is dropped
-    (the reference approach's slide-level suppression; it also acts within a tile, after
-    the model's own per-tile NMS).
+    every output is in level-0 pixels. Tiles go through :func:`stream_tile_detections`
+    (read ahead of the model, batched, at ``precision``), which moves detections to image
+    coordinates and merges them across seams: a detection closer than
+    ``merge_radius_um`` to a higher-scoring one of the same class is dropped (the
+    reference approach's slide-level suppression; it also acts within a tile, after the
+    model's own per-tile NMS).
 
     Output per image: ``instances`` (image_size = (height, width); ``pred_boxes``,
     ``scores``, ``pred_classes``, by decreasing score, level-0 pixels), ``tiles`` (T, 4)
@@ -95,6 +299,9 @@ class TiledPredictor(nn.Module):
         default_mpp: float = DEFAULT_MPP,
         model_mpp: Optional[float] = None,
         mpp_tolerance: float = 0.0,
+        precision: str = "fp32",
+        read_workers: int = 1,
+        prefetch: int = 1,
         reader: Optional[Reader] = None,
     ):
         """
@@ -108,6 +315,8 @@ class TiledPredictor(nn.Module):
                 image at its own resolution.
             mpp_tolerance: relative µm/px difference read without resampling
                 (``INPUT.MPP_TOLERANCE``).
+            precision, read_workers, prefetch: ``TEST.TILE.PRECISION`` (:data:`PRECISIONS`),
+                ``TEST.TILE.READ_WORKERS``, ``TEST.TILE.PREFETCH_BATCHES``.
             reader: ``(path, x, y, w, h, scale) -> (h, w, 3) uint8 RGB``, the window of
                 ``w`` x ``h`` model pixels from level-0 (x, y) at ``scale``; default
                 :func:`midog_d2.io.read_region_scaled`.
@@ -123,6 +332,11 @@ class TiledPredictor(nn.Module):
         self.model_mpp = model_mpp
         self.mpp_tolerance = float(mpp_tolerance)
         self.reader = reader or read_region_scaled
+        self.precision = precision
+        self.read_workers = int(read_workers)
+        self.prefetch = int(prefetch)
+        if precision not in PRECISIONS:
+            raise ValueError(f"TEST.TILE.PRECISION must be one of {PRECISIONS}, got {precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"TEST.TILE.BATCH_SIZE must be >= 1, got {self.batch_size}")
         tile_grid((0, 0, 1, 1), self.tile_size, self.overlap)  # validates size/overlap
@@ -139,6 +353,9 @@ class TiledPredictor(nn.Module):
             "default_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP,
             "model_mpp": cfg.INPUT.MODEL_MPP,
             "mpp_tolerance": cfg.INPUT.MPP_TOLERANCE,
+            "precision": cfg.TEST.TILE.PRECISION,
+            "read_workers": cfg.TEST.TILE.READ_WORKERS,
+            "prefetch": cfg.TEST.TILE.PREFETCH_BATCHES,
         }
 
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -146,33 +363,24 @@ class TiledPredictor(nn.Module):
             raise RuntimeError("TiledPredictor runs inference only: call .eval() first")
         return [self.predict_image(x) for x in batched_inputs]
 
-    def _read_tile(self, path: str, tile: ScaledTile, scale: float) -> np.ndarray:
-        x, y, w, h = tile
-        rgb = self.reader(path, x, y, w, h, scale)
-        if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:
-            raise ValueError(
-                f"{path}: reading tile {tile} gave an array of shape {rgb.shape} and dtype "
-                f"{rgb.dtype}, expected ({h}, {w}, 3) uint8 RGB"
-            )
-        return rgb
-
-    def _tile_batches(
-        self, path: str, tiles: List[ScaledTile], scale: float
-    ) -> Iterator[Tuple[List[ScaledTile], List[np.ndarray]]]:
-        """Batches of tile pixels; the next batch is read in a background thread while
-        the model runs on the current one (at most two batches in memory)."""
-        chunks = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
-
-        def read(chunk):
-            return [self._read_tile(path, t, scale) for t in chunk]
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(read, chunks[0])
-            for k, chunk in enumerate(chunks):
-                pixels = pending.result()
-                if k + 1 < len(chunks):
-                    pending = pool.submit(read, chunks[k + 1])
-                yield chunk, pixels
+    def stream(
+        self, path: str, tiles: Sequence[ScaledTile], scale: float, mpp: float
+    ) -> Iterator[TileStream]:
+        """:func:`stream_tile_detections` of ``tiles`` with this predictor's settings
+        (merge radius converted with ``mpp``)."""
+        return stream_tile_detections(
+            self.model,
+            path,
+            tiles,
+            scale,
+            merge_radius_px=self.merge_radius_um / mpp,
+            input_format=self.input_format,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            reader=self.reader,
+            read_workers=self.read_workers,
+            prefetch=self.prefetch,
+        )
 
     def predict_image(self, inp: Dict[str, Any]) -> Dict[str, Any]:
         """Tiled inference on one input dict (see the class docstring)."""
@@ -188,35 +396,25 @@ class TiledPredictor(nn.Module):
 
         boxes, scores, classes = [], [], []
         tumor_sum, fg = None, []
-        for chunk, pixels in self._tile_batches(path, tiles, scale):
-            outputs = predict_images(self.model, pixels, self.input_format, len(pixels))
-            for (tx, ty, _, _), out in zip(chunk, outputs):
-                inst = out["instances"].to("cpu")
-                b = inst.pred_boxes.tensor
-                shift = torch.tensor([tx, ty, tx, ty], dtype=b.dtype)
-                # model pixels of the tile -> level-0 pixels of the image
-                boxes.append((b if scale == 1.0 else b / scale) + shift)
-                scores.append(inst.scores)
-                classes.append(inst.pred_classes)
-                if "tumor_probs" in out:
-                    p = out["tumor_probs"].detach().cpu().double()
+        for part in self.stream(path, tiles, scale, mpp):
+            boxes.append(part.boxes)
+            scores.append(part.scores)
+            classes.append(part.classes)
+            for extra in part.extras:
+                if "tumor_probs" in extra:
+                    p = extra["tumor_probs"].detach().cpu().double()
                     tumor_sum = p if tumor_sum is None else tumor_sum + p
-                if "foreground_prob" in out:
-                    fg.append(float(out["foreground_prob"]))
-
-        boxes_t = torch.cat(boxes) if boxes else torch.zeros((0, 4))
-        scores_t = torch.cat(scores) if scores else torch.zeros((0,))
-        classes_t = torch.cat(classes) if classes else torch.zeros((0,), dtype=torch.int64)
-        centres = ((boxes_t[:, :2] + boxes_t[:, 2:]) / 2).double().numpy()
-        keep = suppress_close_points(
-            centres, scores_t.double().numpy(), classes_t.numpy(), self.merge_radius_um / mpp
-        )
-        keep_t = torch.as_tensor(keep, dtype=torch.int64)
+                if "foreground_prob" in extra:
+                    fg.append(float(extra["foreground_prob"]))
+        b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        s = np.concatenate(scores) if scores else np.zeros(0)
+        c = np.concatenate(classes) if classes else np.zeros(0, np.int64)
+        order = np.argsort(-s, kind="stable")
 
         result = Instances((height, width))
-        result.pred_boxes = Boxes(boxes_t[keep_t])
-        result.scores = scores_t[keep_t]
-        result.pred_classes = classes_t[keep_t]
+        result.pred_boxes = Boxes(torch.as_tensor(b[order], dtype=torch.float32))
+        result.scores = torch.as_tensor(s[order], dtype=torch.float32)
+        result.pred_classes = torch.as_tensor(c[order], dtype=torch.int64)
         tile_boxes = [(x, y, x + w / scale, y + h / scale) for x, y, w, h in tiles]
         out: Dict[str, Any] = {
             "instances": result,

@@ -6,6 +6,7 @@ evaluation read pixels and files only through it.
 """
 
 from .exports import (
+    atomic_write_bytes,
     atomic_write_text,
     detections_to_asap_xml,
     detections_to_csv,

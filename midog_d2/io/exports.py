@@ -28,6 +28,7 @@ from ..constants import MITOTIC_NAME, NON_MITOTIC_NAME
 
 __all__ = [
     "CLASS_COLORS",
+    "atomic_write_bytes",
     "atomic_write_text",
     "detections_to_asap_xml",
     "detections_to_csv",
@@ -44,21 +45,28 @@ CLASS_COLORS: Dict[str, Tuple[int, int, int]] = {
 }
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (flushed,
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (flushed,
     fsynced, renamed): the file is either the old one or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    if not isinstance(text, str):
+        raise TypeError(f"{path}: expected text, got {type(text).__name__}")
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _points(xy: Any, scores: Any) -> Tuple[np.ndarray, np.ndarray]:

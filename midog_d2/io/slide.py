@@ -13,6 +13,7 @@ are the same. :func:`read_region_scaled` resamples a window to the model's
 µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see docs/slides.md.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -61,6 +62,12 @@ _inherited: list = []
 _fallback_logged: Set[str] = set()
 # A file's own µm/px (None: none usable), so that per-patch lookups cost nothing.
 _mpp_cache: Dict[str, Optional[float]] = {}
+
+
+# OpenSlide's C library reads one handle from many threads; PIL's images (ImageSlide:
+# PNG, JPEG, untiled TIFF) do not, so their reads take turns.
+_pil_lock = threading.Lock()
+_no_lock = contextlib.nullcontext()
 
 
 class UnreadableSlideError(OSError):
@@ -285,7 +292,9 @@ def _read_openslide(
     outside."""
     slide = open_slide(path)
     try:
-        rgba = np.asarray(slide.read_region((int(x), int(y)), level, (int(width), int(height))))
+        with _pil_lock if isinstance(slide, openslide.ImageSlide) else _no_lock:
+            region = slide.read_region((int(x), int(y)), level, (int(width), int(height)))
+        rgba = np.asarray(region)
     except (openslide.OpenSlideError, OSError, ValueError) as e:
         raise UnreadableSlideError(
             f"cannot read region ({x}, {y}, {width}, {height}) at level {level} of {path}: {e}"
@@ -436,7 +445,8 @@ def slide_thumbnail(path: str, max_side: int) -> Tuple[np.ndarray, float]:
     if max(width, height) <= max_side:
         return read_region(path, 0, 0, width, height), 1.0
     try:
-        thumb = slide.get_thumbnail((int(max_side), int(max_side)))
+        with _pil_lock if isinstance(slide, openslide.ImageSlide) else _no_lock:
+            thumb = slide.get_thumbnail((int(max_side), int(max_side)))
     except (openslide.OpenSlideError, OSError, ValueError) as e:
         raise UnreadableSlideError(f"cannot make a thumbnail of {path}: {e}") from e
     rgb = np.asarray(thumb.convert("RGB"))

@@ -13,6 +13,7 @@ import pytest
 
 from midog_d2.io.exports import (
     CLASS_COLORS,
+    atomic_write_bytes,
     atomic_write_text,
     detections_to_asap_xml,
     detections_to_csv,
@@ -88,6 +89,8 @@ def test_writers_are_atomic(tmp_path):
     target.write_text("old")
 
     with pytest.raises(TypeError):
-        atomic_write_text(str(target), 123)  # a failed write leaves the old file whole
+        atomic_write_text(str(target), 123)
+    with pytest.raises(TypeError):
+        atomic_write_bytes(str(target), 123)  # fails mid-write: the old file stays whole
     assert target.read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.geojson", "a.xml", "keep.txt"]

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Find mitotic figures in whole slides and ROIs.
+
+    python tools/infer_slides.py --config-file CFG --input PATH [PATH ...] --output DIR \\
+        MODEL.WEIGHTS output/model_final.pth [KEY VALUE ...]
+
+Inputs are files, folders (their slides, not recursing) or glob patterns: any OpenSlide
+format, tiled TIFF ROIs, PNG/JPEG. Per slide DIR gets ``<stem>.midog.json`` (challenge
+points in mm), ``<stem>.geojson`` (QuPath), ``<stem>.asap.xml`` (ASAP), ``<stem>.csv`` and
+``<stem>.overlay.png``, then the completion marker ``<stem>.done.json``; DIR/summary.csv holds
+one row a slide (tissue area, count, count/mm², hotspot, seconds, status) and DIR/log.txt the
+run. A rerun skips slides whose outputs are complete for the same weights and options; a slide
+that cannot be read is reported in the summary and the others go on (exit code 1).
+
+The threshold stored with the weights (tools/calibrate_threshold.py) is used, ``--threshold``
+overrides it. The GPU is used when there is one unless ``MODEL.DEVICE`` is given.
+``--num-gpus N`` runs N processes per machine (GPUs, or CPU processes with gloo), each taking
+every N-th slide; ``--num-machines``/``--machine-rank``/``--dist-url`` as in train_net.py.
+"""
+
+import argparse
+import csv
+import logging
+import os
+import re
+import sys
+
+import torch
+
+from detectron2.engine import launch
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from midog_d2.checkpoint import MidogCheckpointer, resolve_score_threshold
+from midog_d2.engine import setup_cfg
+from midog_d2.engine.slides import (
+    expand_inputs,
+    gather_rows,
+    infer_slides,
+    slide_stems,
+    summary_counts,
+    weights_identity,
+    write_summary,
+)
+
+logger = logging.getLogger("midog_d2.infer_slides")
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config-file", required=True, metavar="FILE")
+    ap.add_argument("--input", required=True, nargs="+", help="slide files, folders or globs")
+    ap.add_argument("--output", required=True, help="output folder")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="operating score threshold (overrides)"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    ap.add_argument("--num-machines", type=int, default=1)
+    ap.add_argument("--machine-rank", type=int, default=0)
+    ap.add_argument("--dist-url", default="auto")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = ap.parse_args(argv)
+    # "--input a.svs MODEL.WEIGHTS w.pth": argparse gives the overrides to --input.
+    for i, item in enumerate(args.input):
+        if _CONFIG_KEY.match(item):
+            args.opts = args.input[i:] + list(args.opts)
+            args.input = args.input[:i]
+            break
+    if not args.input:
+        ap.error("--input names no slide")
+    return args
+
+
+def _opts(args: argparse.Namespace) -> list:
+    opts = list(args.opts)
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    if args.threshold is not None:
+        opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
+    if "MODEL.DEVICE" not in opts[0::2]:
+        opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
+    return opts
+
+
+def check_args(args: argparse.Namespace):
+    """The config, the slides and the weights' SHA-256, or SystemExit with one sentence."""
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise SystemExit(f"error: --threshold must be in [0, 1], got {args.threshold}")
+    if args.num_gpus < 1:
+        raise SystemExit(f"error: --num-gpus must be >= 1, got {args.num_gpus}")
+    cfg = setup_cfg(args.config_file, _opts(args))
+    if not cfg.MODEL.WEIGHTS:
+        raise SystemExit("error: MODEL.WEIGHTS is empty: name the trained weights to run")
+    try:
+        inputs = expand_inputs(args.input)
+        slide_stems(inputs)
+        sha = weights_identity(cfg.MODEL.WEIGHTS)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise SystemExit(f"error: --output {args.output} exists and is not a folder")
+    return cfg, inputs, sha
+
+
+def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
+    cfg = setup_cfg(args.config_file, _opts(args))
+    rank, world = comm.get_rank(), comm.get_world_size()
+    os.makedirs(args.output, exist_ok=True)
+    log = os.path.join(args.output, "log.txt")
+    setup_logger(output=log, distributed_rank=rank, name="midog_d2")
+    setup_logger(output=log, distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    if world > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        # Processes share the cores instead of each taking all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    model = build_model(cfg)
+    MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    threshold, source = resolve_score_threshold(cfg)
+    if comm.is_main_process():
+        logger.info(
+            "%d slides, %d processes; threshold %.3f (%s)", len(inputs), world, threshold, source
+        )
+    rows = infer_slides(
+        cfg,
+        model,
+        inputs,
+        args.output,
+        threshold,
+        sha,
+        rank=rank,
+        world_size=world,
+        progress=not args.no_progress and comm.is_main_process(),
+    )
+    rows = gather_rows(rows, inputs)
+    if comm.is_main_process():
+        write_summary(rows, os.path.join(args.output, "summary.csv"))
+        done, skipped, failed = summary_counts(rows)
+        logger.info(
+            "summary: %d done, %d skipped (complete), %d failed -> %s",
+            done,
+            skipped,
+            failed,
+            os.path.join(args.output, "summary.csv"),
+        )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _, inputs, sha = check_args(args)
+    launch(
+        worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args, inputs, sha),
+    )
+    summary = os.path.join(args.output, "summary.csv")
+    if args.machine_rank != 0 or not os.path.isfile(summary):
+        return 0
+    with open(summary, newline="", encoding="utf-8") as f:
+        failed = [r for r in csv.DictReader(f) if r["status"] == "error"]
+    for r in failed:
+        print(f"failed: {r['slide']}: {r['message']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
