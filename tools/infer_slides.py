@@ -104,6 +104,12 @@ def check_args(args: argparse.Namespace):
         raise SystemExit(f"error: {e}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise SystemExit(f"error: --output {args.output} exists and is not a folder")
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create the --output folder {args.output}: {e}")
+    if not os.access(args.output, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: the --output folder {args.output} is not writable")
     return cfg, inputs, sha
 
 

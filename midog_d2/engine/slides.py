@@ -102,9 +102,12 @@ SUMMARY_COLUMNS = (
     "threshold",
     "seconds",
 )
-# Config keys that change where work goes or how fast, never a result.
+# Config keys that change where work goes or how fast, never a result (the weights and the
+# threshold are bound by their SHA-256 and resolved value instead of their keys).
 _NOT_RESULTS = (
     "OUTPUT_DIR",
+    "MODEL.WEIGHTS",
+    "TEST.MIDOG.SCORE_THRESHOLD",
     "MODEL.DEVICE",
     "TEST.TILE.BATCH_SIZE",
     "TEST.TILE.READ_WORKERS",

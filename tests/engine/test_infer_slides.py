@@ -135,6 +135,15 @@ def test_two_cpu_processes_share_the_slides_and_write_one_summary(tmp_path, weig
     assert "tile.png" in (out / "log.txt.rank1").read_text()
 
 
+def test_an_output_that_is_a_file_is_one_sentence(tmp_path, slides, weights):
+    (tmp_path / "o").write_text("x")
+    with pytest.raises(SystemExit, match="exists and is not a folder"):
+        run_tool(
+            "--config-file", CONFIG, "--input", slides, "--output", tmp_path / "o",
+            "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
