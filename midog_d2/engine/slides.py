@@ -362,6 +362,9 @@ def infer_slides(
             logger.info("%s: complete in %s, skipped", path, output_dir)
             rows.append(done)
             continue
+        # temporaries of an earlier run killed while writing this slide's outputs
+        for tmp in glob.glob(os.path.join(glob.escape(output_dir), f".{glob.escape(stem)}.*.tmp")):
+            os.remove(tmp)
         start = time.perf_counter()
         try:
             result = _predict_with_progress(predictor, path, stem, progress)

@@ -5,7 +5,10 @@ processes under Detectron2's launch."""
 import csv
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +162,47 @@ def test_usage_errors_are_one_sentence(tmp_path, slides, weights, argv, message)
         argv += ["MODEL.WEIGHTS", weights]
     with pytest.raises(SystemExit, match=message):
         run_tool("--config-file", CONFIG, "--output", tmp_path / "o", *argv, "MODEL.DEVICE", "cpu")
+
+
+def test_killed_mid_way_a_rerun_loses_at_most_the_slide_in_progress(tmp_path, weights):
+    """SIGKILL once the first slide's marker exists: no output of the slide in progress
+    looks complete, and the rerun does only the slides without a marker."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        img = rng.integers(90, 200, (600, 700, 3), dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"s{k}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tools" / "infer_slides.py"), "--config-file", str(CONFIG)]
+    cmd += ["--input", str(folder), "--output", str(out), "--no-progress"]
+    cmd += ["MODEL.WEIGHTS", weights, *SMALL]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / f"s0{MARKER_SUFFIX}").exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    markers = sorted(p.name for p in out.glob(f"*{MARKER_SUFFIX}"))
+    assert markers and len(markers) < 4
+    # no half-written file under a final name; temporaries only under hidden names
+    for p in out.iterdir():
+        if p.name.startswith("."):
+            assert p.name.endswith(".tmp")
+    rc = run_tool(
+        "--config-file", CONFIG, "--input", folder, "--output", out, "--no-progress",
+        "MODEL.WEIGHTS", weights, *SMALL,
+    )  # fmt: skip
+    assert rc == 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    rows = read_summary(out)
+    done_before = {m[: -len(MARKER_SUFFIX)] + ".png" for m in markers}
+    for name, r in rows.items():
+        assert r["status"] == ("skipped" if name in done_before else "done"), name
+    assert len(rows) == 4
