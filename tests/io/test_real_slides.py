@@ -8,6 +8,7 @@ to level-0 pixels.
 
 import logging
 import math
+import os
 
 import cv2
 import numpy as np
@@ -305,3 +306,47 @@ def test_demo_overlay_draws_on_the_thumbnail(tmp_path):
         xs.max(), 1200 * scale, abs_tol=2
     )
     assert math.isclose(ys.max(), 1600 * scale, abs_tol=2) and ys.min() < 1500 * scale
+
+
+def test_whole_slide_inference_on_the_real_svs_reads_only_their_tissue(tmp_path):
+    """SlidePredictor on both real slides: the tissue mask keeps the tissue (most of the
+    slide's saturated pixels) and skips glass; outputs are level-0 pixels of each slide."""
+    from conftest import CONFIGS, make_cfg
+
+    from midog_d2.engine.slides import infer_slides
+
+    class CentreOfTile(nn.Module):
+        """One detection at each tile's centre (score 0.9): where tiles were read."""
+
+        def forward(self, batched):
+            outs = []
+            for x in batched:
+                h, w = x["height"], x["width"]
+                inst = Instances((h, w))
+                c = (w / 2, h / 2)
+                inst.pred_boxes = Boxes(
+                    torch.tensor([[c[0] - 25, c[1] - 25, c[0] + 25, c[1] + 25]])
+                )
+                inst.scores = torch.tensor([0.9])
+                inst.pred_classes = torch.tensor([0])
+                outs.append({"instances": inst})
+            return outs
+
+    cfg = make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml", "TEST.TISSUE.DROP_OUTSIDE", False)
+    model = CentreOfTile().eval()
+    rows = infer_slides(cfg, model, [CMU, TCGA], str(tmp_path), 0.5, "0" * 64, progress=False)
+    for row, path in zip(rows, (CMU, TCGA)):
+        assert row["status"] == "done", row["message"]
+        assert 0 < row["tiles_read"] < row["tiles_total"]
+        assert row["count"] == row["tiles_read"]  # one detection per tile read, none merged
+        w, h = slide_dimensions(path)
+        assert (row["width"], row["height"]) == (w, h)
+        # saturated (stained) pixels of the thumbnail lie in the analysed tissue
+        thumb, scale = slide_thumbnail(path, 512)
+        sat = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[:, :, 1] > 60
+        mm2_px = (row["mpp"] / 1000.0) ** 2 / scale**2
+        assert row["tissue_mm2"] >= 0.8 * sat.sum() * mm2_px
+        assert row["tissue_mm2"] < 0.9 * w * h * (row["mpp"] / 1000.0) ** 2
+        with open(tmp_path / f"{os.path.basename(path)[:-4]}.csv") as f:
+            xs = [float(line.split(",")[0]) for line in f.readlines()[1:]]
+        assert 0 <= min(xs) and max(xs) <= w
