@@ -23,7 +23,8 @@ mitotic figures, their ground truth), then, with the same weights, interleaved o
 F1 of each against the ground truth at the weights' stored threshold (and the best F1 over
 thresholds); the share of fp32 detections (at the threshold) that bf16 reproduces within
 the scoring radius. Peak resident memory of the pipeline on the slide and on one of twice
-its area, each in a fresh process. Writes ``--out`` (JSON) and prints a Markdown table.
+its area, each in a fresh process. Writes ``--out`` (JSON; ``--parts`` run now add to what
+it holds, so a long benchmark runs in pieces) and prints the summary.
 """
 
 import argparse
@@ -65,7 +66,13 @@ def parse_args(argv=None):
     ap.add_argument("--model-sample", type=int, default=48, help="tiles timed model-only")
     ap.add_argument("--work-dir", default="output/bench_slides")
     ap.add_argument("--skip-sahi-slide", action="store_true", help="SAHI on the ROI only")
-    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("roi", "slide", "memory"),
+        default=("roi", "slide", "memory"),
+        help="what to run now; results add to --out",
+    )
     ap.add_argument("--out", default="output/bench_slides/results.json")
     ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     ap.add_argument("opts", nargs=argparse.REMAINDER)
@@ -199,6 +206,50 @@ def peak_memory(args, path):
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def bench_image(args, cfg, cfg16, model, name, path, truth, threshold, rows, quality):
+    """One round on one image: pipeline, model only (same tiles; a sample on the slide),
+    bf16 (ROI), SAHI."""
+    res, m = run_pipeline(cfg, model, path)
+    rows[f"{name}_pipe"].append(m)
+    quality[f"{name}_pipe"] = f1s(res.xy, res.scores, truth, threshold)
+    tiles = res.read_tiles
+    if len(tiles) > args.model_sample:
+        rng = np.random.default_rng(len(rows[f"{name}_pipe"]))
+        tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), args.model_sample, False))]
+    rows[f"{name}_model"].append(run_model_only(cfg, model, path, tiles, res.scale))
+    if name == "roi":
+        res16, m16 = run_pipeline(cfg16, model, path)
+        rows["roi_bf16"].append(m16)
+        quality["roi_bf16"] = f1s(res16.xy, res16.scores, truth, threshold)
+        fp32 = res.xy[res.scores >= threshold]
+        bf = res16.xy[res16.scores >= threshold]
+        agree = ImagePoints(gt=fp32, pred=bf, scores=np.ones(len(bf)))
+        quality["bf16_reproduces"] = evaluate_points([agree], RADIUS_UM)["recall"]
+    if name == "roi" or not args.skip_sahi_slide:
+        xy, sc, ms = run_sahi(cfg, model, path, threshold)
+        rows[f"{name}_sahi"].append(ms)
+        quality[f"{name}_sahi"] = f1s(xy, sc, truth, threshold)
+
+
+def summarize(summary):
+    rows = summary["runs"]
+    med = {k: statistics.median(x["seconds"] for x in v) for k, v in rows.items() if v}
+    summary["median_seconds"] = med
+    for name in ("roi", "slide"):
+        pipe = rows.get(f"{name}_pipe") or []
+        if not pipe:
+            continue
+        tiles_s = statistics.median(x["tiles"] / x["seconds"] for x in pipe)
+        model_s = statistics.median(x["tiles_s"] for x in rows[f"{name}_model"])
+        summary[f"{name}_efficiency"] = tiles_s / model_s
+        summary[f"{name}_tissue_mpx_s"] = statistics.median(x["tissue_mpx_s"] for x in pipe)
+        if rows.get(f"{name}_sahi"):
+            summary[f"{name}_sahi_ratio"] = med[f"{name}_sahi"] / med[f"{name}_pipe"]
+    if rows.get("roi_bf16"):
+        summary["bf16_speedup"] = med["roi_pipe"] / med["roi_bf16"]
+    return summary
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.memory_child:
@@ -208,59 +259,36 @@ def main(argv=None):
     cfg, model = load(args)
     cfg16, _ = load(args, "TEST.TILE.PRECISION", "bf16")
     threshold, source = resolve_score_threshold(cfg)
-    rows = {k: [] for k in ("roi_pipe", "roi_model", "roi_sahi", "roi_bf16", "slide_pipe")}
-    rows.update(slide_model=[], slide_sahi=[])
-    quality = {}
-    rng = np.random.default_rng(0)
+    # Parts add to the results file, so that a long benchmark runs in pieces.
+    summary = {"runs": {}, "quality": {}}
+    if os.path.isfile(args.out):
+        with open(args.out) as f:
+            summary = json.load(f)
+    keys = ("pipe", "model", "sahi", "bf16")
+    for part in args.parts:
+        if part in ("roi", "slide"):
+            for k in keys:
+                summary["runs"][f"{part}_{k}"] = []
+    rows, quality = summary["runs"], summary["quality"]
     for r in range(args.repeats):
-        for name in ("roi", "slide"):
+        for name in [p for p in ("roi", "slide") if p in args.parts]:
             path, truth = data[name]
-            res, m = run_pipeline(cfg, model, path)
-            rows[f"{name}_pipe"].append(m)
-            quality[f"{name}_pipe"] = f1s(res.xy, res.scores, truth, threshold)
-            tiles = res.read_tiles
-            if name == "slide" and len(tiles) > args.model_sample:
-                tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), args.model_sample, False))]
-            rows[f"{name}_model"].append(run_model_only(cfg, model, path, tiles, res.scale))
-            if name == "roi":
-                res16, m16 = run_pipeline(cfg16, model, path)
-                rows["roi_bf16"].append(m16)
-                quality["roi_bf16"] = f1s(res16.xy, res16.scores, truth, threshold)
-                fp32 = res.xy[res.scores >= threshold]
-                bf = res16.xy[res16.scores >= threshold]
-                agree = ImagePoints(gt=fp32, pred=bf, scores=np.ones(len(bf)))
-                quality["bf16_reproduces"] = evaluate_points([agree], RADIUS_UM)["recall"]
-            if name == "roi" or not args.skip_sahi_slide:
-                xy, sc, ms = run_sahi(cfg, model, path, threshold)
-                rows[f"{name}_sahi"].append(ms)
-                quality[f"{name}_sahi"] = f1s(xy, sc, truth, threshold)
+            bench_image(args, cfg, cfg16, model, name, path, truth, threshold, rows, quality)
         print(f"round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-
-    med = {k: statistics.median(x["seconds"] for x in v) for k, v in rows.items() if v}
-    summary = {
-        "threshold": threshold,
-        "threshold_source": source,
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "sizes": {k: list(slide_dimensions(p)) for k, (p, _) in data.items()},
-        "median_seconds": med,
-        "quality": quality,
-        "runs": rows,
-    }
-    for name in ("roi", "slide"):
-        pipe = rows[f"{name}_pipe"]
-        tiles_s = statistics.median(x["tiles"] / x["seconds"] for x in pipe)
-        model_s = statistics.median(x["tiles_s"] for x in rows[f"{name}_model"])
-        summary[f"{name}_efficiency"] = tiles_s / model_s
-        summary[f"{name}_tissue_mpx_s"] = statistics.median(x["tissue_mpx_s"] for x in pipe)
-        if rows[f"{name}_sahi"]:
-            summary[f"{name}_sahi_ratio"] = med[f"{name}_sahi"] / med[f"{name}_pipe"]
-    summary["bf16_speedup"] = med["roi_pipe"] / med["roi_bf16"]
-    if not args.skip_memory:
+    summary.update(
+        threshold=threshold,
+        threshold_source=source,
+        threads=args.threads,
+        repeats=args.repeats,
+        sizes={k: list(slide_dimensions(p)) for k, (p, _) in data.items()},
+        command=" ".join([os.path.basename(sys.executable), *sys.argv]),
+    )
+    if "memory" in args.parts:
         summary["peak_rss_mb"] = {
             "slide": peak_memory(args, data["slide"][0]),
             "slide2x": peak_memory(args, data["slide2x"][0]),
         }
+    summarize(summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1)
