@@ -219,8 +219,8 @@ def stream_tile_detections(
     Reads ``tiles`` ((x, y, w, h): level-0 origin, size in model pixels at ``scale`` model
     pixels per level-0 pixel; in :func:`~.grid.scaled_tile_grid`'s row order, y never
     decreasing) of ``path`` with ``reader`` ahead of the model, runs them ``batch_size`` at
-    a time at ``precision``, moves each detection to level-0 pixels
-    and merges them across seams within ``merge_radius_px`` level-0 pixels as they arrive
+    a time at ``precision``, moves each detection to level-0 pixels and merges them
+    across seams within ``merge_radius_px`` level-0 pixels as they arrive
     (:class:`~.merge.StreamingMerger`: the result is exactly the suppression over all
     detections at once, held back only near the rows still to come). Yields one
     :class:`TileStream` a batch, the last one with everything still held back.
@@ -239,7 +239,7 @@ def stream_tile_detections(
         for (tx, ty, tw, th), out in zip(chunk, outputs):
             inst = out["instances"].to("cpu")
             b = inst.pred_boxes.tensor.detach().double().numpy().reshape(-1, 4)
-            # model pixels of the tile -> level-0 pixels of the image, inside the tile
+            # model pixels of the tile -> level-0 pixels of the image
             b = (b if scale == 1.0 else b / scale) + np.array([tx, ty, tx, ty], np.float64)
             boxes.append(b)
             # The merger's frontier needs every centre inside its tile; Detectron2's
