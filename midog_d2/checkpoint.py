@@ -1,7 +1,8 @@
 """Weights: torchvision ResNet state dicts -> Detectron2 checkpoints, the operating threshold
 stored beside a checkpoint (bound to its SHA-256), and the checkpointer that carries the
 domain head's class names (so that fine-tuning on a longer domain list keeps what was
-learnt)."""
+learnt) and saves crash-safely (temporary file, fsync, rename; resume falls back to the newest
+checkpoint that loads)."""
 
 import hashlib
 import json
@@ -144,6 +145,35 @@ DOMAIN_HEAD = "tumor_head."
 DOMAIN_ROWS = ("tumor_head.predictor.weight", "tumor_head.predictor.bias")
 
 
+def _atomic_write(path: str, write: Any, mode: str) -> None:
+    """``write(f)`` into a temporary file beside ``path``, flushed and fsynced, then renamed
+    over it (and the folder fsynced): ``path`` is the old file or the whole new one. A
+    failure (a full disk) removes the temporary file and says which file was not saved."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"could not save {path} ({e.strerror or e}); the previous file is intact"
+        ) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a folder; the rename is done
+        pass
+
+
 def _norm(name: Any) -> str:
     return " ".join(str(name).split()).lower()
 
@@ -187,9 +217,70 @@ class MidogCheckpointer(DetectionCheckpointer):
         )
 
     def save(self, name: str, **kwargs: Any) -> None:
+        """Detectron2's save, crash-safe: the checkpoint goes to a temporary file in
+        ``save_dir`` (flushed, fsynced) and is renamed over ``<name>.pth``, then
+        ``last_checkpoint`` is rewritten the same way, so a kill or a full disk at any
+        moment leaves the previous checkpoint and its tag whole."""
+        if not self.save_dir or not self.save_to_disk:
+            return
         if self.domains is not None:
             kwargs.setdefault("domains", self.domains)
-        super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        # what a run killed while saving this name left behind (only one process saves)
+        for n in os.listdir(self.save_dir):
+            if n.startswith(f".{basename}.") and n.endswith(".tmp"):
+                os.remove(os.path.join(self.save_dir, n))
+        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        _atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename),
+            "w",
+        )
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Detectron2's ``resume_or_load``; on resume, a tagged checkpoint that does not
+        load (cut short, corrupt) is reported and the newest one in ``save_dir`` that
+        loads is used instead."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        tagged = self.get_checkpoint_file()
+        others = sorted(
+            (
+                os.path.join(self.save_dir, n)
+                for n in os.listdir(self.save_dir)
+                if n.endswith(".pth") and os.path.join(self.save_dir, n) != tagged
+            ),
+            key=os.path.getmtime,
+            reverse=True,
+        )
+        failures = []
+        for candidate in [tagged, *others]:
+            try:
+                return self.load(candidate)
+            except Exception as e:  # torch raises several types for a damaged file
+                # Detectron2's load keeps the URL it was parsing when it raises; the next
+                # load asserts it is cleared.
+                if hasattr(self, "_parsed_url_during_load"):
+                    self._parsed_url_during_load = None
+                failures.append(f"{candidate}: {type(e).__name__}: {e}")
+                logger.warning(
+                    "cannot resume from %s (%s: %s); trying the next newest checkpoint",
+                    candidate,
+                    type(e).__name__,
+                    e,
+                )
+        raise RuntimeError(
+            f"no checkpoint in {self.save_dir} can be loaded to resume: " + "; ".join(failures)
+        )
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         state = checkpoint["model"]
