@@ -248,8 +248,8 @@ class MidogCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Detectron2's ``resume_or_load``; on resume, a tagged checkpoint that does not
-        load (cut short, corrupt) is reported and the newest one in ``save_dir`` that
-        loads is used instead."""
+        load (cut short, corrupt) is reported and the newest ``model_*.pth`` in
+        ``save_dir`` that loads is used instead."""
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
         tagged = self.get_checkpoint_file()
@@ -257,7 +257,10 @@ class MidogCheckpointer(DetectionCheckpointer):
             (
                 os.path.join(self.save_dir, n)
                 for n in os.listdir(self.save_dir)
-                if n.endswith(".pth") and os.path.join(self.save_dir, n) != tagged
+                # the trainer's own checkpoints, not weights a user left in the folder
+                if n.startswith("model_")
+                and n.endswith(".pth")
+                and os.path.join(self.save_dir, n) != tagged
             ),
             key=os.path.getmtime,
             reverse=True,
