@@ -277,6 +277,8 @@ def load_coco_results(
             s = float(r["score"])
         except (TypeError, ValueError):
             raise ValueError(f"{path}: entry #{i} has a malformed bbox or score: {r!r}") from None
+        if not all(np.isfinite(v) for v in (x, y, w, h, s)):
+            raise ValueError(f"{path}: entry #{i} has a non-finite bbox or score: {r!r}")
         grouped.setdefault(r["image_id"], []).append((x + w / 2.0, y + h / 2.0, s))
     out = {}
     for image_id, rows in grouped.items():

@@ -753,3 +753,20 @@ def test_real_midogpp_annotations(tmp_path):
     breast = sum(1 for a in mitotic if a["image_id"] in {1, 2, 3})  # 201 is another tumor type
     assert r["per_tumor"]["human breast cancer"]["tp"] == breast > 0
     assert sum(t["tp"] for t in r["per_tumor"].values()) == r["tp"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"image_id": 1, "category_id": 1, "bbox": [75.0, 75.0, 50.0, 50.0], "score": float("nan")},
+        {"image_id": 1, "category_id": 1, "bbox": [75.0, 75.0, 50.0, 50.0], "score": float("inf")},
+        {"image_id": 1, "category_id": 1, "bbox": [float("nan"), 75.0, 50.0, 50.0], "score": 0.9},
+    ],
+)
+def test_non_finite_scores_or_boxes_are_refused_naming_the_entry(tmp_path, entry):
+    gt = write_gt(tmp_path / "gt.json")
+    good = {"image_id": 1, "category_id": 1, "bbox": [275.0, 275.0, 50.0, 50.0], "score": 0.8}
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([good, entry]))  # json writes NaN / Infinity as Python reads it
+    with pytest.raises(ValueError, match=r"p\.json: entry #1 has a non-finite bbox or score"):
+        evaluate_midog.main(["--ground-truth", str(gt), "--predictions", str(preds)])
