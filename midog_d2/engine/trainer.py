@@ -75,6 +75,11 @@ class MidogTrainer(DefaultTrainer):
         return ret
 
 
+def _yacs_message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return str(text) or type(e).__name__
+
+
 def setup_cfg(
     config_file: str,
     opts: Optional[list] = None,
@@ -89,8 +94,17 @@ def setup_cfg(
     add_midog_config(cfg)
     for add in add_config:
         add(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts or [])
+    # yacs names the key but not where it came from: say which file or override it is.
+    try:
+        cfg.merge_from_file(config_file)
+    except FileNotFoundError:
+        raise
+    except (KeyError, ValueError, TypeError, AssertionError, AttributeError) as e:
+        raise ValueError(f"{config_file}: {_yacs_message(e)}") from e
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, ValueError, TypeError, AssertionError, AttributeError) as e:
+        raise ValueError(f"command-line config override: {_yacs_message(e)}") from e
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
