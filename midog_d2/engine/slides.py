@@ -46,10 +46,14 @@ __all__ = [
     "SLIDE_EXTENSIONS",
     "SUMMARY_COLUMNS",
     "expand_inputs",
+    "gather_rows",
     "infer_slides",
     "options_fingerprint",
     "read_marker",
     "slide_stems",
+    "summary_counts",
+    "weights_identity",
+    "write_slide_outputs",
     "write_summary",
 ]
 
