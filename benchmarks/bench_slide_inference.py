@@ -18,7 +18,11 @@ mitotic figures, their ground truth), then, with the same weights, interleaved o
   Efficiency = pipeline tiles/s ÷ model-only tiles/s;
 * **SAHI**: ``get_sliced_prediction`` with SAHI's Detectron2 wrapper around the same model
   (same tile size and overlap, the image handed over decoded), its default merging;
-* **bf16**: the pipeline at ``TEST.TILE.PRECISION bf16`` (ROI).
+* **fp32**: the pipeline at ``TEST.TILE.PRECISION fp32`` (ROI), against the default
+  ("auto": bf16 on a CPU with native bf16); and the model-only rate of fp32 with the
+  weights in the default (contiguous) memory format, against the pipeline's settings
+  (channels-last, ``TEST.TILE.CHANNELS_LAST``). SAHI gets the same weights as Detectron2
+  builds them (contiguous, fp32): what a SAHI user runs.
 
 F1 of each against the ground truth at the weights' stored threshold (and the best F1 over
 thresholds); the share of fp32 detections (at the threshold) that bf16 reproduces within
@@ -28,6 +32,7 @@ it holds, so a long benchmark runs in pieces) and prints the summary.
 """
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -45,7 +50,7 @@ from midog_d2.checkpoint import MidogCheckpointer, resolve_score_threshold
 from midog_d2.datagen.slides import blocks_from_midog, write_generated_slide
 from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
-from midog_d2.inference import SlidePredictor, predict_images
+from midog_d2.inference import SlidePredictor, predict_images, resolve_precision
 from midog_d2.io import clear_cache, read_region_scaled, slide_dimensions
 
 RADIUS_UM = 7.5
@@ -123,10 +128,11 @@ def run_pipeline(cfg, model, path):
     return res, {"seconds": sec, "tiles": res.tiles_read, "tissue_mpx_s": tissue_mpx / sec}
 
 
-def run_model_only(cfg, model, path, tiles, scale):
+def run_model_only(cfg, model, path, tiles, scale, precision=None):
     pixels = [read_region_scaled(path, x, y, w, h, scale) for x, y, w, h in tiles]
+    precision = precision or resolve_precision(cfg.TEST.TILE.PRECISION, "cpu")
     t = time.perf_counter()
-    predict_images(model, pixels, cfg.INPUT.FORMAT, cfg.TEST.TILE.BATCH_SIZE, "fp32")
+    predict_images(model, pixels, cfg.INPUT.FORMAT, cfg.TEST.TILE.BATCH_SIZE, precision)
     sec = time.perf_counter() - t
     return {"seconds": sec, "tiles": len(tiles), "tiles_s": len(tiles) / sec}
 
@@ -206,9 +212,9 @@ def peak_memory(args, path):
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def bench_image(args, cfg, cfg16, model, name, path, truth, threshold, rows, quality):
+def bench_image(args, cfg, cfg32, model, plain, name, path, truth, threshold, rows, quality):
     """One round on one image: pipeline, model only (same tiles; a sample on the slide),
-    bf16 (ROI), SAHI."""
+    fp32 pipeline and fp32 contiguous model only (ROI), SAHI."""
     res, m = run_pipeline(cfg, model, path)
     rows[f"{name}_pipe"].append(m)
     quality[f"{name}_pipe"] = f1s(res.xy, res.scores, truth, threshold)
@@ -218,15 +224,20 @@ def bench_image(args, cfg, cfg16, model, name, path, truth, threshold, rows, qua
         tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), args.model_sample, False))]
     rows[f"{name}_model"].append(run_model_only(cfg, model, path, tiles, res.scale))
     if name == "roi":
-        res16, m16 = run_pipeline(cfg16, model, path)
-        rows["roi_bf16"].append(m16)
-        quality["roi_bf16"] = f1s(res16.xy, res16.scores, truth, threshold)
-        fp32 = res.xy[res.scores >= threshold]
-        bf = res16.xy[res16.scores >= threshold]
-        agree = ImagePoints(gt=fp32, pred=bf, scores=np.ones(len(bf)))
-        quality["bf16_reproduces"] = evaluate_points([agree], RADIUS_UM)["recall"]
+        res32, m32 = run_pipeline(cfg32, model, path)
+        rows["roi_fp32"].append(m32)
+        quality["roi_fp32"] = f1s(res32.xy, res32.scores, truth, threshold)
+        fp32 = res32.xy[res32.scores >= threshold]
+        dflt = res.xy[res.scores >= threshold]
+        agree = ImagePoints(gt=fp32, pred=dflt, scores=np.ones(len(dflt)))
+        r = evaluate_points([agree], RADIUS_UM)
+        quality["default_reproduces_fp32"] = r["recall"]
+        quality["default_precision_vs_fp32"] = r["precision"]
+        rows["roi_model_fp32_contiguous"].append(
+            run_model_only(cfg, plain, path, tiles, res.scale, "fp32")
+        )
     if name == "roi" or not args.skip_sahi_slide:
-        xy, sc, ms = run_sahi(cfg, model, path, threshold)
+        xy, sc, ms = run_sahi(cfg, plain, path, threshold)
         rows[f"{name}_sahi"].append(ms)
         quality[f"{name}_sahi"] = f1s(xy, sc, truth, threshold)
 
@@ -245,8 +256,12 @@ def summarize(summary):
         summary[f"{name}_tissue_mpx_s"] = statistics.median(x["tissue_mpx_s"] for x in pipe)
         if rows.get(f"{name}_sahi"):
             summary[f"{name}_sahi_ratio"] = med[f"{name}_sahi"] / med[f"{name}_pipe"]
-    if rows.get("roi_bf16"):
-        summary["bf16_speedup"] = med["roi_pipe"] / med["roi_bf16"]
+    if rows.get("roi_fp32"):
+        summary["default_over_fp32_pipeline"] = med["roi_fp32"] / med["roi_pipe"]
+    if rows.get("roi_model_fp32_contiguous"):
+        summary["default_over_fp32_contiguous_model"] = (
+            med["roi_model_fp32_contiguous"] / med["roi_model"]
+        )
     return summary
 
 
@@ -257,14 +272,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     data = make_data(args)
     cfg, model = load(args)
-    cfg16, _ = load(args, "TEST.TILE.PRECISION", "bf16")
+    cfg32, _ = load(args, "TEST.TILE.PRECISION", "fp32")
+    plain = copy.deepcopy(model)  # before SlidePredictor makes ``model`` channels-last
     threshold, source = resolve_score_threshold(cfg)
     # Parts add to the results file, so that a long benchmark runs in pieces.
     summary = {"runs": {}, "quality": {}}
     if os.path.isfile(args.out):
         with open(args.out) as f:
             summary = json.load(f)
-    keys = ("pipe", "model", "sahi", "bf16")
+    keys = ("pipe", "model", "sahi", "fp32", "model_fp32_contiguous")
     for part in args.parts:
         if part in ("roi", "slide"):
             for k in keys:
@@ -273,9 +289,11 @@ def main(argv=None):
     for r in range(args.repeats):
         for name in [p for p in ("roi", "slide") if p in args.parts]:
             path, truth = data[name]
-            bench_image(args, cfg, cfg16, model, name, path, truth, threshold, rows, quality)
+            bench_image(args, cfg, cfg32, model, plain, name, path, truth, threshold, rows, quality)
         print(f"round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     summary.update(
+        precision=resolve_precision(cfg.TEST.TILE.PRECISION, "cpu"),
+        channels_last=bool(cfg.TEST.TILE.CHANNELS_LAST),
         threshold=threshold,
         threshold_source=source,
         threads=args.threads,

@@ -55,7 +55,7 @@ class MidogTrainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         # Evaluators score whole images: tile them, run the model, merge the seams.
-        return super().test(cfg, TiledPredictor(cfg, model), evaluators)
+        return super().test(cfg, TiledPredictor(cfg, model, evaluation=True), evaluators)
 
     def build_hooks(self) -> List[hooks.HookBase]:
         # DefaultTrainer made a plain DetectionCheckpointer just before; the hooks must

@@ -35,7 +35,7 @@ def score_dataset(
         cfg.TEST.MIDOG.SCORE_THRESHOLD = float(threshold)
     loader = build_midog_test_loader(cfg, dataset_name)
     evaluator = build_midog_evaluators(cfg, dataset_name, output_dir)
-    return inference_on_dataset(TiledPredictor(cfg, model), loader, evaluator)
+    return inference_on_dataset(TiledPredictor(cfg, model, evaluation=True), loader, evaluator)
 
 
 def evaluate_domains(cfg: CfgNode, model: nn.Module, output_dir: str) -> Dict[str, dict]:

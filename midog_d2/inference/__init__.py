@@ -10,6 +10,7 @@ from .predictor import (
     TiledPredictor,
     TileStream,
     model_inputs,
+    native_bf16_cpu,
     predict_images,
     resolve_precision,
     stream_tile_detections,

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+import torch
 from torch import nn
 
 from detectron2.config import configurable
@@ -110,6 +111,7 @@ class SlidePredictor:
         thumbnail_size: int = 2048,
         drop_outside_tissue: bool = True,
         fallback_mpp: Optional[float] = None,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -120,6 +122,8 @@ class SlidePredictor:
                 by one thumbnail pixel), ``TEST.TISSUE.DROP_OUTSIDE``.
             fallback_mpp: µm/px of files without resolution metadata
                 (``DATASETS.MIDOG.FALLBACK_MPP``); None makes such a file an error.
+            channels_last: put the model's weights in channels-last memory format
+                (``TEST.TILE.CHANNELS_LAST``; changes the model passed in, in place).
         """
         if tissue_method not in TISSUE_METHODS:
             raise ValueError(
@@ -139,6 +143,8 @@ class SlidePredictor:
         self.thumbnail_size = int(thumbnail_size)
         self.drop_outside_tissue = bool(drop_outside_tissue)
         self.fallback_mpp = fallback_mpp
+        if channels_last:
+            tiled.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, tiled: Optional[TiledPredictor] = None):
@@ -152,6 +158,7 @@ class SlidePredictor:
             "thumbnail_size": t.THUMBNAIL_SIZE,
             "drop_outside_tissue": t.DROP_OUTSIDE,
             "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP or None,
+            "channels_last": cfg.TEST.TILE.CHANNELS_LAST,
         }
 
     def tiles(self, path: str) -> Tuple[List[ScaledTile], int, Dict[str, Any]]:

@@ -29,7 +29,14 @@ from midog_d2.engine.slides import (
     write_summary,
 )
 from midog_d2.evaluation.scoring import evaluate_prediction_file
-from midog_d2.inference import SlidePredictor, TiledPredictor, predict_images, slide_readout
+from midog_d2.inference import (
+    SlidePredictor,
+    TiledPredictor,
+    native_bf16_cpu,
+    predict_images,
+    resolve_precision,
+    slide_readout,
+)
 from midog_d2.io import clear_cache, read_region_scaled
 from midog_d2.io.exports import CLASS_COLORS
 
@@ -185,11 +192,44 @@ def test_bf16_runs_a_real_model_and_fp16_needs_cuda():
     assert bf16.scores.dtype == torch.float32 and bf16.pred_boxes.tensor.dtype == torch.float32
     assert bf16.scores.max().item() == pytest.approx(fp32.scores.max().item(), abs=0.05)
     auto = predict_images(model, [img], "BGR", precision="auto")[0]["instances"]
-    assert torch.equal(auto.scores, fp32.scores)  # auto is fp32 on the CPU
+    # auto is bf16 on a CPU with native bf16, fp32 on others
+    expected = bf16 if native_bf16_cpu() else fp32
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16_cpu() else "fp32")
+    assert torch.equal(auto.scores, expected.scores)
+    assert resolve_precision("auto", "cuda:0") == "fp32"
     with pytest.raises(ValueError, match="fp16 inference needs a CUDA device"):
         predict_images(model, [img], "BGR", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         predict_images(model, [img], "BGR", precision="int8")
+
+
+def test_evaluation_reads_auto_as_fp32_and_slide_inference_goes_channels_last():
+    cfg = make_cfg(CONFIGS / "dev/Demo-CPU-R18.yaml", "MODEL.DEVICE", "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.head.cls_score.bias.fill_(-1.0)
+    assert TiledPredictor(cfg, model, evaluation=True).precision == "fp32"
+    assert TiledPredictor(cfg, model).precision == "auto"
+    explicit = make_cfg(CONFIGS / "dev/Demo-CPU-R18.yaml", "TEST.TILE.PRECISION", "bf16")
+    assert TiledPredictor(explicit, model, evaluation=True).precision == "bf16"
+
+    def spatial_weights():
+        return [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 < p.shape[-1]]
+
+    assert all(p.is_contiguous() for p in spatial_weights())
+    img = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    before = predict_images(model, [img], "BGR", precision="fp32")[0]["instances"]
+    SlidePredictor(cfg, model)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in spatial_weights())
+    assert not any(p.is_contiguous() for p in spatial_weights())
+    after = predict_images(model, [img], "BGR", precision="fp32")[0]["instances"]
+    assert len(before) == len(after) > 0
+    assert torch.allclose(before.scores, after.scores, atol=1e-4)
+    off = make_cfg(CONFIGS / "dev/Demo-CPU-R18.yaml", "TEST.TILE.CHANNELS_LAST", False)
+    fresh = build_model(off).eval()
+    SlidePredictor(off, fresh)
+    assert all(p.is_contiguous() for p in fresh.parameters())
 
 
 # --- read-out and outputs ------------------------------------------------------------
