@@ -2,18 +2,22 @@
 stored beside a checkpoint (bound to its SHA-256), and the checkpointer that carries the
 domain head's class names (so that fine-tuning on a longer domain list keeps what was
 learnt) and saves crash-safely (temporary file, fsync, rename; resume falls back to the newest
-checkpoint that loads)."""
+checkpoint that loads) and loads without executing code: ``.pth`` with ``weights_only``,
+Detectron2's ``.pkl`` with an unpickler that admits only containers, numbers, strings and
+numpy arrays."""
 
 import hashlib
 import json
 import logging
 import os
+import pickle
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 from .constants import DEFAULT_SCORE_THRESHOLD
 
@@ -174,6 +178,134 @@ def _atomic_write(path: str, write: Any, mode: str) -> None:
         pass
 
 
+class WeightsError(RuntimeError):
+    """Weights midog-d2 refuses to load: a file that could run code when unpickled, one
+    that is not a readable checkpoint, or (evaluation, inference) one that leaves part of
+    the model unloaded. The message names the file."""
+
+
+# What Detectron2's .pkl weights (model zoo, Caffe2/MSRA, the converter's output) hold:
+# containers, numbers, strings and numpy arrays; nothing that calls other code.
+_PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("__builtin__", "complex"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _ForbiddenGlobal(f"it refers to {module}.{name}")
+
+
+def load_pickle_weights(path: str) -> Any:
+    """The object in the pickle ``path`` (Detectron2's ``.pkl`` weights), read with an
+    unpickler that admits only dicts, lists, tuples, sets, numbers, strings, bytes and
+    numpy arrays. Anything else (a file crafted to run code) raises :class:`WeightsError`
+    before it is constructed."""
+    with PathManager.open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, encoding="latin1").load()
+        except _ForbiddenGlobal as e:
+            raise WeightsError(
+                f"{path}: refused to load: {e}, which is not plain data (weights may hold "
+                "only dicts, lists, numbers, strings and numpy arrays), and unpickling it "
+                "could run code"
+            ) from None
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            MemoryError,
+            OverflowError,
+        ) as e:
+            raise WeightsError(
+                f"{path}: not a readable .pkl weights file ({type(e).__name__}: {e})"
+            ) from None
+
+
+def load_torch_weights(path: str) -> Any:
+    """The object in the PyTorch file ``path``, loaded with ``weights_only=True`` (tensors,
+    containers, numbers, strings: nothing that calls other code), on the CPU."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data, "
+            f"and unpickling it could run code ({first})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from None
+
+
+def require_complete_load(checkpointer: "MidogCheckpointer", path: str) -> None:
+    """Raise :class:`WeightsError` when the last ``checkpointer.load`` left parameters of
+    the model at their initialisation (missing from ``path`` or of another shape): scoring
+    such a model reports the metrics of a random one."""
+    inc = getattr(checkpointer, "last_incompatible", None)
+    if inc is None:
+        raise WeightsError(f"{path}: no weights were loaded")
+    shapes = [k for k, *_ in inc.incorrect_shapes]
+    missing = [k for k in inc.missing_keys if k not in shapes]
+    if not (missing or shapes):
+        return
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({', '.join(shapes[:4])})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:4])})")
+    raise WeightsError(
+        f"{path}: does not fit the model: {'; '.join(parts)}; these would stay randomly "
+        "initialised (pass --allow-partial-weights to use it anyway)"
+    )
+
+
+def load_model_weights(
+    cfg, model: torch.nn.Module, path: str, *, allow_partial: bool = False
+) -> "MidogCheckpointer":
+    """Load ``path`` into ``model`` for evaluation or inference: an empty path, a missing
+    file or weights that leave parameters unloaded (:func:`require_complete_load`, unless
+    ``allow_partial``) raise :class:`WeightsError` (FileNotFoundError for a missing file)."""
+    if not path:
+        raise WeightsError(
+            "MODEL.WEIGHTS is empty: evaluating or running a model needs its trained weights"
+        )
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {path}: no such file")
+    checkpointer = MidogCheckpointer.from_config(cfg, model)
+    checkpointer.load(path)
+    if not allow_partial:
+        require_complete_load(checkpointer, path)
+    return checkpointer
+
+
 def _norm(name: Any) -> str:
     return " ".join(str(name).split()).lower()
 
@@ -285,7 +417,45 @@ class MidogCheckpointer(DetectionCheckpointer):
             f"no checkpoint in {self.save_dir} can be loaded to resume: " + "; ".join(failures)
         )
 
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's file formats, read without executing code (:func:`load_pickle_weights`
+        for ``.pkl``, :func:`load_torch_weights` for the rest; pycls ``.pyth`` refused)."""
+        if filename.endswith(".pyth"):
+            raise WeightsError(f"{filename}: pycls .pyth weights are not supported")
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)  # -> _torch_load
+        data = load_pickle_weights(filename)
+        if not isinstance(data, dict):
+            raise WeightsError(f"{filename}: a .pkl weights file must hold a dict")
+        if "model" in data and "__author__" in data:
+            loaded = data
+        else:  # Caffe2 / Detectron1 model zoo (e.g. the MSRA R-50.pkl)
+            data = data.get("blobs", data)
+            if not isinstance(data, dict):
+                raise WeightsError(f"{filename}: its 'blobs' entry must be a dict")
+            model = {k: v for k, v in data.items() if not str(k).endswith("_momentum")}
+            loaded = {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
+        if not isinstance(loaded.get("model"), dict):
+            raise WeightsError(f"{filename}: its 'model' entry must be a dict of arrays")
+        parsed = getattr(self, "_parsed_url_during_load", None)
+        if parsed is not None and "matching_heuristics=True" in parsed.query:
+            loaded["matching_heuristics"] = True
+        return loaded
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        data = load_torch_weights(f)
+        if not isinstance(data, dict):
+            raise WeightsError(f"{f}: a checkpoint must hold a dict")
+        if "model" not in data:
+            data = {"model": data}  # a bare state dict, as fvcore reads one
+        return data
+
     def _load_model(self, checkpoint: Dict[str, Any]):
+        incompatible = self._load_model_mapped(checkpoint)
+        self.last_incompatible = incompatible
+        return incompatible
+
+    def _load_model_mapped(self, checkpoint: Dict[str, Any]):
         state = checkpoint["model"]
         model_state = self.model.state_dict()
         has_head = any(k.startswith(DOMAIN_HEAD) for k in model_state)

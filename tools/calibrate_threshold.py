@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from midog_d2.checkpoint import MidogCheckpointer, save_threshold
+from midog_d2.checkpoint import WeightsError, load_model_weights, save_threshold
 from midog_d2.engine import MidogTrainer, setup_cfg
 from midog_d2.evaluation.protocol import score_dataset
 
@@ -27,6 +27,11 @@ def main(argv=None) -> int:
     ap.add_argument("--config-file", required=True)
     ap.add_argument("--dataset", default="", help="validation dataset (default: DATASETS.TEST[0])")
     ap.add_argument("--output-dir", default="", help="evaluator files (default: none written)")
+    ap.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="weights that leave parameters at their initialisation",
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (MODEL.WEIGHTS ...)")
     args = ap.parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
@@ -38,7 +43,11 @@ def main(argv=None) -> int:
         print("error: no --dataset and DATASETS.TEST is empty", file=sys.stderr)
         return 2
     model = MidogTrainer.build_model(cfg)
-    MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+    try:
+        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights)
+    except (WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]
     path = save_threshold(
         cfg.MODEL.WEIGHTS,

@@ -32,7 +32,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.checkpoint import MidogCheckpointer, resolve_score_threshold
+from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
 from midog_d2.engine import setup_cfg
 from midog_d2.engine.slides import (
     expand_inputs,
@@ -59,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--threshold", type=float, default=None, help="operating score threshold (overrides)"
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="weights that leave parameters at their initialisation",
+    )
     ap.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
     ap.add_argument("--num-machines", type=int, default=1)
     ap.add_argument("--machine-rank", type=int, default=0)
@@ -100,7 +105,11 @@ def check_args(args: argparse.Namespace):
         inputs = expand_inputs(args.input)
         slide_stems(inputs)
         sha = weights_identity(cfg.MODEL.WEIGHTS)
-    except (FileNotFoundError, ValueError) as e:
+        # once, before any process starts: weights that load completely and safely
+        load_model_weights(
+            cfg, build_model(cfg), cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights
+        )
+    except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise SystemExit(f"error: --output {args.output} exists and is not a folder")
@@ -124,7 +133,7 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         # Processes share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     model = build_model(cfg)
-    MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+    load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=True)  # checked before
     model.eval()
     threshold, source = resolve_score_threshold(cfg)
     if comm.is_main_process():

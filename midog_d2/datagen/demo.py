@@ -175,7 +175,7 @@ def _demo_cfg(
     """The demo's frozen config: ``config_file`` + ``opts`` on the demo's datasets."""
     cfg = get_cfg()
     add_midog_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg.merge_from_file(config_file, allow_unsafe=False)
     # The GPU when there is one, unless the command line chose.
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.merge_from_list(list(opts))

@@ -7,6 +7,7 @@ import weakref
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, default_setup, hooks
@@ -96,9 +97,17 @@ def setup_cfg(
         add(cfg)
     # yacs names the key but not where it came from: say which file or override it is.
     try:
-        cfg.merge_from_file(config_file)
+        # Detectron2 falls back to yaml.unsafe_load (which runs code) by default.
+        cfg.merge_from_file(config_file, allow_unsafe=False)
     except FileNotFoundError:
         raise
+    except yaml.YAMLError as e:
+        if isinstance(e, yaml.constructor.ConstructorError):
+            raise ValueError(
+                f"{config_file}: refused: it uses a YAML tag that constructs Python objects "
+                f"({e.problem}); configs may hold only plain YAML"
+            ) from None
+        raise ValueError(f"{config_file}: not valid YAML: {e}") from None
     except (KeyError, ValueError, TypeError, AssertionError, AttributeError) as e:
         raise ValueError(f"{config_file}: {_yacs_message(e)}") from e
     try:
