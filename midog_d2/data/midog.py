@@ -135,11 +135,34 @@ def _read_json(json_file: str) -> Dict[str, Any]:
     return data
 
 
+def _is_id(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value != ""
+    )
+
+
+def _size(json_file: str, ident: Any, key: str, value: Any) -> int:
+    """A positive integral pixel size (``2000`` or ``2000.0``), else ValueError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value.is_integer()
+    if not ok or int(value) <= 0:
+        raise ValueError(
+            f"{json_file}: image {ident!r}: {key} {value!r} is not a positive whole number"
+        )
+    return int(value)
+
+
 def _category_map(json_file: str, categories: List[Dict[str, Any]]) -> Dict[Any, int]:
     mapping: Dict[Any, int] = {}
     for cat in categories:
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             raise ValueError(f"{json_file}: category entry {cat!r} lacks 'id' or 'name'")
+        if not _is_id(cat["id"]) or not isinstance(cat["name"], str):
+            raise ValueError(
+                f"{json_file}: category entry {cat!r}: 'id' must be an integer or a string "
+                "and 'name' a string"
+            )
         cls = CATEGORY_ALIASES.get(_norm(cat["name"]))
         if cls is None:
             raise ValueError(
@@ -301,6 +324,27 @@ def _image_records(
         if missing:
             ident = img.get("id", f"#{idx}") if isinstance(img, dict) else f"#{idx}"
             raise ValueError(f"{json_file}: image {ident} lacks {missing}")
+        if not _is_id(img["id"]):
+            raise ValueError(
+                f"{json_file}: image #{idx}: id {img['id']!r} is not an integer or a string"
+            )
+        if not isinstance(img["file_name"], str) or not img["file_name"].strip():
+            raise ValueError(
+                f"{json_file}: image {img['id']!r}: file_name {img['file_name']!r} is not a "
+                "file name"
+            )
+        width = _size(json_file, img["id"], "width", img["width"])
+        height = _size(json_file, img["id"], "height", img["height"])
+        flag = img.get("labelled")
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(
+                f"{json_file}: image {img['id']!r}: labelled {flag!r} is not true or false"
+            )
+        for key in ("tumor_type", "scanner", "lab"):
+            if img.get(key) is not None and not isinstance(img[key], str):
+                raise ValueError(
+                    f"{json_file}: image {img['id']!r}: {key} {img[key]!r} is not a string"
+                )
         if img["id"] in images:
             raise ValueError(f"{json_file}: image id {img['id']} appears twice")
         row = csv_rows.get(img["id"], {})
@@ -318,8 +362,8 @@ def _image_records(
                 os.path.join(image_root, img["file_name"]) if image_root else img["file_name"]
             ),
             "image_id": img["id"],
-            "height": int(img["height"]),
-            "width": int(img["width"]),
+            "height": height,
+            "width": width,
             "tumor_type": tumor,
             "tumor_label": tumor_types.index(tumor) if tumor in tumor_types else -1,
             "split": row.get("split"),
@@ -376,10 +420,23 @@ def _add_annotations(
 ) -> None:
     """Append each valid annotation of ``entries`` to its image's ``annotations``."""
     skipped = Counter()
+    seen = set()
     for ann in entries:
         if not isinstance(ann, dict):
             raise ValueError(f"{json_file}: annotation entry {ann!r} is not an object")
-        ident = f"{json_file}: annotation {ann.get('id')} (image {ann.get('image_id')})"
+        ident = f"{json_file}: annotation {ann.get('id')!r} (image {ann.get('image_id')!r})"
+        for key in ("id", "image_id", "category_id"):
+            if key in ann or key != "id":
+                if not _is_id(ann.get(key)):
+                    raise ValueError(
+                        f"{ident}: {key} {ann.get(key)!r} is not an integer or a string"
+                    )
+        if "id" in ann:
+            if ann["id"] in seen:
+                raise ValueError(f"{ident}: annotation id {ann['id']!r} appears twice")
+            seen.add(ann["id"])
+        if "labels" in ann and not isinstance(ann["labels"], list):
+            raise ValueError(f"{ident}: labels {ann['labels']!r} is not a list")
         record = images.get(ann.get("image_id"))
         if record is None:
             raise ValueError(f"{ident}: refers to an image id that is not in 'images'")

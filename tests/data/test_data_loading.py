@@ -611,3 +611,81 @@ def test_domain_split_holds_out_tumor_and_scanner():
     assert len(ids["val"]) == 4  # a quarter of each training tumor type, by image
     with pytest.raises(ValueError, match="unseen_scanner.*empty"):
         split_for_domain_study(dicts, "net", "Philips", val_fraction=0.25, seed=0)
+
+
+def _image(**over):
+    img = {"id": 1, "file_name": "a.tiff", "width": 500, "height": 400}
+    img.update(over)
+    return img
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (_image(file_name=7), r"image 1: file_name 7 is not a file name"),
+        (_image(file_name=""), r"image 1: file_name '' is not a file name"),
+        (_image(height=None), r"image 1: height None is not a positive whole number"),
+        (_image(height=[400]), r"image 1: height \[400\] is not a positive whole number"),
+        (_image(width=0), r"image 1: width 0 is not a positive whole number"),
+        (_image(width=499.5), r"image 1: width 499.5 is not a positive whole number"),
+        (_image(width=True), r"image 1: width True is not a positive whole number"),
+        (_image(id=[1]), r"image #0: id \[1\] is not an integer or a string"),
+        (_image(id={"a": 1}), r"image #0: id \{'a': 1\} is not an integer or a string"),
+        (_image(labelled="no"), r"image 1: labelled 'no' is not true or false"),
+        (_image(tumor_type=3), r"image 1: tumor_type 3 is not a string"),
+    ],
+)
+def test_image_entries_of_the_wrong_type_are_named(tmp_path, image, match):
+    ann = [{"id": 10, "image_id": image["id"], "category_id": 1, "bbox": [1, 1, 9, 9]}]
+    if not isinstance(image["id"], (int, str)):
+        ann = []
+    path = write_json(tmp_path, images=[image], annotations=ann)
+    with pytest.raises(ValueError, match=r"ann\.json: " + match):
+        load_midog_json(path, "")
+
+
+def test_infinite_sizes_and_whole_floats(tmp_path):
+    raw = json.dumps(
+        {
+            "images": [_image(width=500.0)],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}],
+            "categories": [{"id": 1, "name": "mitotic figure"}],
+        }
+    )
+    (d,) = load_midog_json(write_json(tmp_path, raw=raw), "")
+    assert d["width"] == 500 and isinstance(d["width"], int)
+    path = write_json(tmp_path, raw=raw.replace("500.0", "Infinity"), name="inf.json")
+    with pytest.raises(ValueError, match=r"inf\.json: image 1: width inf is not a positive"):
+        load_midog_json(path, "")
+
+
+@pytest.mark.parametrize(
+    "ann, match",
+    [
+        ({"id": 10, "image_id": [1], "category_id": 1}, r"image_id \[1\] is not an integer"),
+        ({"id": 10, "image_id": 1, "category_id": {"x": 1}}, r"category_id \{'x': 1\} is not an"),
+        ({"id": [10], "image_id": 1, "category_id": 1}, r"id \[10\] is not an integer"),
+        ({"id": 10, "image_id": 1, "category_id": 1, "labels": 3}, r"labels 3 is not a list"),
+    ],
+)
+def test_annotation_fields_of_the_wrong_type_are_named(tmp_path, ann, match):
+    ann = dict(ann, bbox=[1, 1, 9, 9])
+    path = write_json(tmp_path, images=[_image()], annotations=[ann])
+    with pytest.raises(ValueError, match=r"ann\.json: annotation .*: " + match):
+        load_midog_json(path, "")
+
+
+def test_duplicate_annotation_ids_are_refused(tmp_path):
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [20, 20, 29, 29]},
+    ]
+    path = write_json(tmp_path, images=[_image()], annotations=anns)
+    with pytest.raises(ValueError, match=r"annotation 10 .*: annotation id 10 appears twice"):
+        load_midog_json(path, "")
+
+
+def test_category_ids_of_the_wrong_type_are_named(tmp_path):
+    path = write_json(tmp_path, categories=[{"id": [1], "name": "mitotic figure"}])
+    with pytest.raises(ValueError, match=r"category entry .*'id' must be an integer or a string"):
+        load_midog_json(path, "")
