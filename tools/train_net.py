@@ -6,13 +6,19 @@
         DATASETS.MIDOG.IMAGE_ROOT datasets/midog++/images
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8
+    python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
 
 ``--eval-only`` refuses weights that leave part of the model unloaded (missing or
 differently shaped parameters would be scored at their random initialisation) unless
 ``--allow-partial-weights`` is given.
 """
 
+import os
+
+import torch
+
 from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
 
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
 from midog_d2.engine import MidogTrainer, setup_cfg
@@ -20,6 +26,9 @@ from midog_d2.engine import MidogTrainer, setup_cfg
 
 def main(args):
     cfg = setup_cfg(args.config_file, args.opts, args)
+    if comm.get_world_size() > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        # CPU processes (gloo) share the cores instead of each taking all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     if args.eval_only:
         model = MidogTrainer.build_model(cfg)
         path = cfg.MODEL.WEIGHTS
@@ -37,6 +46,23 @@ def main(args):
     return trainer.train()
 
 
+def check_processes(args) -> None:
+    """One sentence, before any process starts, when --num-gpus cannot be honoured."""
+    if args.num_gpus <= 1:
+        return
+    try:
+        device = str(setup_cfg(args.config_file, args.opts).MODEL.DEVICE)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.startswith("cuda") and gpus < args.num_gpus:
+        raise SystemExit(
+            f"error: --num-gpus {args.num_gpus} with MODEL.DEVICE {device}, but this machine "
+            f"has {gpus} CUDA GPU(s); to train with {args.num_gpus} CPU processes (gloo) add "
+            "MODEL.DEVICE cpu"
+        )
+
+
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument(
@@ -49,6 +75,7 @@ def argument_parser():
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
+    check_processes(args)
     print("Command Line Args:", args)
     launch(
         main,

@@ -1,6 +1,7 @@
 """``DefaultTrainer`` wired to the patch loader, SOLVER.OPTIMIZER, tiled evaluation and a
 best checkpoint."""
 
+import functools
 import logging
 import os
 import weakref
@@ -11,6 +12,7 @@ import yaml
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,6 +34,19 @@ class MidogTrainer(DefaultTrainer):
     by tiled inference with the MIDOG and COCO evaluators, and a
     ``model_best.pth`` kept on ``TEST.BEST_CHECKPOINT_METRIC``.
     """
+
+    def __init__(self, cfg: CfgNode):
+        if comm.get_world_size() > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            # Several CPU processes (gloo): Detectron2 gives DDP device_ids=[local rank],
+            # which only CUDA models take; a CPU model takes none.
+            original = d2_defaults.create_ddp_model
+            d2_defaults.create_ddp_model = functools.partial(original, device_ids=None)
+            try:
+                super().__init__(cfg)
+            finally:
+                d2_defaults.create_ddp_model = original
+        else:
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

@@ -87,3 +87,70 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     # Detectron2's metrics.json holds the training losses, auxiliary ones included.
     events = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("loss_tumor" in e and "loss_foreground" in e for e in events)
+
+
+def _tiny_opts(tiny_dataset, out):
+    return [
+        "DATASETS.MIDOG.JSON_FILE",
+        str(tiny_dataset["json_file"]),
+        "DATASETS.MIDOG.IMAGE_ROOT",
+        str(tiny_dataset["image_root"]),
+        "DATASETS.MIDOG.CSV_FILE",
+        str(tiny_dataset["csv_file"]),
+        "DATASETS.MIDOG.SPLIT",
+        "csv",
+        "DATASETS.MIDOG.VAL_FRACTION",
+        "0.0",
+        "DATASETS.TRAIN",
+        "('midog_train',)",
+        "DATASETS.TEST",
+        "('midog_test',)",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.STEPS",
+        "()",
+        "INPUT.PATCH.SIZE",
+        "128",
+        "TEST.TILE.SIZE",
+        "256",
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+
+
+def test_two_cpu_processes_train_one_checkpoint_and_gather_evaluation(tiny_dataset, tmp_path):
+    """--num-gpus 2 on the CPU: two gloo processes, the same iteration count, one loadable
+    checkpoint, evaluation gathered from both ranks."""
+    out = tmp_path / "ddp"
+    config = ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), "--num-gpus", "2"]
+    r = _train_net([*config, *_tiny_opts(tiny_dataset, out), "MODEL.DEVICE", "cpu"], tmp_path)
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2
+    metrics = json.loads((out / "inference" / "midog_test" / "midog_metrics.json").read_text())
+    assert metrics["num_images"] == 1 and metrics["tp"] + metrics["fn"] > 0
+    assert r.returncode == 0
+
+
+def test_num_gpus_on_a_cuda_config_without_gpus_says_how_to_use_cpu_processes(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2"]
+    cmd += ["--config-file", str(CONFIGS / "Base-MultiTask-RetinaNet.yaml"), "MODEL.DEVICE", "cuda"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert (
+        "has 0 CUDA GPU(s); to train with 2 CPU processes (gloo) add MODEL.DEVICE cpu" in r.stderr
+    )
