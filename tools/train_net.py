@@ -13,6 +13,7 @@ differently shaped parameters would be scored at their random initialisation) un
 ``--allow-partial-weights`` is given.
 """
 
+import logging
 import os
 
 import torch
@@ -23,9 +24,14 @@ from detectron2.utils import comm
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
 from midog_d2.engine import MidogTrainer, setup_cfg
 
+logger = logging.getLogger("midog_d2.train_net")
+
 
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts, args)
+    try:
+        cfg = setup_cfg(args.config_file, args.opts, args)
+    except (ValueError, FileNotFoundError) as e:  # config and data errors name their file
+        raise SystemExit(f"error: {e}")
     if comm.get_world_size() > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         # CPU processes (gloo) share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
@@ -41,7 +47,12 @@ def main(args):
         except (WeightsError, FileNotFoundError) as e:
             raise SystemExit(f"error: --eval-only: {e}")
         return MidogTrainer.test(cfg, model)
-    trainer = MidogTrainer(cfg)
+    try:
+        trainer = MidogTrainer(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        # the data's own errors name the file and the problem; the traceback goes to the log
+        logger.debug("cannot build the trainer", exc_info=True)
+        raise SystemExit(f"error: {e}")
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -163,9 +163,19 @@ def build_midog_train_loader(
     RNG instead, which ``default_setup`` seeds from ``cfg.SEED``.
     """
     if dataset is None:
-        dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
+        names = tuple(cfg.DATASETS.TRAIN)
+        if not names:
+            raise ValueError("DATASETS.TRAIN is empty: name the training dataset(s)")
+        try:
+            dataset = get_detection_dataset_dicts(
+                names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            )
+        except AssertionError as e:  # Detectron2 asserts on an empty dataset
+            raise ValueError(
+                f"the training set {names} holds no images ({e}); check DATASETS.MIDOG."
+                "JSON_FILE, its split (DATASETS.MIDOG.SPLIT, CSV_FILE) and the tumor-type "
+                "filter"
+            ) from None
     dataset = labelled_images(dataset)
     if not dataset:
         raise ValueError(

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, make_cfg
 
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 
@@ -154,3 +154,36 @@ def test_num_gpus_on_a_cuda_config_without_gpus_says_how_to_use_cpu_processes(tm
     assert (
         "has 0 CUDA GPU(s); to train with 2 CPU processes (gloo) add MODEL.DEVICE cpu" in r.stderr
     )
+
+
+def test_a_training_set_emptied_by_its_filter_ends_in_one_sentence(tiny_dataset, tmp_path):
+    opts = _tiny_opts(tiny_dataset, tmp_path / "empty")
+    # no image of the tiny set has this tumor type
+    opts += ["DATASETS.MIDOG.TUMOR_FILTER", "['no such tumor']", "MODEL.DEVICE", "cpu"]
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py")]
+    cmd += ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), *opts]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "no image left after the tumor filter ['no such tumor']" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_an_empty_registered_training_set_is_named():
+    from detectron2.data import DatasetCatalog
+
+    from midog_d2.data import build_midog_train_loader
+
+    DatasetCatalog.register("midog_test_empty_train", lambda: [])
+    try:
+        cfg = make_cfg(
+            CONFIGS / "dev" / "Demo-CPU-R18.yaml", "DATASETS.TRAIN", "('midog_test_empty_train',)"
+        )
+        with pytest.raises(
+            ValueError, match=r"the training set \('midog_test_empty_train',\) holds no images"
+        ):
+            build_midog_train_loader(cfg)
+        cfg = make_cfg(CONFIGS / "dev" / "Demo-CPU-R18.yaml", "DATASETS.TRAIN", "()")
+        with pytest.raises(ValueError, match="DATASETS.TRAIN is empty"):
+            build_midog_train_loader(cfg)
+    finally:
+        DatasetCatalog.remove("midog_test_empty_train")
