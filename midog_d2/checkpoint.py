@@ -306,6 +306,18 @@ def load_model_weights(
     return checkpointer
 
 
+def last_good_checkpoint(save_dir: str) -> str:
+    """What ``last_checkpoint`` in ``save_dir`` names, as a path (or a sentence saying there
+    is none): where a stopped run resumes from."""
+    tag = os.path.join(save_dir, "last_checkpoint")
+    try:
+        with open(tag) as f:
+            name = f.read().strip()
+    except OSError:
+        name = ""
+    return os.path.join(save_dir, name) if name else f"no checkpoint in {save_dir}"
+
+
 def _norm(name: Any) -> str:
     return " ".join(str(name).split()).lower()
 
@@ -358,6 +370,18 @@ class MidogCheckpointer(DetectionCheckpointer):
         if self.domains is not None:
             kwargs.setdefault("domains", self.domains)
         data = {"model": self.model.state_dict()}
+        bad = [
+            k
+            for k, v in data["model"].items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:
+            # a diverged step: keep the previous checkpoint, the last good one
+            raise FloatingPointError(
+                f"not saving {name}: the model's parameters became NaN or infinite "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                f"{last_good_checkpoint(self.save_dir)} is kept"
+            )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -21,7 +21,12 @@ import torch
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
-from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
+from midog_d2.checkpoint import (
+    MidogCheckpointer,
+    WeightsError,
+    last_good_checkpoint,
+    load_model_weights,
+)
 from midog_d2.engine import MidogTrainer, setup_cfg
 
 logger = logging.getLogger("midog_d2.train_net")
@@ -54,7 +59,17 @@ def main(args):
         logger.debug("cannot build the trainer", exc_info=True)
         raise SystemExit(f"error: {e}")
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except FloatingPointError as e:
+        # Detectron2 stops before the optimizer step of a non-finite loss, and the
+        # checkpointer refuses non-finite weights: the last checkpoint is a good one.
+        first = str(e).strip().splitlines()[0]
+        raise SystemExit(
+            f"error: training stopped at iteration {trainer.iter}: {first}; resume from "
+            f"{last_good_checkpoint(cfg.OUTPUT_DIR)} with --resume (a lower SOLVER.BASE_LR "
+            "or SOLVER.CLIP_GRADIENTS may keep it finite)"
+        )
 
 
 def check_processes(args) -> None:

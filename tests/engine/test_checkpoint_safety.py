@@ -111,3 +111,88 @@ def test_killed_while_saving_the_previous_checkpoint_resumes(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     ck2.save("model_final", iteration=51)
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_non_finite_weights_are_never_saved_over_the_last_good_checkpoint(tmp_path):
+    model, ck = checkpointer(tmp_path)
+    ck.save("model_0000001", iteration=1)
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(
+        FloatingPointError,
+        match=r"not saving model_0000003: .*\(weight\); .*model_0000001\.pth is kept",
+    ):
+        ck.save("model_0000003", iteration=3)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "model_0000001.pth").read_bytes() == good
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Training itself: weights turned NaN at iteration 3 (before its periodic checkpoint)
+    stop the run with FloatingPointError; model_0000001.pth stays the last checkpoint and
+    loads with finite weights."""
+    from conftest import CONFIGS
+    from detectron2.engine import HookBase
+
+    from midog_d2.datagen.synthetic import PRESETS, generate_dataset
+    from midog_d2.engine import MidogTrainer, setup_cfg
+
+    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    cfg = setup_cfg(
+        str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.MIDOG.JSON_FILE",
+            str(data["json_file"]),
+            "DATASETS.MIDOG.IMAGE_ROOT",
+            str(data["image_root"]),
+            "DATASETS.MIDOG.CSV_FILE",
+            str(data["csv_file"]),
+            "DATASETS.MIDOG.VAL_FRACTION",
+            "0.0",
+            "DATASETS.TRAIN",
+            "('midog_train',)",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "8",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.STEPS",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "INPUT.PATCH.SIZE",
+            "128",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path / "run"),
+        ],
+    )
+
+    class Poison(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 3:
+                with torch.no_grad():
+                    next(self.trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = MidogTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer._hooks.insert(0, Poison())  # before the periodic checkpointer
+    trainer._hooks[0].trainer = trainer
+    with pytest.raises(FloatingPointError, match="not saving model_0000003"):
+        trainer.train()
+    run = tmp_path / "run"
+    assert (run / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (run / "model_0000003.pth").exists() and not (run / "model_final.pth").exists()
+    state = torch.load(run / "model_0000001.pth", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
