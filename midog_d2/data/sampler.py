@@ -24,6 +24,7 @@ from detectron2.data import (
 from detectron2.utils import comm
 
 from ..constants import is_labelled
+from ..io import check_images
 from .mapper import MidogPatchMapper, MidogTestMapper
 
 __all__ = [
@@ -180,6 +181,15 @@ def build_midog_train_loader(
     if not dataset:
         raise ValueError(
             f"build_midog_train_loader: no labelled training images in {tuple(cfg.DATASETS.TRAIN)}"
+        )
+    # Before the first step, not at whichever iteration first samples a bad file.
+    problems = check_images(dataset, read_pixels=False)
+    if problems:
+        listed = "; ".join(f"{p}: {why}" for p, why in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            f"{len(problems)} training image(s) cannot be used: {listed}{more}; "
+            "tools/check_dataset.py lists them all"
         )
     if mapper is None:
         mapper = MidogPatchMapper(cfg, is_train=True)

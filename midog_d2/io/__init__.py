@@ -27,6 +27,7 @@ from .points import (
     points_to_json,
     write_points_json,
 )
+from .structure import ImageStructureError, check_image_structure
 from .slide import (
     UnreadableSlideError,
     check_images,

@@ -27,6 +27,8 @@ import openslide
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from .structure import ImageStructureError, check_image_structure
+
 __all__ = [
     "UnreadableSlideError",
     "check_images",
@@ -117,11 +119,21 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open_uncached(path: str) -> openslide.AbstractSlide:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+    # Structure first: a TIFF whose tags claim more than the file holds can make OpenSlide
+    # allocate without bound and abort the process, which no except clause catches.
+    try:
+        check_image_structure(path)
+    except ImageStructureError as e:
+        raise UnreadableSlideError(f"cannot read image {path}: {e.problem}") from e
     try:
         return openslide.open_slide(path)
-    except (openslide.OpenSlideError, UnidentifiedImageError, OSError, ValueError) as e:
+    except (
+        openslide.OpenSlideError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+    ) as e:
         raise UnreadableSlideError(f"cannot read image {path}: {e}") from e
 
 
@@ -181,6 +193,10 @@ class _TiledTiff:
             os.close(fd)
 
     def _tile(self, index: int) -> Optional[np.ndarray]:
+        if not 0 <= index < len(self.counts):
+            raise UnreadableSlideError(
+                f"cannot read tile {index} of {self.path}: its TIFF holds {len(self.counts)}"
+            )
         count = self.counts[index]
         if count == 0:
             return None  # a sparse tile: OpenSlide leaves it transparent
@@ -537,9 +553,10 @@ def check_images(
     seen = set()
     for d in dataset_dicts:
         path = d["file_name"]
-        if path in seen:
+        key = (path, d.get("width"), d.get("height"))
+        if key in seen:
             continue
-        seen.add(path)
+        seen.add(key)
         try:
             slide = _open_uncached(path)
         except FileNotFoundError:
