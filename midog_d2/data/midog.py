@@ -443,7 +443,7 @@ def _add_annotations(
         if ann.get("category_id") not in classes:
             raise ValueError(
                 f"{ident}: category_id {ann.get('category_id')!r} is not in 'categories' "
-                f"{sorted(classes)}"
+                f"{sorted(classes, key=repr)}"
             )
         x1, y1, x2, y2 = box = _bbox(json_file, ann)
         if x2 <= x1 or y2 <= y1:

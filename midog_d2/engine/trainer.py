@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import hooks
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

@@ -260,6 +260,12 @@ def load_coco_results(
             f"{path}: not a Detectron2 coco_instances_results.json (a list of "
             f"{{image_id, bbox, score}})"
         )
+    for i, r in enumerate(obj):
+        for key in ("image_id", "category_id"):
+            v = r.get(key)
+            ok = (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
+            if not ok and not (key == "category_id" and v is None):
+                raise ValueError(f"{path}: entry #{i}: {key} {v!r} is not an integer or a string")
     cats = sorted({r.get("category_id") for r in obj}, key=str)
     if category_id is None and len(cats) > 1:
         raise ValueError(

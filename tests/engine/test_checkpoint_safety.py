@@ -134,6 +134,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     stop the run with FloatingPointError; model_0000001.pth stays the last checkpoint and
     loads with finite weights."""
     from conftest import CONFIGS
+
     from detectron2.engine import HookBase
 
     from midog_d2.datagen.synthetic import PRESETS, generate_dataset
