@@ -37,6 +37,8 @@ def main(args):
         cfg = setup_cfg(args.config_file, args.opts, args)
     except (ValueError, FileNotFoundError) as e:  # config and data errors name their file
         raise SystemExit(f"error: {e}")
+    except OSError as e:  # default_setup creates OUTPUT_DIR and writes config.yaml in it
+        raise SystemExit(f"error: cannot write the output folder (OUTPUT_DIR): {e}")
     if comm.get_world_size() > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         # CPU processes (gloo) share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))

@@ -187,3 +187,17 @@ def test_an_empty_registered_training_set_is_named():
             build_midog_train_loader(cfg)
     finally:
         DatasetCatalog.remove("midog_test_empty_train")
+
+
+def test_an_output_folder_that_is_a_file_is_one_sentence(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py")]
+    cmd += ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), "OUTPUT_DIR", str(taken)]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: cannot write the output folder (OUTPUT_DIR):") and "taken" in last
+    )
+    assert taken.read_text() == "not a folder"
