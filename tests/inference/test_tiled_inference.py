@@ -178,6 +178,9 @@ def real_model_cfg():
             "0.0",  # keep the random model's detections
             "TEST.DETECTIONS_PER_IMAGE",
             "20",
+            # compared with the model called directly, in fp32 ("auto" is bf16 on some CPUs)
+            "TEST.TILE.PRECISION",
+            "fp32",
             "TEST.TILE.SIZE",
             "256",
             "TEST.TILE.OVERLAP",
