@@ -136,15 +136,17 @@ _mutated = given(
     which=st.integers(0, len(PATHS) - 1), value=json_values, cut=st.sampled_from([0, 0, 0, 50, 90])
 )
 _cfg = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+# make test draws the same examples every run (no flaky CI); make test-slow new ones each time
+_fast = dict(_cfg, derandomize=True)
 
 
-@settings(max_examples=FAST, **_cfg)
+@settings(max_examples=FAST, **_fast)
 @_random
 def test_midog_json_random_structures(obj):
     _midog_json_random(obj)
 
 
-@settings(max_examples=FAST, **_cfg)
+@settings(max_examples=FAST, **_fast)
 @_mutated
 def test_midog_json_mutated_fields(which, value, cut):
     _midog_json_mutated(which, value, cut)
@@ -195,7 +197,7 @@ def _readers(obj, mutate_at, value):
 _readers_given = given(obj=json_values, mutate_at=st.none() | st.integers(0, 11), value=json_values)
 
 
-@settings(max_examples=FAST, **_cfg)
+@settings(max_examples=FAST, **_fast)
 @_readers_given
 def test_prediction_readers(obj, mutate_at, value):
     _readers(obj, mutate_at, value)
@@ -272,7 +274,7 @@ _image_given = given(
 )
 
 
-@settings(max_examples=FAST, **_cfg)
+@settings(max_examples=FAST, **_fast)
 @_image_given
 def test_image_readers(name, cut, flips, garbage):
     _image(name, cut, flips, garbage)
@@ -285,7 +287,7 @@ def test_image_readers_long(name, cut, flips, garbage):
     _image(name, cut, flips, garbage)
 
 
-@settings(max_examples=FAST, **_cfg)
+@settings(max_examples=FAST, **_fast)
 @given(
     data=st.binary(min_size=0, max_size=2048),
     suffix=st.sampled_from([".tiff", ".png", ".svs", ".jpg"]),

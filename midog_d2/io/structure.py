@@ -31,6 +31,58 @@ class ImageStructureError(OSError):
         self.path, self.problem = path, problem
 
 
+def _tiff_page(path: str, size: int, i: int, page, is_first: bool) -> Tuple[int, int]:
+    where = f"TIFF page {i}"
+    w, h = int(page.imagewidth), int(page.imagelength)
+    if w <= 0 or h <= 0:
+        raise ImageStructureError(path, f"{where}: size {w} x {h}")
+    bits = page.bitspersample
+    bits = max(bits) if isinstance(bits, tuple) else int(bits)
+    spp = int(page.samplesperpixel)
+    if is_first:
+        if bits != 8:
+            raise ImageStructureError(
+                path,
+                f"{where}: {bits}-bit samples; midog-d2 reads 8-bit RGB H&E (convert "
+                "it to 8 bits per channel, e.g. with vips or tifffile)",
+            )
+        if spp not in (3, 4):
+            raise ImageStructureError(
+                path,
+                f"{where}: {spp} channel(s); midog-d2 reads RGB H&E (greyscale or "
+                "multiplexed images are not H&E)",
+            )
+    if page.is_tiled:
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        if tw <= 0 or th <= 0 or tw * th > MAX_TILE_PIXELS:
+            raise ImageStructureError(path, f"{where}: tile size {tw} x {th}")
+        depth = int(getattr(page, "imagedepth", 1) or 1)
+        expected = -(-w // tw) * -(-h // th) * depth
+    else:
+        rows = int(getattr(page, "rowsperstrip", 0) or h)
+        rows = min(max(rows, 1), h)
+        if w * rows > MAX_TILE_PIXELS:
+            raise ImageStructureError(path, f"{where}: strips of {w} x {rows} pixels")
+        expected = -(-h // rows)
+    if int(page.planarconfig) == 2:
+        expected *= spp
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != expected or len(counts) != expected:
+        raise ImageStructureError(
+            path,
+            f"{where}: {len(offsets)} tile/strip offsets and {len(counts)} byte "
+            f"counts for a {w} x {h} image that needs {expected}",
+        )
+    for j, (o, c) in enumerate(zip(offsets, counts)):
+        if c and (o < 0 or c < 0 or o + c > size):
+            raise ImageStructureError(
+                path,
+                f"{where}: tile/strip {j} ends at byte {o + c} of a {size}-byte file "
+                "(the file is truncated or its tags are wrong)",
+            )
+    return w, h
+
+
 def _tiff(path: str, size: int) -> Tuple[int, int]:
     import tifffile
 
@@ -51,55 +103,15 @@ def _tiff(path: str, size: int) -> Tuple[int, int]:
         for i, page in enumerate(pages):
             if not hasattr(page, "imagewidth"):
                 continue
-            where = f"TIFF page {i}"
-            w, h = int(page.imagewidth), int(page.imagelength)
-            if w <= 0 or h <= 0:
-                raise ImageStructureError(path, f"{where}: size {w} x {h}")
-            bits = page.bitspersample
-            bits = max(bits) if isinstance(bits, tuple) else int(bits)
-            spp = int(page.samplesperpixel)
-            if first is None:
-                first = (w, h)
-                if bits != 8:
-                    raise ImageStructureError(
-                        path,
-                        f"{where}: {bits}-bit samples; midog-d2 reads 8-bit RGB H&E (convert "
-                        "it to 8 bits per channel, e.g. with vips or tifffile)",
-                    )
-                if spp not in (3, 4):
-                    raise ImageStructureError(
-                        path,
-                        f"{where}: {spp} channel(s); midog-d2 reads RGB H&E (greyscale or "
-                        "multiplexed images are not H&E)",
-                    )
-            if page.is_tiled:
-                tw, th = int(page.tilewidth), int(page.tilelength)
-                if tw <= 0 or th <= 0 or tw * th > MAX_TILE_PIXELS:
-                    raise ImageStructureError(path, f"{where}: tile size {tw} x {th}")
-                depth = int(getattr(page, "imagedepth", 1) or 1)
-                expected = -(-w // tw) * -(-h // th) * depth
-            else:
-                rows = int(getattr(page, "rowsperstrip", 0) or h)
-                rows = min(max(rows, 1), h)
-                if w * rows > MAX_TILE_PIXELS:
-                    raise ImageStructureError(path, f"{where}: strips of {w} x {rows} pixels")
-                expected = -(-h // rows)
-            if int(page.planarconfig) == 2:
-                expected *= spp
-            offsets, counts = page.dataoffsets, page.databytecounts
-            if len(offsets) != expected or len(counts) != expected:
+            try:
+                size_i = _tiff_page(path, size, i, page, first is None)
+            except ImageStructureError:
+                raise
+            except Exception as e:  # a damaged tag makes tifffile's properties raise
                 raise ImageStructureError(
-                    path,
-                    f"{where}: {len(offsets)} tile/strip offsets and {len(counts)} byte "
-                    f"counts for a {w} x {h} image that needs {expected}",
-                )
-            for j, (o, c) in enumerate(zip(offsets, counts)):
-                if c and (o < 0 or c < 0 or o + c > size):
-                    raise ImageStructureError(
-                        path,
-                        f"{where}: tile/strip {j} ends at byte {o + c} of a {size}-byte file "
-                        "(the file is truncated or its tags are wrong)",
-                    )
+                    path, f"TIFF page {i}: malformed tags ({type(e).__name__}: {e})"
+                ) from None
+            first = first or size_i
         if first is None:
             raise ImageStructureError(path, f"a TIFF without images")
         return first

@@ -74,8 +74,9 @@ def test_sigkill_at_many_moments_then_resume(tmp_path):
             stderr=subprocess.DEVNULL,
         )
         time.sleep(delay)
-        if proc.poll() is not None:
-            break  # finished before the kill
+        if proc.poll() is not None:  # finished before the kill
+            tagged = _tagged_iteration(out)
+            break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         row = {"killed_after_s": delay, "checkpoint_before": tagged}
