@@ -122,7 +122,8 @@ def _open_uncached(path: str) -> openslide.AbstractSlide:
     # Structure first: a TIFF whose tags claim more than the file holds can make OpenSlide
     # allocate without bound and abort the process, which no except clause catches.
     try:
-        check_image_structure(path)
+        # formats only OpenSlide knows (MIRAX, DICOM, ...) are left to it
+        check_image_structure(path, unknown_ok=True)
     except ImageStructureError as e:
         raise UnreadableSlideError(f"cannot read image {path}: {e.problem}") from e
     try:

@@ -5,14 +5,15 @@ TIFF (and the SVS/pyramidal files built on it): every page's bit depth and chann
 tile or strip table against the image's size, each tile's bytes against the file's size,
 and tile sizes a reader could allocate. PNG/JPEG and other PIL formats: bit depth and
 channels from the header, PNG chunks and their checksums (read, not decompressed).
+Formats that only OpenSlide reads (MIRAX, DICOM, ...) are left to OpenSlide's own checks.
 """
 
 import os
 import struct
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["ImageStructureError", "check_image_structure"]
 
@@ -59,10 +60,10 @@ def _tiff_page(path: str, size: int, i: int, page, is_first: bool) -> Tuple[int,
         depth = int(getattr(page, "imagedepth", 1) or 1)
         expected = -(-w // tw) * -(-h // th) * depth
     else:
+        # No size limit on strips: Hamamatsu NDPI stores a whole level as one JPEG strip,
+        # which OpenSlide reads by its restart markers.
         rows = int(getattr(page, "rowsperstrip", 0) or h)
         rows = min(max(rows, 1), h)
-        if w * rows > MAX_TILE_PIXELS:
-            raise ImageStructureError(path, f"{where}: strips of {w} x {rows} pixels")
         expected = -(-h // rows)
     if int(page.planarconfig) == 2:
         expected *= spp
@@ -148,10 +149,12 @@ def _png_chunks(path: str, size: int) -> None:
                 return
 
 
-def check_image_structure(path: str) -> Tuple[int, int]:
+def check_image_structure(path: str, unknown_ok: bool = False) -> Optional[Tuple[int, int]]:
     """The (width, height) of ``path``'s level 0 after checking its structure (module
     docstring) without decoding its pixels. Raises FileNotFoundError for a missing file
-    and :class:`ImageStructureError`, naming the file and the problem, otherwise."""
+    and :class:`ImageStructureError`, naming the file and the problem, otherwise.
+    ``unknown_ok``: a file that is neither a TIFF nor a format PIL knows (MIRAX, DICOM,
+    ...: formats only OpenSlide reads) returns None instead of raising."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     size = os.path.getsize(path)
@@ -164,6 +167,10 @@ def check_image_structure(path: str) -> Tuple[int, int]:
             mode, dims, fmt = im.mode, im.size, im.format
     except Image.DecompressionBombError as e:
         raise ImageStructureError(path, f"{e}") from None
+    except UnidentifiedImageError:
+        if unknown_ok:
+            return None
+        raise ImageStructureError(path, "not an image format midog-d2 can check") from None
     except Exception as e:  # PIL raises many types for a malformed header
         raise ImageStructureError(path, f"not a readable image ({type(e).__name__}: {e})")
     if mode not in _PIL_MODES:

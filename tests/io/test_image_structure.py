@@ -177,3 +177,19 @@ def test_training_refuses_a_bad_image_before_its_first_step(tmp_path):
         build_midog_train_loader(cfg, dataset=dicts[:2])
     with pytest.raises(ValueError, match=r"good\.tiff: size 512 x 512 differs from .* 500 x 512"):
         build_midog_train_loader(cfg, dataset=[dicts[0], dicts[2]])
+
+
+def test_formats_only_openslide_reads_are_left_to_it_and_big_strips_pass(tmp_path):
+    other = tmp_path / "slide.mrxs"
+    other.write_bytes(b"[GENERAL]\nnot a picture format PIL knows\n" * 8)
+    assert check_image_structure(str(other), unknown_ok=True) is None
+    with pytest.raises(ImageStructureError, match=r"slide\.mrxs: not an image format"):
+        check_image_structure(str(other))
+    with pytest.raises(UnreadableSlideError, match=r"cannot read image .*slide\.mrxs"):
+        read_region(str(other), 0, 0, 8, 8)
+    # one 8,200 x 8,200 strip (67 Mpx), as NDPI stores a level: structure passes
+    big = tmp_path / "strip.tiff"
+    tifffile.imwrite(
+        big, np.zeros((8200, 8200, 3), np.uint8), rowsperstrip=8200, compression="zlib"
+    )
+    assert check_image_structure(str(big)) == (8200, 8200)
