@@ -470,9 +470,7 @@ class MidogCheckpointer(DetectionCheckpointer):
         data = load_torch_weights(f)
         if not isinstance(data, dict):
             raise WeightsError(f"{f}: a checkpoint must hold a dict")
-        if "model" not in data:
-            data = {"model": data}  # a bare state dict, as fvcore reads one
-        return data
+        return data  # Detectron2's _load_file wraps a bare state dict
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         incompatible = self._load_model_mapped(checkpoint)

@@ -42,6 +42,34 @@ def make_cfg(config_file: Path = CONFIGS / "Base-MultiTask-RetinaNet.yaml", *opt
     return cfg
 
 
+def tiny_train_opts(data, out, overrides=None) -> list:
+    """Config overrides (a flat KEY VALUE list) that train the demo's R-18 on a tiny
+    generated dataset (``data``: what ``generate_dataset`` returns) for a few iterations,
+    on the CPU, into ``out``; ``overrides`` ({KEY: value}) replace or add keys."""
+    opts = {
+        "MODEL.DEVICE": "cpu",
+        "DATASETS.MIDOG.JSON_FILE": str(data["json_file"]),
+        "DATASETS.MIDOG.IMAGE_ROOT": str(data["image_root"]),
+        "DATASETS.MIDOG.CSV_FILE": str(data["csv_file"]),
+        "DATASETS.MIDOG.SPLIT": "csv",
+        "DATASETS.MIDOG.VAL_FRACTION": "0.0",
+        "DATASETS.TRAIN": "('midog_train',)",
+        "DATASETS.TEST": "('midog_test',)",
+        "SOLVER.IMS_PER_BATCH": "2",
+        "SOLVER.MAX_ITER": "3",
+        "SOLVER.WARMUP_ITERS": "1",
+        "SOLVER.STEPS": "()",
+        "INPUT.PATCH.SIZE": "128",
+        "TEST.TILE.SIZE": "256",
+        "MODEL.RETINANET.SCORE_THRESH_TEST": "0.0",
+        "DATALOADER.NUM_WORKERS": "0",
+        "TEST.EVAL_PERIOD": "0",
+        "OUTPUT_DIR": str(out),
+    }
+    opts.update({k: str(v) for k, v in (overrides or {}).items()})
+    return [x for kv in opts.items() for x in kv]
+
+
 def make_inputs(n: int = 2, size: int = 128, seed: int = 0, with_boxes: bool = True):
     """``n`` image dicts as a DatasetMapper would give them: random pixels, one
     mitotic figure and one hard negative each, tumor labels 0..n-1."""

@@ -133,7 +133,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     """Training itself: weights turned NaN at iteration 3 (before its periodic checkpoint)
     stop the run with FloatingPointError; model_0000001.pth stays the last checkpoint and
     loads with finite weights."""
-    from conftest import CONFIGS
+    from conftest import CONFIGS, tiny_train_opts
 
     from detectron2.engine import HookBase
 
@@ -143,40 +143,11 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
     cfg = setup_cfg(
         str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"),
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "DATASETS.MIDOG.JSON_FILE",
-            str(data["json_file"]),
-            "DATASETS.MIDOG.IMAGE_ROOT",
-            str(data["image_root"]),
-            "DATASETS.MIDOG.CSV_FILE",
-            str(data["csv_file"]),
-            "DATASETS.MIDOG.VAL_FRACTION",
-            "0.0",
-            "DATASETS.TRAIN",
-            "('midog_train',)",
-            "DATASETS.TEST",
-            "()",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.MAX_ITER",
-            "8",
-            "SOLVER.WARMUP_ITERS",
-            "1",
-            "SOLVER.STEPS",
-            "()",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "2",
-            "INPUT.PATCH.SIZE",
-            "128",
-            "DATALOADER.NUM_WORKERS",
-            "0",
-            "TEST.EVAL_PERIOD",
-            "0",
-            "OUTPUT_DIR",
-            str(tmp_path / "run"),
-        ],
+        tiny_train_opts(
+            data,
+            tmp_path / "run",
+            {"DATASETS.TEST": "()", "SOLVER.MAX_ITER": 8, "SOLVER.CHECKPOINT_PERIOD": 2},
+        ),
     )
 
     class Poison(HookBase):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, tiny_train_opts
 
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 
@@ -26,24 +26,15 @@ def _cmd(data, out, resume):
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py")]
     cmd += ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml")]
     cmd += ["--resume"] if resume else []
-    return cmd + [
-        "MODEL.DEVICE", "cpu",
-        "DATASETS.MIDOG.JSON_FILE", str(data["json_file"]),
-        "DATASETS.MIDOG.IMAGE_ROOT", str(data["image_root"]),
-        "DATASETS.MIDOG.CSV_FILE", str(data["csv_file"]),
-        "DATASETS.MIDOG.VAL_FRACTION", "0.0",
-        "DATASETS.TRAIN", "('midog_train',)",
-        "DATASETS.TEST", "()",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", str(MAX_ITER),
-        "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.STEPS", "()",
-        "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
-        "INPUT.PATCH.SIZE", "128",
-        "DATALOADER.NUM_WORKERS", "0",
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out),
-    ]  # fmt: skip
+    return cmd + tiny_train_opts(
+        data,
+        out,
+        {
+            "DATASETS.TEST": "()",
+            "SOLVER.MAX_ITER": MAX_ITER,
+            "SOLVER.CHECKPOINT_PERIOD": PERIOD,
+        },
+    )
 
 
 def _tagged_name(out):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, make_cfg
+from conftest import CONFIGS, REPO, make_cfg, tiny_train_opts
 
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 
@@ -29,44 +29,7 @@ def _train_net(args, cwd):
 def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     config = ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml")]
-    opts = [
-        "MODEL.DEVICE",
-        "cpu",
-        "DATASETS.MIDOG.JSON_FILE",
-        str(tiny_dataset["json_file"]),
-        "DATASETS.MIDOG.IMAGE_ROOT",
-        str(tiny_dataset["image_root"]),
-        "DATASETS.MIDOG.CSV_FILE",
-        str(tiny_dataset["csv_file"]),
-        "DATASETS.MIDOG.SPLIT",
-        "csv",
-        "DATASETS.MIDOG.VAL_FRACTION",
-        "0.0",
-        "DATASETS.TRAIN",
-        "('midog_train',)",
-        "DATASETS.TEST",
-        "('midog_test',)",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.MAX_ITER",
-        "3",
-        "SOLVER.WARMUP_ITERS",
-        "1",
-        "SOLVER.STEPS",
-        "()",
-        "INPUT.PATCH.SIZE",
-        "128",
-        "TEST.TILE.SIZE",
-        "256",
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.0",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "TEST.EVAL_PERIOD",
-        "2",
-        "OUTPUT_DIR",
-        str(out),
-    ]
+    opts = tiny_train_opts(tiny_dataset, out, {"TEST.EVAL_PERIOD": 2})
     _train_net([*config, *opts], tmp_path)
     checkpoint = out / "model_final.pth"
     assert checkpoint.is_file()
@@ -89,51 +52,12 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     assert any("loss_tumor" in e and "loss_foreground" in e for e in events)
 
 
-def _tiny_opts(tiny_dataset, out):
-    return [
-        "DATASETS.MIDOG.JSON_FILE",
-        str(tiny_dataset["json_file"]),
-        "DATASETS.MIDOG.IMAGE_ROOT",
-        str(tiny_dataset["image_root"]),
-        "DATASETS.MIDOG.CSV_FILE",
-        str(tiny_dataset["csv_file"]),
-        "DATASETS.MIDOG.SPLIT",
-        "csv",
-        "DATASETS.MIDOG.VAL_FRACTION",
-        "0.0",
-        "DATASETS.TRAIN",
-        "('midog_train',)",
-        "DATASETS.TEST",
-        "('midog_test',)",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.MAX_ITER",
-        "3",
-        "SOLVER.WARMUP_ITERS",
-        "1",
-        "SOLVER.STEPS",
-        "()",
-        "INPUT.PATCH.SIZE",
-        "128",
-        "TEST.TILE.SIZE",
-        "256",
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.0",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "TEST.EVAL_PERIOD",
-        "0",
-        "OUTPUT_DIR",
-        str(out),
-    ]
-
-
 def test_two_cpu_processes_train_one_checkpoint_and_gather_evaluation(tiny_dataset, tmp_path):
     """--num-gpus 2 on the CPU: two gloo processes, the same iteration count, one loadable
     checkpoint, evaluation gathered from both ranks."""
     out = tmp_path / "ddp"
     config = ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), "--num-gpus", "2"]
-    r = _train_net([*config, *_tiny_opts(tiny_dataset, out), "MODEL.DEVICE", "cpu"], tmp_path)
+    r = _train_net([*config, *tiny_train_opts(tiny_dataset, out)], tmp_path)
     log = (out / "log.txt").read_text()
     assert "World size: 2" in log
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]
@@ -157,9 +81,9 @@ def test_num_gpus_on_a_cuda_config_without_gpus_says_how_to_use_cpu_processes(tm
 
 
 def test_a_training_set_emptied_by_its_filter_ends_in_one_sentence(tiny_dataset, tmp_path):
-    opts = _tiny_opts(tiny_dataset, tmp_path / "empty")
+    opts = tiny_train_opts(tiny_dataset, tmp_path / "empty")
     # no image of the tiny set has this tumor type
-    opts += ["DATASETS.MIDOG.TUMOR_FILTER", "['no such tumor']", "MODEL.DEVICE", "cpu"]
+    opts += ["DATASETS.MIDOG.TUMOR_FILTER", "['no such tumor']"]
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py")]
     cmd += ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), *opts]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
