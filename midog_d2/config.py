@@ -8,7 +8,13 @@ canvases) are :func:`midog_d2.datagen.add_datagen_config`'s.
 
 from detectron2.config import CfgNode as CN
 
-from .constants import DEFAULT_MPP, MIDOGPP_TUMOR_TYPES, SCANNER_ALIASES, TUMOR_TYPE_ALIASES
+from .constants import (
+    DEFAULT_MPP,
+    MIDOGPP_DENSITY,
+    MIDOGPP_TUMOR_TYPES,
+    SCANNER_ALIASES,
+    TUMOR_TYPE_ALIASES,
+)
 
 
 def add_midog_config(cfg: CN) -> None:
@@ -58,6 +64,11 @@ def _add_model_config(cfg: CN) -> None:
     _C.MODEL.MULTITASK.FOREGROUND_LOSS_WEIGHT = 1.0
     _C.MODEL.MULTITASK.FOREGROUND_FOCAL_ALPHA = 0.25
     _C.MODEL.MULTITASK.FOREGROUND_FOCAL_GAMMA = 2.0
+    # The foreground head as a gate at inference: every detection's score is multiplied
+    # by its input's (tile's) foreground probability, so that tissue the head calls empty
+    # of figure-like cells keeps few detections above the threshold. Needs the head;
+    # False leaves the detections exactly as the detector gives them.
+    _C.MODEL.MULTITASK.FOREGROUND_GATE = False
     # How hard negatives reach the model: the data pipeline gives every box a
     # class (0 mitotic figure, 1 hard negative). Ground-truth classes >=
     # MODEL.RETINANET.NUM_CLASSES are *auxiliary-only*: they count for the
@@ -175,6 +186,15 @@ def _add_test_config(cfg: CN) -> None:
     # -1: the threshold stored beside MODEL.WEIGHTS (tools/calibrate_threshold.py), else
     # 0.5 (logged); a value in [0, 1] overrides what the weights carry.
     _C.TEST.MIDOG.SCORE_THRESHOLD = -1.0
+    # Mitotic figures per mm² of the tissue the model will count in (docs/evaluation.md,
+    # "At real density"): the operating threshold that tools/calibrate_threshold.py stores
+    # (and the domain protocol carries to held-out domains) is the one with the best F1
+    # expected at this density from the validation set's recall and false detections per
+    # mm², 2Rρ / ((1 + R)ρ + f). Default: the median of the labelled MIDOG++ regions;
+    # per tumor type midog_d2.evaluation.prevalence.MIDOGPP_TUMOR_DENSITY. 0 takes the
+    # validation set's own density, i.e. its plain best-F1 threshold (right when the
+    # validation images are whole ROIs of the tissue you will count in).
+    _C.TEST.MIDOG.OPERATING_DENSITY = MIDOGPP_DENSITY
     # Metric (as the event storage names it) whose best value keeps
     # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50"
     # (with several DATASETS.TEST: "<dataset>/midog/F1"); "" disables it.

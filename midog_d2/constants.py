@@ -55,6 +55,21 @@ MIDOGPP_TUMOR_TYPES = (
     "human melanoma",
 )
 
+# Mitotic figures per mm²: the median over the 503 labelled MIDOG++ regions, and per tumor
+# type (each region's figures over its width x height at 0.25 µm/px), printed by
+# `python tools/midog_density.py --json ../shared/data/MIDOGpp.json` (docs/evaluation.md).
+# Real tissue holds about a hundredth of the figures of a window cut around one.
+MIDOGPP_DENSITY = 4.4
+MIDOGPP_TUMOR_DENSITY = {
+    "human breast cancer": 2.7,
+    "human neuroendocrine tumor": 1.6,
+    "canine soft tissue sarcoma": 4.2,
+    "human melanoma": 4.5,
+    "canine cutaneous mast cell tumor": 7.4,
+    "canine lung cancer": 7.6,
+    "canine lymphoma": 32.5,
+}
+
 # Spellings met in real MIDOG files -> canonical name (case-insensitive match).
 TUMOR_TYPE_ALIASES = (
     ("canine lymphosarcoma", "canine lymphoma"),

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Choose the F1-optimal operating threshold on a validation split and store it with the
-weights.
+"""Choose the operating threshold on a validation split and store it with the weights.
 
     python tools/calibrate_threshold.py --config-file configs/... --dataset midog_val \\
-        MODEL.WEIGHTS output/model_final.pth
+        MODEL.WEIGHTS output/model_final.pth [TEST.MIDOG.OPERATING_DENSITY 2.7]
 
 Scores the model on whole images of ``--dataset`` (tiled inference, MIDOG matching), takes
-the threshold with the best F1 (the lowest among equals) and writes it beside the weights,
-``<weights>.threshold.json``, bound to the weights' SHA-256. Evaluation (``train_net.py
---eval-only``) then uses it without a flag; ``TEST.MIDOG.SCORE_THRESHOLD x`` overrides it.
+the threshold with the best F1 expected at ``TEST.MIDOG.OPERATING_DENSITY`` mitotic figures
+per mm² (default 4.4, MIDOG++'s median; 0: the validation images' own density, i.e. their
+plain best F1) from the recall and false detections per mm² measured there (the lowest
+among equals) and writes it beside the weights, ``<weights>.threshold.json``, bound to the
+weights' SHA-256, with the plain best-F1 threshold of the validation images
+(``best_f1_threshold``) beside it. Evaluation (``train_net.py --eval-only``) then uses it
+without a flag; ``TEST.MIDOG.SCORE_THRESHOLD x`` overrides it.
 """
 
 import argparse
@@ -17,7 +20,8 @@ import sys
 
 from midog_d2.checkpoint import WeightsError, load_model_weights, save_threshold
 from midog_d2.engine import MidogTrainer, setup_cfg
-from midog_d2.evaluation.protocol import score_dataset
+from midog_d2.evaluation.protocol import operating_threshold, score_dataset
+from midog_d2.io import json_safe
 
 
 def main(argv=None) -> int:
@@ -49,15 +53,24 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]
+    threshold, rule = operating_threshold(midog)
+    info = {
+        "rule": rule,
+        "density": midog.get("density"),
+        "expected_f1": midog.get("density_F1"),
+        "best_f1_threshold": midog["best_threshold"],
+        "best_f1": midog["best_F1"],
+        "figures_per_mm2": midog.get("figures_per_mm2"),
+    }
     path = save_threshold(
         cfg.MODEL.WEIGHTS,
-        midog["best_threshold"],
+        threshold,
         dataset=dataset,
-        f1=midog["best_F1"],
         radius_um=cfg.TEST.MIDOG.RADIUS_UM,
         num_images=midog.get("num_images"),
+        **json_safe(info),
     )
-    print(json.dumps({"threshold": midog["best_threshold"], "f1": midog["best_F1"], "file": path}))
+    print(json.dumps(json_safe({"threshold": threshold, **info, "file": path})))
     return 0
 
 

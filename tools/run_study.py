@@ -34,6 +34,8 @@ METRICS = (
     ("coco_ap50", "AP50 (COCO, %)"),
     ("recall", "recall"),
     ("precision", "precision"),
+    ("fp_per_mm2", "false det./mm²"),
+    ("expected_f1", "expected F1 @ 4.4/mm²"),
 )
 
 

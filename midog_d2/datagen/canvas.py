@@ -450,6 +450,7 @@ def build_placed_crops(
         k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
         rgb2, point, content2 = dihedral(rgb, pts[i] if control else real, content, k, flip)
         _, real, _ = dihedral(rgb, real, content, k, flip)
+        others = [(*dihedral_point(o[:2], rgb.shape, k, flip), o[2]) for o in _other_cells(d)]
         rgb, content = rgb2, content2
         win = None if whole_crop else positive_window(rng, point, content, opts)
         if win is None:  # whole crops, or a figure too close to the tissue border for the margin
@@ -468,7 +469,15 @@ def build_placed_crops(
                 bool(d.get("atypical", False)),
                 d["file_name"],
                 tile,
-                {"real_figure": (x + real[0] - x0, y + real[1] - y0)},
+                {
+                    "real_figure": (x + real[0] - x0, y + real[1] - y0),
+                    # The crop's other labelled cells (x, y, class) that the window shows.
+                    "other_cells": [
+                        (x + ox - x0, y + oy - y0, c)
+                        for ox, oy, c in others
+                        if x0 <= ox < x1 and y0 <= oy < y1
+                    ],
+                },
             )
         )
     return out

@@ -65,6 +65,14 @@ def add_datagen_config(cfg: CN) -> None:
     # negatives: the crop's expert-labelled non-mitotic cells, else its darkest unlabelled
     # nucleus (the look-alike the darkest-blob baseline picks).
     _C.INPUT.CANVAS.HARD_NEGATIVE_FRACTION = 0.0
+    # Imposter mining (midog_d2.datagen.scanner_study, the study's runs): > 0 trains that
+    # many rounds first, each followed by mining its training crops (whole crops; the
+    # detections >= MINE_THRESHOLD farther than 30 px from every labelled cell and from
+    # each other, midog_d2.data.imposters) into labelled non-mitotic cells of the next
+    # round's crops; the run's own model is then trained from scratch on them. With
+    # HARD_NEGATIVE_FRACTION > 0 figure-free windows are cut around them.
+    _C.INPUT.CANVAS.MINE_ROUNDS = 0
+    _C.INPUT.CANVAS.MINE_THRESHOLD = 0.5
     # Sampling weight of an image whose dict says ``atypical: True`` (the real-figure
     # crops, midog_d2.datagen.real_figures) relative to the others: atypical figures are
     # ~10 % of AMi-Br, so at 1 the detector sees few of them. Also weights the other

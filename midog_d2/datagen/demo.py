@@ -33,7 +33,7 @@ from ..constants import MITOTIC_FIGURE
 from ..data import load_midog_json, load_options_from_config, register_midog
 from ..data.register import DOMAIN_SPLITS, split_for_domain_study
 from ..engine.trainer import MidogTrainer
-from ..evaluation.protocol import evaluate_domains
+from ..evaluation.protocol import evaluate_domains, operating_threshold
 from ..utils.visualizer import draw_overlay
 from .realistic import real_sources_from_folder
 from .synthetic import PRESETS, generate_dataset
@@ -142,10 +142,12 @@ def run_demo(
     # The validation threshold travels with the weights: infer_slides.py and --eval-only
     # use it without a flag.
     val = trained[names["val"]]["midog"]
+    threshold, rule = operating_threshold(val)
     save_threshold(
         os.path.join(output_dir, "model_final.pth"),
-        val["best_threshold"],
+        threshold,
         dataset=names["val"],
+        rule=rule,
         f1=val["best_F1"],
         radius_um=cfg.TEST.MIDOG.RADIUS_UM,
     )

@@ -5,6 +5,12 @@ pasted window grown by 30 px) count: the figure is found (recall) when one of th
 the threshold lies within 30 px of it (MIDOG's greedy matching, one match per figure),
 every other one above the threshold is a false detection; rank-1 asks whether the
 top-scoring one is the figure. The context tiles alone give false detections per mm².
+
+At real density (:mod:`midog_d2.evaluation.prevalence`): false detections per mm² of the
+crops' own tissue count the detections whose centre lies inside a pasted window and not
+within 30 px of a mitotic figure the window shows (its own, or another labelled one of the
+crop), over the windows' area at :data:`CROP_MPP`; with the recall above they give the F1
+expected at 4.4 figures per mm² (:func:`placed_curve`).
 Baselines on the same images: the darkest blob (minimum of the Gaussian-blurred grey
 image, σ 4 px, :func:`midog_d2.datagen.nuclei.darkest_blob`) and a random nucleus-like
 blob (chance). Matching and the threshold sweep are the product's
@@ -26,6 +32,7 @@ from ..evaluation import (
     points_in_region,
     precision_recall_f1,
 )
+from ..evaluation.prevalence import PrevalenceCurve, prevalence_curve
 from ..inference import predict_images
 from .nuclei import darkest_blob, nucleus_candidates
 
@@ -35,15 +42,21 @@ __all__ = [
     "chance_rank1",
     "evaluate_placed",
     "false_detections_per_mm2",
+    "placed_curve",
     "placed_points",
     "predict_points",
     "select_threshold",
+    "window_points",
 ]
 
 Detections = Tuple[np.ndarray, np.ndarray]  # (N, 2) x, y centres and (N,) scores
 RADIUS = 30.0
 # ImagePoints at 1 µm/px: every radius given to the product's metrics is in pixels.
 _PIXEL_MPP = 1.0
+# The AMi-Br crops carry no µm/px; MIDOG's scanners are 0.23-0.26 µm/px.
+CROP_MPP = DEFAULT_MPP
+# Thresholds of the sweeps on placed crops (the detector keeps scores >= 0.05).
+SWEEP = np.round(np.arange(0.05, 1.0, 0.01), 2)
 
 
 def placed_points(sample: Any, detections: Detections, margin: float = 30.0) -> ImagePoints:
@@ -54,6 +67,35 @@ def placed_points(sample: Any, detections: Detections, margin: float = 30.0) -> 
     scores = np.asarray(detections[1], dtype=np.float64).reshape(-1)
     keep = points_in_region(pts, sample.neighbourhood(margin))
     return ImagePoints([sample.figure], pts[keep], scores[keep], mpp=_PIXEL_MPP)
+
+
+def window_points(sample: Any, detections: Detections) -> ImagePoints:
+    """The crop's own tissue as the product's scoring input for false detections: the
+    detections whose centre lies inside the pasted window, every mitotic figure the window
+    shows as ground truth (a detection on one is no false detection), and the window's area
+    at :data:`CROP_MPP`."""
+    pts = np.asarray(detections[0], dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(detections[1], dtype=np.float64).reshape(-1)
+    keep = points_in_region(pts, sample.window)
+    figures = [sample.figure] + [
+        (x, y) for x, y, c in sample.extra.get("other_cells", ()) if c == MITOTIC_FIGURE
+    ]
+    x0, y0, x1, y1 = sample.window
+    area = (x1 - x0) * (y1 - y0) * (CROP_MPP * 1e-3) ** 2
+    return ImagePoints(figures, pts[keep], scores[keep], mpp=_PIXEL_MPP, area_mm2=area)
+
+
+def placed_curve(
+    samples: Sequence[Any], detections: Sequence[Detections], thresholds: Sequence[float] = SWEEP
+) -> PrevalenceCurve:
+    """Recall of the placed figures (:func:`placed_points`) and false detections per mm² of
+    the crops' own tissue (:func:`window_points`) at each of ``thresholds``."""
+    return prevalence_curve(
+        [placed_points(s, d) for s, d in zip(samples, detections)],
+        fp_images=[window_points(s, d) for s, d in zip(samples, detections)],
+        radius_um=RADIUS,  # at 1 µm/px: pixels
+        thresholds=thresholds,
+    )
 
 
 def _group_name(atypical: bool) -> str:

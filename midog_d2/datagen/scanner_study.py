@@ -14,16 +14,20 @@ study runner (:func:`midog_d2.engine.study.run_study`) calls :func:`train_and_sc
 run, in a fresh process.
 """
 
+import json
 import logging
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..checkpoint import MidogCheckpointer, save_threshold
+from ..constants import MIDOGPP_DENSITY
+from ..data.imposters import add_mined_annotations, mine_imposters
 from ..engine import MidogTrainer
 from ..engine.study import begin_run
-from ..evaluation import ap50_points
+from ..evaluation import ap50_points, points_in_region
 from .canvas import (
     PlacedCrop,
     build_placed_crops,
@@ -33,11 +37,14 @@ from .canvas import (
     real_figure_train_set,
     select_domains,
 )
-from .context import load_context_tiles
+from .context import load_context_tiles, read_crop
 from .placed_crops import (
+    CROP_MPP,
     RADIUS,
     baseline_rank1,
     evaluate_placed,
+    false_detections_per_mm2,
+    placed_curve,
     placed_points,
     predict_points,
     select_threshold,
@@ -48,7 +55,9 @@ __all__ = [
     "domain_evaluation_sets",
     "evaluate_domains",
     "finetune_and_score",
+    "mine_training_crops",
     "score_set",
+    "tile_false_detections",
     "train_and_score",
 ]
 
@@ -89,16 +98,27 @@ def domain_evaluation_sets(
 
 
 def score_set(
-    samples: Sequence[PlacedCrop], detections: Sequence, threshold: float
+    samples: Sequence[PlacedCrop],
+    detections: Sequence,
+    threshold: float,
+    density_threshold: float,
+    density: float = MIDOGPP_DENSITY,
 ) -> Dict[str, Any]:
     """One set's figures at ``threshold``: F1, precision, recall, rank-1 and false
     detections per crop (all crops, and per normal / atypical group), plus its best F1
-    over thresholds, that threshold, and AP50 on points (50 px boxes)."""
+    over thresholds, that threshold, and AP50 on points (50 px boxes). At real density
+    (:func:`~.placed_crops.placed_curve`): false detections per mm² of the crops' own
+    tissue and the F1 expected at ``density`` figures per mm², at ``threshold``
+    (``fp_per_mm2``, ``expected_f1``) and at ``density_threshold`` (``density_recall``,
+    ``density_fp_per_mm2``, ``density_false_detections``, ``density_expected_f1``), and
+    the set's own best expected F1 over thresholds (``best_expected_f1``)."""
     if not samples:
         return {}
     groups = evaluate_placed(samples, detections, threshold)
     images = [placed_points(s, d) for s, d in zip(samples, detections)]
     best_thr, best_f1 = select_threshold(samples, detections)
+    curve = placed_curve(samples, detections, np.round([threshold, density_threshold], 2))
+    at_thr, at_density = curve.at(threshold, density), curve.at(density_threshold, density)
     return {
         **groups["all"],
         "best_f1": best_f1,
@@ -106,21 +126,59 @@ def score_set(
         "ap50": ap50_points(images, box_half_um=25.0),
         "groups": groups,
         "darkest_blob_rank1": baseline_rank1(samples)["all"],
+        "window_area_mm2": curve.area_mm2,
+        "fp_per_mm2": at_thr["fp_per_mm2"],
+        "expected_f1": at_thr["expected_f1"],
+        "density_recall": at_density["recall"],
+        "density_fp_per_mm2": at_density["fp_per_mm2"],
+        "density_false_detections": at_density["false_detections"],
+        "density_expected_f1": at_density["expected_f1"],
+        "best_expected_f1": placed_curve(samples, detections).best_threshold(density)[1],
     }
+
+
+def tile_false_detections(
+    model: torch.nn.Module, cfg, thresholds: Dict[str, float]
+) -> Dict[str, float]:
+    """False detections per mm² on the evaluation context tiles alone (never seen in
+    training; they hold few if any figures, so every detection counts) at each threshold."""
+    _, eval_names = context_tile_names(cfg)
+    tiles = load_context_tiles(cfg.DATASETS.REAL_FIGURES.TILE_DIR, eval_names)
+    det = predict_points(model, [t.image for t in tiles], cfg.INPUT.FORMAT, batch_size=1)
+    shapes = [t.image.shape[:2] for t in tiles]
+    out = {"area_mm2": sum(h * w for h, w in shapes) * (CROP_MPP * 1e-3) ** 2}
+    for name, t in thresholds.items():
+        out[name] = false_detections_per_mm2(det, shapes, t, CROP_MPP)
+    return out
 
 
 def evaluate_domains(
     cfg, model: torch.nn.Module, seed: int = 0, size: int = 256, limit: int = 0
 ) -> Dict[str, Any]:
-    """The run's scores: the threshold (best F1 on ``val``) and :func:`score_set` of the
-    ``in_domain`` and ``held_out`` sets at it (:func:`domain_evaluation_sets`)."""
+    """The run's scores: the in-window threshold (best F1 on ``val``), the density
+    threshold (best F1 expected on ``val`` at ``TEST.MIDOG.OPERATING_DENSITY``, 0 meaning
+    MIDOG++'s median: placed crops have no density of their own), :func:`score_set` of the
+    ``in_domain`` and ``held_out`` sets at both (:func:`domain_evaluation_sets`) and the
+    evaluation tiles' false detections per mm² at both (``tiles``)."""
     sets = domain_evaluation_sets(cfg, seed, size, limit)
     fmt = cfg.INPUT.FORMAT
     det = {k: predict_points(model, [s.image for s in v], fmt) for k, v in sets.items() if v}
     threshold, val_f1 = select_threshold(sets["val"], det["val"])
-    out: Dict[str, Any] = {"threshold": threshold, "val_f1": val_f1, "radius_px": RADIUS}
+    density = cfg.TEST.MIDOG.OPERATING_DENSITY or MIDOGPP_DENSITY
+    density_threshold, val_expected = placed_curve(sets["val"], det["val"]).best_threshold(density)
+    out: Dict[str, Any] = {
+        "threshold": threshold,
+        "val_f1": val_f1,
+        "radius_px": RADIUS,
+        "density": density,
+        "density_threshold": density_threshold,
+        "val_expected_f1": val_expected,
+    }
     for name in ("in_domain", "held_out"):
-        out[name] = score_set(sets[name], det.get(name, []), threshold)
+        out[name] = score_set(sets[name], det.get(name, []), threshold, density_threshold, density)
+    out["tiles"] = tile_false_detections(
+        model, cfg, {"fp_per_mm2": threshold, "density_fp_per_mm2": density_threshold}
+    )
     out["crops"] = {k: len(v) for k, v in sets.items()}
     return out
 
@@ -157,15 +215,70 @@ def _train(cfg) -> torch.nn.Module:
     return trainer.model
 
 
+def mine_training_crops(cfg, model: torch.nn.Module, output_file: str) -> Dict[str, Any]:
+    """Imposters of ``model`` on the training crops of ``cfg`` (each whole crop, inside its
+    tissue box): detections ``>= INPUT.CANVAS.MINE_THRESHOLD`` farther than :data:`RADIUS`
+    px from every labelled cell of the crop and from each other
+    (:func:`midog_d2.data.imposters.mine_imposters`), written with the rest of
+    ``DATASETS.REAL_FIGURES.TRAIN_JSON`` to ``output_file`` as labelled non-mitotic cells
+    (:func:`~midog_d2.data.imposters.add_mined_annotations`). Returns counts."""
+    dicts = real_figure_train_set(cfg)
+    det = predict_points(model, [read_crop(d["file_name"]) for d in dicts], cfg.INPUT.FORMAT)
+    threshold = cfg.INPUT.CANVAS.MINE_THRESHOLD
+    mined = {}
+    for d, (pts, scores) in zip(dicts, det):
+        keep = points_in_region(pts, d.get("content_box"))
+        cells = [((a["bbox"][0] + a["bbox"][2]) / 2, (a["bbox"][1] + a["bbox"][3]) / 2)
+                 for a in d["annotations"]]  # fmt: skip
+        mined[d["image_id"]] = mine_imposters(cells, pts[keep], scores[keep], threshold, RADIUS)
+    src = cfg.DATASETS.REAL_FIGURES.TRAIN_JSON
+    with open(src, encoding="utf-8") as f:
+        data = json.load(f)
+    with open(output_file, "w", encoding="utf-8") as f:
+        json.dump(add_mined_annotations(data, mined, src), f)
+    n = [len(s) for _, s in mined.values()]
+    return {
+        "crops": len(n),
+        "imposters": int(sum(n)),
+        "crops_with_imposters": sum(k > 0 for k in n),
+    }
+
+
+def _train_with_mining(cfg, output_dir: str) -> Tuple[torch.nn.Module, Any, List[Dict]]:
+    """``INPUT.CANVAS.MINE_ROUNDS`` rounds of train-then-mine (each in ``round<k>/``), then
+    the run's model trained from scratch, reseeded, on the last round's crops. Returns the
+    model, the config it was trained with and the rounds' counts."""
+    from detectron2.utils.env import seed_all_rng
+
+    rounds = []
+    for k in range(cfg.INPUT.CANVAS.MINE_ROUNDS):
+        sub = cfg.clone()
+        sub.defrost()
+        sub.OUTPUT_DIR = os.path.join(output_dir, f"round{k}")
+        os.makedirs(sub.OUTPUT_DIR, exist_ok=True)
+        seed_all_rng(cfg.SEED)
+        mined_file = os.path.join(sub.OUTPUT_DIR, "mined_train.json")
+        rounds.append(mine_training_crops(sub, _train(sub), mined_file))
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.REAL_FIGURES.TRAIN_JSON = mined_file
+        cfg.freeze()
+    seed_all_rng(cfg.SEED)
+    return _train(cfg), cfg, rounds
+
+
 def _store_threshold(cfg, output_dir: str, scores: Dict[str, Any]) -> str:
-    """The operating threshold stored beside the run's weights (midog_d2.checkpoint);
-    returns the weights' path."""
+    """The operating threshold stored beside the run's weights (midog_d2.checkpoint): the
+    one for real density, the in-window one beside it; returns the weights' path."""
     weights = os.path.join(output_dir, "model_final.pth")
     save_threshold(
         weights,
-        scores["threshold"],
+        scores["density_threshold"],
         dataset="placed validation crops of " + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
-        f1=scores["val_f1"],
+        rule=f"best F1 expected at {scores['density']:.3g} figures/mm²",
+        expected_f1=scores["val_expected_f1"],
+        best_f1_threshold=scores["threshold"],
+        best_f1=scores["val_f1"],
         radius_px=RADIUS,
     )
     return weights
@@ -224,8 +337,10 @@ def train_and_score(
     threads, then :func:`evaluate_domains`. Returns the metrics, iterations and the
     config's held-out domains."""
     cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
-    model = _train(cfg)
+    model, cfg, rounds = _train_with_mining(cfg, output_dir)
     result = evaluate_domains(cfg, model, seed=0, size=eval_size)
+    if rounds:
+        result["mining"] = rounds
     weights = _store_threshold(cfg, output_dir, result)
     mt = cfg.MODEL.MULTITASK
     result.update(

@@ -448,10 +448,12 @@ def study_tables(
     rows: Sequence[Dict[str, Any]],
     sets: Sequence[Tuple[str, str]],
     metrics: Sequence[Tuple[str, str]] = METRICS,
+    header: bool = True,
 ) -> str:
     """The study's markdown: a cell table for each scored set (``sets``: (row key, title)),
     the baseline's domain gap and the paired effects on the first set. ``metrics``:
-    (name, column label); metrics no row has are left out."""
+    (name, column label); metrics no row has are left out. ``header``: the line that says
+    how many runs the tables hold."""
     present = {
         m for r in rows for key, _ in sets for m in (r.get(key) or {}) if not isinstance(m, dict)
     }
@@ -472,13 +474,13 @@ def study_tables(
         f"{n} of {len(study.runs())} runs ({len(study.cells)} cells x {len(study.folds)} "
         f"folds x {len(study.seeds)} seeds; done so far: folds {folds}, seeds {seeds}); "
         "mean ± sd over folds and seeds.\n"
+        if header
+        else ""
     )
     for (key, title), ms in zip(sets, per_set):
         text += f"\n{title}:\n\n" + "\n".join(_cell_lines(summary, ms, labels)) + "\n"
-    if any(m == "fp_per_crop" for m, _ in metrics):
-        rest += (
-            "\n(False detections per crop: lower is better, so there a negative effect helps.)\n"
-        )
+    if any(m.startswith("fp_per") or "fp_per_" in m for m, _ in metrics):
+        rest += "\n(False detections: lower is better, so there a negative effect helps.)\n"
     return text + rest
 
 
@@ -526,12 +528,15 @@ def study_command(
     sets: Sequence[Tuple[str, str]],
     metrics: Sequence[Tuple[str, str]] = METRICS,
     results_dir: str = os.path.join("output", "study"),
+    more_tables: Sequence[Tuple] = (),
 ) -> int:
     """What a study command does with :func:`add_study_arguments`' ``args``: load the study
     (exit status 2 with one line on a bad file), run what is missing with
-    ``make_execute(study)`` unless ``--summarize``, print :func:`study_tables` and, with
-    ``--results-md``, write them between the study's markers. Results default to
-    ``results_dir/<study>.jsonl``, run outputs to ``output/study/<study>/``."""
+    ``make_execute(study)`` unless ``--summarize``, print :func:`study_tables` (then, for
+    each ``more_tables`` entry (heading, metrics[, sets]), the tables of those metrics, of
+    those sets or ``sets``, under that heading) and, with ``--results-md``, write them
+    between the study's markers. Results
+    default to ``results_dir/<study>.jsonl``, run outputs to ``output/study/<study>/``."""
     try:
         study = load_study(args.study)
     except (OSError, ValueError) as e:
@@ -548,7 +553,13 @@ def study_command(
             jobs=args.jobs,
             limit=args.limit,
         )
-    text = study_tables(study, read_results(results), sets, metrics)
+    rows = read_results(results)
+    text = study_tables(study, rows, sets, metrics)
+    for heading, group, *other_sets in more_tables:
+        group_sets = other_sets[0] if other_sets else sets
+        names = {m for m, _ in group}
+        if any(names & set(r.get(k) or {}) for r in rows for k, _ in group_sets):
+            text += f"\n{heading}\n" + study_tables(study, rows, group_sets, group, header=False)
     print(text)
     if args.results_md:
         write_markdown_section(args.results_md, stem, text)
@@ -580,6 +591,11 @@ def _midog_scores(result: Dict[str, Any]) -> Dict[str, Any]:
         "best_threshold": m.get("best_threshold"),
         "ap50": m.get("AP50_points"),
         "num_images": m.get("num_images"),
+        "fp_per_mm2": m.get("FP_per_mm2"),
+        "figures_per_mm2": m.get("figures_per_mm2"),
+        "expected_f1": m.get("expected_F1"),
+        "density_threshold": m.get("density_threshold"),
+        "density_f1": m.get("density_F1"),
     }
     if "bbox" in result:
         out["coco_ap50"] = result["bbox"].get("AP50")
@@ -605,7 +621,7 @@ def train_and_evaluate(
     import torch
 
     from ..checkpoint import save_threshold
-    from ..evaluation.protocol import evaluate_domains
+    from ..evaluation.protocol import evaluate_domains, operating_threshold
     from .trainer import MidogTrainer, setup_cfg
 
     if threads > 0:
@@ -624,10 +640,17 @@ def train_and_evaluate(
     results = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "inference"))
     scores = {name: _midog_scores(r) for name, r in results.items()}
     val, held = cfg.DATASETS.TEST[0], cfg.DATASETS.TEST[1]
-    threshold = scores[val]["best_threshold"]
+    threshold, rule = operating_threshold(results[val]["midog"])
     weights = os.path.join(output_dir, "model_final.pth")
     if os.path.isfile(weights) and threshold is not None and math.isfinite(threshold):
-        save_threshold(weights, threshold, dataset=val, f1=scores[val]["best_f1"])
+        save_threshold(
+            weights,
+            threshold,
+            dataset=val,
+            rule=rule,
+            best_f1_threshold=scores[val]["best_threshold"],
+            best_f1=scores[val]["best_f1"],
+        )
     return {
         "threshold": threshold,
         "in_domain": scores[val],

@@ -59,7 +59,11 @@ class MidogEvaluator(DatasetEvaluator):
     ``evaluate()`` returns ``{"midog": {...}}`` with fractions in [0, 1] (not
     Detectron2's percent): ``F1, precision, recall, TP, FP, FN`` at ``threshold``
     (``score >= threshold``), ``best_F1, best_threshold`` (sweep over 0.00..0.99),
-    ``AP50_points`` (MIDOG 2022 mAP), ``num_images``, ``F1/<tumor>`` and
+    ``AP50_points`` (MIDOG 2022 mAP), ``num_images``; at real density (each image's
+    area is its region or width x height) ``area_mm2``, ``figures_per_mm2`` (the set's
+    own), ``FP_per_mm2`` at ``threshold``, ``expected_F1`` at ``density`` figures per mm²
+    and ``density_threshold``/``density_F1`` (the sweep's best expected F1 there:
+    :mod:`.prevalence`); ``F1/<tumor>`` and
     ``AP50_points/<tumor>``; with the auxiliary outputs present, ``tumor_accuracy``
     (argmax of ``tumor_probs`` vs the dict's ``tumor_label``, images with a known
     label) and ``foreground_AUC`` (per tile: ``foreground_prob`` vs "a box of either
@@ -76,6 +80,7 @@ class MidogEvaluator(DatasetEvaluator):
         *,
         radius_um: Optional[float] = None,
         score_threshold: Optional[float] = None,
+        density: Optional[float] = None,
         mitotic_class: int = MITOTIC_FIGURE,
         distributed: bool = True,
     ):
@@ -85,11 +90,15 @@ class MidogEvaluator(DatasetEvaluator):
             cfg: optional config supplying TEST.MIDOG.RADIUS_UM and SCORE_THRESHOLD.
             output_dir: where to write the JSON files (None: nothing written).
             radius_um, score_threshold: override the config (defaults 7.5 and 0.5).
+            density: mitotic figures per mm² for the expected F1 and ``density_threshold``
+                (default ``TEST.MIDOG.OPERATING_DENSITY``; 0: the set's own density).
             mitotic_class: the predicted class scored as mitotic figure.
             distributed: gather from all ranks and evaluate on the main one.
         """
         if radius_um is None:
             radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
+        if density is None:
+            density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else 0.0
         if score_threshold is None:
             score_threshold, source = (
                 resolve_score_threshold(cfg)
@@ -101,6 +110,7 @@ class MidogEvaluator(DatasetEvaluator):
         self._metadata = MetadataCatalog.get(dataset_name)
         self._radius_um = float(radius_um)
         self._threshold = float(score_threshold)
+        self._density = float(density)
         self._mitotic_class = mitotic_class
         self._distributed = distributed
         self._output_dir = output_dir
@@ -198,7 +208,13 @@ class MidogEvaluator(DatasetEvaluator):
             return {}
 
         images, tumor_hits, fg_scores, fg_labels, points_json, skipped = self._collect(records)
-        full = evaluate_points(images, self._radius_um, self._threshold, box_half_um=AP_BOX_HALF_UM)
+        full = evaluate_points(
+            images,
+            self._radius_um,
+            self._threshold,
+            box_half_um=AP_BOX_HALF_UM,
+            density=self._density,
+        )
         res: Dict[str, float] = {
             "F1": full["f1"],
             "precision": full["precision"],
@@ -212,6 +228,19 @@ class MidogEvaluator(DatasetEvaluator):
             "AP50_points": full["ap50"],
             "num_images": full["num_images"],
         }
+        # Whole ROIs are scored at their own density: F1 is already the count's quality
+        # there; the rates below carry it to other densities (midog_d2.evaluation.prevalence).
+        for key, name in (
+            ("area_mm2", "area_mm2"),
+            ("figures_per_mm2", "figures_per_mm2"),
+            ("fp_per_mm2", "FP_per_mm2"),
+            ("density", "density"),
+            ("expected_f1", "expected_F1"),
+            ("density_threshold", "density_threshold"),
+            ("density_f1", "density_F1"),
+        ):
+            if key in full:
+                res[name] = full[key]
         for tumor, t in full["per_tumor"].items():
             res[f"F1/{tumor}"] = t["f1"]
             res[f"AP50_points/{tumor}"] = t["ap50"]

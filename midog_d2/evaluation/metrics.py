@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM
+from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM, MIDOGPP_DENSITY
 
 __all__ = [
     "ImagePoints",
@@ -40,6 +40,9 @@ __all__ = [
     "ap50_points",
     "roc_auc",
     "evaluate_points",
+    "best_at",
+    "expected_f1",
+    "expected_precision",
 ]
 
 # The F1-optimal threshold sweep: 0.00, 0.01, ..., 0.99 (exact decimal steps, no drift).
@@ -60,6 +63,8 @@ class ImagePoints:
         selected: optional (P,) bool, the detections that count when no score
             threshold is given (e.g. the points a challenge file names
             "mitotic figure"); None means all of them.
+        area_mm2: the tissue area (mm²) searched for the detections, for false
+            detections per mm² (:mod:`.prevalence`); None when not known.
     """
 
     gt: np.ndarray
@@ -69,6 +74,7 @@ class ImagePoints:
     tumor: str = ""
     image_id: Any = None
     selected: Optional[np.ndarray] = None
+    area_mm2: Optional[float] = None
 
     def __post_init__(self):
         self.gt = np.asarray(self.gt, dtype=np.float64).reshape(-1, 2)
@@ -85,6 +91,8 @@ class ImagePoints:
             self.selected = np.asarray(self.selected, dtype=bool).reshape(-1)
             if len(self.selected) != len(self.pred):
                 raise ValueError(f"image {self.image_id!r}: `selected` has the wrong length")
+        if self.area_mm2 is not None and not (np.isfinite(self.area_mm2) and self.area_mm2 >= 0):
+            raise ValueError(f"image {self.image_id!r}: area must be >= 0 mm², got {self.area_mm2}")
 
     def radius_px(self, radius_um: float) -> float:
         return radius_um / self.mpp
@@ -287,15 +295,43 @@ def _summary(tp: int, fp: int, fn: int) -> Dict[str, float]:
     }
 
 
+def best_at(values: np.ndarray, thresholds: np.ndarray) -> Tuple[float, float]:
+    """(best value, its threshold) of ``values`` (T,) over ``thresholds`` (T,): the lowest
+    threshold among equally good ones (equal up to 1e-12: F1s computed through rates
+    differ in their last bits); (NaN, NaN) when every value is NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).any():
+        return float("nan"), float("nan")
+    i = int(np.flatnonzero(values >= np.nanmax(values) - 1e-12)[0])
+    return float(values[i]), float(thresholds[i])
+
+
+def expected_precision(recall, fp_per_mm2, density: float):
+    """Rρ / (Rρ + f): the precision at ``density`` (ρ) figures per mm² of a detector with
+    recall R and f false detections per mm² (NaN where nothing is detected at all)."""
+    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
+    num = r * density
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(num + f > 0, num / np.where(num + f > 0, num + f, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def expected_f1(recall, fp_per_mm2, density: float):
+    """2Rρ / ((1 + R)ρ + f): the F1 a detector of recall R and f false detections per mm²
+    gets on tissue holding ``density`` (ρ > 0) mitotic figures per mm²
+    (:mod:`midog_d2.evaluation.prevalence`)."""
+    if not (density > 0 and np.isfinite(density)):
+        raise ValueError(f"mitotic density must be a positive number per mm², got {density}")
+    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
+    out = 2.0 * r * density / ((1.0 + r) * density + f)
+    return float(out) if out.ndim == 0 else out
+
+
 def _best(
     tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: np.ndarray
 ) -> Tuple[float, float]:
     denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
-    if np.all(np.isnan(f1)):
-        return float("nan"), float("nan")
-    i = int(np.nanargmax(f1))  # the lowest threshold among equally good ones
-    return float(f1[i]), float(thresholds[i])
+    return best_at(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan), thresholds)
 
 
 def best_threshold(
@@ -316,6 +352,7 @@ def evaluate_points(
     threshold: Optional[float] = None,
     thresholds: Sequence[float] = SWEEP_THRESHOLDS,
     box_half_um: float = AP_BOX_HALF_UM,
+    density: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Every MIDOG number for a set of images.
 
@@ -324,8 +361,17 @@ def evaluate_points(
     ``threshold``, ``best_f1``/``best_threshold`` of the sweep over ``thresholds``
     (lowest threshold on ties), ``ap50`` (:func:`ap50_points`), ``num_images``,
     ``num_gt``, ``num_pred`` and ``per_tumor``: {tumor: the same keys pooled within it}.
+
+    When every image carries ``area_mm2``, also the numbers at real density
+    (:mod:`.prevalence`): ``area_mm2``, ``figures_per_mm2`` (the set's own density),
+    ``fp_per_mm2`` at ``threshold``, and at ``density`` figures per mm² (None: MIDOG++'s
+    median; <= 0: the set's own) ``density``, ``expected_f1`` at ``threshold`` and
+    ``density_threshold``/``density_f1``, the sweep threshold with the best expected F1.
+    At the set's own density the expected F1 equals ``f1`` and ``density_threshold`` is
+    ``best_threshold``.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    density = MIDOGPP_DENSITY if density is None else float(density)
 
     def summarize(group: Sequence[ImagePoints]) -> Dict[str, Any]:
         counts = np.zeros(3, dtype=np.int64)
@@ -338,6 +384,21 @@ def evaluate_points(
         out["num_images"] = len(group)
         out["num_gt"] = int(sum(len(i.gt) for i in group))
         out["num_pred"] = int(sum(len(i.pred) for i in group))
+        areas = [i.area_mm2 for i in group]
+        if group and all(a is not None for a in areas) and sum(areas) > 0:
+            area = float(sum(areas))
+            tp, fp, fn = sweep_thresholds(group, radius_um, thresholds)
+            out["area_mm2"] = area
+            out["figures_per_mm2"] = out["num_gt"] / area
+            out["fp_per_mm2"] = out["fp"] / area
+            rho = density if density > 0 else out["figures_per_mm2"]
+            out["density"] = rho
+            if out["num_gt"] and rho > 0:
+                out["expected_f1"] = expected_f1(out["recall"], out["fp_per_mm2"], rho)
+                sweep = expected_f1(tp / np.maximum(tp + fn, 1), fp / area, rho)
+                out["density_f1"], out["density_threshold"] = best_at(sweep, thresholds)
+            else:
+                out["expected_f1"] = out["density_threshold"] = out["density_f1"] = float("nan")
         return out
 
     result = summarize(images)

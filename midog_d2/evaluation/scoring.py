@@ -54,11 +54,19 @@ def image_points(
     """
     The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
     dataset dict) and the detections ``pred`` (P, 2) / ``scores`` (P,) in level-0 pixels,
-    both restricted to ``region`` (x0, y0, x1, y1) when given. None when the image was
-    never annotated (:func:`~midog_d2.constants.is_labelled`): it takes no part in scoring.
+    both restricted to ``region`` (x0, y0, x1, y1) when given. Its searched area is the
+    region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout).
+    None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
+    takes no part in scoring.
     """
     if not is_labelled(record):
         return None
+    if region is not None:
+        area_px: Optional[float] = max(0.0, region[2] - region[0]) * max(0.0, region[3] - region[1])
+    elif record.get("width") and record.get("height"):
+        area_px = float(record["width"]) * float(record["height"])
+    else:
+        area_px = None
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gt = gt_points(record)
@@ -71,6 +79,7 @@ def image_points(
         tumor=str(record.get("tumor_type")),
         image_id=record.get("image_id") if image_id is None else image_id,
         selected=None if selected is None else np.asarray(selected, dtype=bool)[keep],
+        area_mm2=None if area_px is None else area_px * (mpp * 1e-3) ** 2,
     )
 
 

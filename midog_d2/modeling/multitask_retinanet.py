@@ -48,7 +48,9 @@ class MultiTaskRetinaNet(RetinaNet):
     removed, so the detector learns them as background.
 
     Extra outputs in inference, per image: ``tumor_probs`` (Tensor[T]) and
-    ``foreground_prob`` (0-dim Tensor), for the heads that are on.
+    ``foreground_prob`` (0-dim Tensor), for the heads that are on. With the foreground gate
+    on, detection scores are P(figure here | figure-like patch) x P(figure-like patch): the
+    score times the input's ``foreground_prob``.
     """
 
     @configurable
@@ -63,6 +65,7 @@ class MultiTaskRetinaNet(RetinaNet):
         foreground_focal_alpha: float = 0.25,
         foreground_focal_gamma: float = 2.0,
         freeze_fpn: bool = False,
+        foreground_gate: bool = False,
         **kwargs,
     ):
         """
@@ -75,9 +78,17 @@ class MultiTaskRetinaNet(RetinaNet):
             freeze_fpn: no gradient for the backbone's parameters outside its bottom-up
                 network (FPN convs, P6/P7): fine-tuning the heads only, with the ResNet
                 frozen by ``MODEL.BACKBONE.FREEZE_AT``.
+            foreground_gate: at inference, multiply each detection's score by its input's
+                foreground probability (needs ``foreground_head``).
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
+        if foreground_gate and foreground_head is None:
+            raise ValueError(
+                "MODEL.MULTITASK.FOREGROUND_GATE needs the foreground head "
+                "(MODEL.MULTITASK.FOREGROUND_HEAD_ON True)"
+            )
+        self.foreground_gate = foreground_gate
         if tumor_head is not None or foreground_head is not None:
             _aux_input_shape(self.backbone, aux_in_feature)
         self.aux_in_feature = aux_in_feature
@@ -115,6 +126,7 @@ class MultiTaskRetinaNet(RetinaNet):
             foreground_focal_alpha=mt.FOREGROUND_FOCAL_ALPHA,
             foreground_focal_gamma=mt.FOREGROUND_FOCAL_GAMMA,
             freeze_fpn=cfg.MODEL.FPN.FREEZE,
+            foreground_gate=mt.FOREGROUND_GATE,
         )
         return ret
 
@@ -148,6 +160,9 @@ class MultiTaskRetinaNet(RetinaNet):
                 out["tumor_probs"] = aux_logits["tumor"][i].softmax(dim=0)
             if "foreground" in aux_logits:
                 out["foreground_prob"] = aux_logits["foreground"][i, 0].sigmoid()
+                if self.foreground_gate:
+                    inst = out["instances"]
+                    inst.scores = inst.scores * out["foreground_prob"].to(inst.scores.dtype)
             processed_results.append(out)
         return processed_results
 

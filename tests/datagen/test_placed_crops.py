@@ -124,3 +124,39 @@ def test_predict_points_on_the_cpu_model():
     for pts, scores in out:
         assert pts.shape == (len(scores), 2) and len(scores) > 0
         assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= 160).all() and (pts[:, 1] <= 128).all()
+
+
+def test_false_detections_per_mm2_count_the_crops_own_tissue_outside_every_figure():
+    from midog_d2.datagen.placed_crops import CROP_MPP, placed_curve, window_points
+    from midog_d2.evaluation.prevalence import expected_f1
+
+    # Window 100 x 80 px; another labelled mitotic figure at (130, 80), a labelled
+    # non-mitotic cell (an imposter) at (70, 120).
+    s = _sample()
+    s.extra["other_cells"] = [(130.0, 80.0, 0), (70.0, 120.0, 1)]
+    dets = [
+        _det(
+            (102, 99, 0.9),  # the figure: found
+            (131, 82, 0.8),  # the other figure: neither found nor false
+            (72, 118, 0.7),  # on the imposter: false
+            (90, 75, 0.5),  # in the window: false
+            (55, 100, 0.95),  # in the margin only: not the crop's tissue
+        ),
+        _det((40, 40, 0.99)),  # a second crop: its figure missed, nothing in its window
+    ]
+    samples = [s, _sample()]
+    area = 2 * 90 * 80 * (CROP_MPP * 1e-3) ** 2
+    pts = window_points(s, dets[0])
+    assert len(pts.gt) == 2 and len(pts.pred) == 4
+    assert pts.area_mm2 == pytest.approx(area / 2)
+    curve = placed_curve(samples, dets, thresholds=[0.4, 0.6, 0.75, 0.85])
+    assert curve.area_mm2 == pytest.approx(area)
+    assert list(curve.false_detections) == [2, 1, 0, 0]
+    assert list(curve.recall) == [0.5, 0.5, 0.5, 0.5]
+    at = curve.at(0.4)
+    assert at["fp_per_mm2"] == pytest.approx(2 / area)
+    assert at["expected_f1"] == pytest.approx(expected_f1(0.5, 2 / area, 4.4))
+    # No false detection left at 0.75: the best expected F1 is there, 2R / (1 + R).
+    assert curve.best_threshold(4.4) == (0.75, pytest.approx(2 / 3))
+    with pytest.raises(ValueError, match="not one of the curve's thresholds"):
+        curve.at(0.5)

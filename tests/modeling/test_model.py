@@ -224,6 +224,31 @@ def test_inference_returns_instances_and_aux_probabilities(cfg):
         assert 0.0 <= float(out["foreground_prob"]) <= 1.0
 
 
+def test_foreground_gate_scales_scores_and_off_changes_nothing():
+    def detections(*opts):
+        torch.manual_seed(0)
+        model = build_model(make_cfg(CONFIGS / "Base-MultiTask-RetinaNet.yaml",
+                                     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", *opts))  # fmt: skip
+        with torch.no_grad():
+            return model.eval()(make_inputs(2))
+
+    base = detections()
+    off = detections("MODEL.MULTITASK.FOREGROUND_GATE", "False")
+    gated = detections("MODEL.MULTITASK.FOREGROUND_GATE", "True")
+    for b, o, g in zip(base, off, gated):
+        assert len(b["instances"]) > 0
+        fields = [(i.pred_boxes.tensor, i.scores, i.pred_classes) for i in
+                  (b["instances"], o["instances"])]  # fmt: skip
+        assert all(torch.equal(x, y) for x, y in zip(*fields))
+        p = float(g["foreground_prob"])
+        assert 0.0 < p < 1.0 and p == float(b["foreground_prob"])
+        torch.testing.assert_close(g["instances"].scores, b["instances"].scores * p)
+        assert torch.equal(g["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+    with pytest.raises(ValueError, match="FOREGROUND_GATE needs the foreground head"):
+        detections("MODEL.MULTITASK.FOREGROUND_GATE", "True",
+                   "MODEL.MULTITASK.FOREGROUND_HEAD_ON", "False")  # fmt: skip
+
+
 def test_bad_aux_feature_is_a_clear_error():
     with pytest.raises(ValueError, match="p9.*available"):
         build_model(

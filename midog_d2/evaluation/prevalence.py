@@ -1,0 +1,175 @@
+"""Detection quality at the mitotic density of real tissue (docs/evaluation.md, "At real
+density").
+
+Real tissue holds few mitotic figures: the labelled MIDOG++ regions have a median of 4.4 per
+mm² (:data:`MIDOGPP_DENSITY`, per tumor type :data:`MIDOGPP_TUMOR_DENSITY`). A detector that
+finds a fraction R of the figures (recall) and makes f false detections per mm² of tissue,
+run on tissue holding ρ figures per mm², finds Rρ figures and f false ones per mm², so
+
+    precision = Rρ / (Rρ + f),   F1 = 2Rρ / ((1 + R)ρ + f).
+
+Recall and false detections per mm² can be measured on different material (figures placed
+in windows; tissue without figures) and combined at any density; on a set scored whole (a
+MIDOG ROI) at the set's own density the expected F1 *is* the pooled F1 (2TP / (2TP + FP +
+FN)), so the two ways of scoring agree where both apply.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..constants import (
+    DEFAULT_RADIUS_UM,
+    HARD_NEGATIVE,
+    MIDOGPP_DENSITY,
+    MIDOGPP_TUMOR_DENSITY,
+    MITOTIC_FIGURE,
+    is_labelled,
+)
+from .metrics import (
+    SWEEP_THRESHOLDS,
+    ImagePoints,
+    best_at,
+    expected_f1,
+    expected_precision,
+    sweep_thresholds,
+)
+
+__all__ = [
+    "MIDOGPP_DENSITY",
+    "MIDOGPP_TUMOR_DENSITY",
+    "PrevalenceCurve",
+    "density_table",
+    "expected_f1",
+    "expected_precision",
+    "prevalence_curve",
+    "searched_area_mm2",
+]
+
+
+def searched_area_mm2(images: Sequence[ImagePoints]) -> float:
+    """Total tissue area (mm²) the images were searched over (each one's ``area_mm2``);
+    ValueError naming an image that does not carry one."""
+    total = 0.0
+    for image in images:
+        if image.area_mm2 is None:
+            raise ValueError(
+                f"image {image.image_id!r}: no searched area (area_mm2), so false detections "
+                "per mm² cannot be counted"
+            )
+        total += float(image.area_mm2)
+    return total
+
+
+@dataclass
+class PrevalenceCurve:
+    """Recall and false detections per mm² at each threshold of a sweep.
+
+    Attributes:
+        thresholds: (T,) score thresholds (a detection counts when ``score >= t``).
+        recall: (T,) fraction of the figures found.
+        fp_per_mm2: (T,) false detections per mm² of the area searched for them.
+        num_figures: figures the recall was measured on.
+        area_mm2: area the false detections were counted over.
+        false_detections: (T,) their count.
+    """
+
+    thresholds: np.ndarray
+    recall: np.ndarray
+    fp_per_mm2: np.ndarray
+    num_figures: int
+    area_mm2: float
+    false_detections: np.ndarray
+
+    def expected_f1(self, density: float = MIDOGPP_DENSITY) -> np.ndarray:
+        """(T,) expected F1 at ``density`` figures per mm²."""
+        return expected_f1(self.recall, self.fp_per_mm2, density)
+
+    def best_threshold(self, density: float = MIDOGPP_DENSITY) -> Tuple[float, float]:
+        """(threshold, expected F1) maximising the expected F1 at ``density`` (ties: the
+        lowest threshold; (NaN, NaN) without figures)."""
+        f1, threshold = best_at(self.expected_f1(density), self.thresholds)
+        return threshold, f1
+
+    def at(self, threshold: float, density: float = MIDOGPP_DENSITY) -> Dict[str, float]:
+        """Recall, false detections per mm², expected precision and F1 at ``density``, at
+        the sweep threshold ``threshold`` (it must be one of :attr:`thresholds`)."""
+        hit = np.flatnonzero(np.isclose(self.thresholds, threshold, rtol=0, atol=1e-9))
+        if not len(hit):
+            raise ValueError(f"threshold {threshold} is not one of the curve's thresholds")
+        i = int(hit[0])
+        r, f = float(self.recall[i]), float(self.fp_per_mm2[i])
+        return {
+            "threshold": float(self.thresholds[i]),
+            "recall": r,
+            "fp_per_mm2": f,
+            "false_detections": int(self.false_detections[i]),
+            "density": float(density),
+            "expected_precision": expected_precision(r, f, density),
+            "expected_f1": expected_f1(r, f, density),
+        }
+
+
+def prevalence_curve(
+    images: Sequence[ImagePoints],
+    fp_images: Optional[Sequence[ImagePoints]] = None,
+    radius_um: float = DEFAULT_RADIUS_UM,
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+) -> PrevalenceCurve:
+    """
+    Recall on the figures of ``images`` and false detections per mm² over the searched
+    area of ``fp_images`` (default: ``images``; each must carry ``area_mm2``) at every
+    threshold, with the MIDOG protocol's matching (:func:`~.metrics.sweep_thresholds`): a
+    detection within ``radius_um`` of a figure of its image is no false detection, so
+    ``fp_images`` should hold every annotated figure of the area as ground truth.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    tp, _, fn = sweep_thresholds(images, radius_um, thresholds)
+    fp_source = images if fp_images is None else fp_images
+    area = searched_area_mm2(fp_source)
+    if area <= 0:
+        raise ValueError("prevalence_curve: the searched area is 0 mm²")
+    _, fp, _ = sweep_thresholds(fp_source, radius_um, thresholds)
+    num = tp + fn
+    recall = np.where(num > 0, tp / np.maximum(num, 1), np.nan)
+    return PrevalenceCurve(
+        thresholds=thresholds,
+        recall=recall.astype(np.float64),
+        fp_per_mm2=fp / area,
+        num_figures=int(num[0]) if len(num) else 0,
+        area_mm2=area,
+        false_detections=fp.astype(np.int64),
+    )
+
+
+def density_table(records: Sequence[dict], fallback_mpp: float) -> Dict[str, Dict[str, float]]:
+    """Mitotic figures per mm² of the labelled regions of MIDOG dataset dicts (each
+    region's figures over its width × height at its ``mpp``, else ``fallback_mpp``):
+    ``{"all": {...}, <tumor type>: {...}}`` with ``regions``, ``median``, ``mean``,
+    ``q25``, ``q75`` and the same for the hard negatives (``hard_negative_median``)."""
+    groups: Dict[str, list] = {"all": []}
+    for r in records:
+        if not is_labelled(r):
+            continue
+        mpp = float(r.get("mpp") or fallback_mpp)
+        area = float(r["width"]) * float(r["height"]) * (mpp * 1e-3) ** 2
+        cats = [a.get("category_id") for a in r.get("annotations", [])]
+        row = (cats.count(MITOTIC_FIGURE) / area, cats.count(HARD_NEGATIVE) / area)
+        groups["all"].append(row)
+        groups.setdefault(str(r.get("tumor_type")), []).append(row)
+    out = {}
+    for name, rows in groups.items():
+        if not rows:
+            continue
+        fig = np.array([r[0] for r in rows])
+        neg = np.array([r[1] for r in rows])
+        out[name] = {
+            "regions": len(rows),
+            "median": float(np.median(fig)),
+            "mean": float(fig.mean()),
+            "q25": float(np.percentile(fig, 25)),
+            "q75": float(np.percentile(fig, 75)),
+            "hard_negative_median": float(np.median(neg)),
+        }
+    return out
