@@ -265,15 +265,18 @@ def load_torch_weights(path: str) -> Any:
         ) from None
 
 
-def require_complete_load(checkpointer: "MidogCheckpointer", path: str) -> None:
+def require_complete_load(
+    checkpointer: "MidogCheckpointer", path: str, untrained: Tuple[str, ...] = ()
+) -> None:
     """Raise :class:`WeightsError` when the last ``checkpointer.load`` left parameters of
     the model at their initialisation (missing from ``path`` or of another shape): scoring
-    such a model reports the metrics of a random one."""
+    such a model reports the metrics of a random one. Parameters whose names start with
+    one of ``untrained`` may be missing (a part about to be trained)."""
     inc = getattr(checkpointer, "last_incompatible", None)
     if inc is None:
         raise WeightsError(f"{path}: no weights were loaded")
     shapes = [k for k, *_ in inc.incorrect_shapes]
-    missing = [k for k in inc.missing_keys if k not in shapes]
+    missing = [k for k in inc.missing_keys if k not in shapes and not k.startswith(untrained)]
     if not (missing or shapes):
         return
     parts = []
@@ -288,11 +291,17 @@ def require_complete_load(checkpointer: "MidogCheckpointer", path: str) -> None:
 
 
 def load_model_weights(
-    cfg, model: torch.nn.Module, path: str, *, allow_partial: bool = False
+    cfg,
+    model: torch.nn.Module,
+    path: str,
+    *,
+    allow_partial: bool = False,
+    untrained: Tuple[str, ...] = (),
 ) -> "MidogCheckpointer":
     """Load ``path`` into ``model`` for evaluation or inference: an empty path, a missing
     file or weights that leave parameters unloaded (:func:`require_complete_load`, unless
-    ``allow_partial``) raise :class:`WeightsError` (FileNotFoundError for a missing file)."""
+    ``allow_partial``; ``untrained``: name prefixes that may be missing) raise
+    :class:`WeightsError` (FileNotFoundError for a missing file)."""
     if not path:
         raise WeightsError(
             "MODEL.WEIGHTS is empty: evaluating or running a model needs its trained weights"
@@ -302,7 +311,7 @@ def load_model_weights(
     checkpointer = MidogCheckpointer.from_config(cfg, model)
     checkpointer.load(path)
     if not allow_partial:
-        require_complete_load(checkpointer, path)
+        require_complete_load(checkpointer, path, untrained)
     return checkpointer
 
 

@@ -69,6 +69,23 @@ def _add_model_config(cfg: CN) -> None:
     # of figure-like cells keeps few detections above the threshold. Needs the head;
     # False leaves the detections exactly as the detector gives them.
     _C.MODEL.MULTITASK.FOREGROUND_GATE = False
+    # The second stage (midog_d2.modeling.second_stage): a small CNN that re-scores every
+    # detection scoring >= CANDIDATE_THRESHOLD from a PATCH_SIZE-px patch (model pixels)
+    # around its centre; the new score is the geometric mean of the two. Trained with the
+    # detector frozen by tools/train_second_stage.py, saved in the same checkpoint.
+    _C.MODEL.SECOND_STAGE = CN()
+    _C.MODEL.SECOND_STAGE.ON = False
+    _C.MODEL.SECOND_STAGE.PATCH_SIZE = 64
+    _C.MODEL.SECOND_STAGE.WIDTH = 32  # channels of the first of its three stages
+    _C.MODEL.SECOND_STAGE.CANDIDATE_THRESHOLD = 0.1
+    # Its training: candidates of the detector on this many training batches (the
+    # training loader's patches), labelled by TEST.MIDOG.RADIUS_UM around the mitotic
+    # figures (the figures themselves added as positives), then MAX_ITER steps of Adam at
+    # BASE_LR on balanced batches of IMS_PER_BATCH patches (random flips and rotations).
+    _C.MODEL.SECOND_STAGE.CANDIDATE_BATCHES = 100
+    _C.MODEL.SECOND_STAGE.MAX_ITER = 600
+    _C.MODEL.SECOND_STAGE.BASE_LR = 1e-3
+    _C.MODEL.SECOND_STAGE.IMS_PER_BATCH = 64
     # How hard negatives reach the model: the data pipeline gives every box a
     # class (0 mitotic figure, 1 hard negative). Ground-truth classes >=
     # MODEL.RETINANET.NUM_CLASSES are *auxiliary-only*: they count for the

@@ -19,13 +19,13 @@ import logging
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from ..checkpoint import MidogCheckpointer, save_threshold
 from ..constants import MIDOGPP_DENSITY
 from ..data.imposters import add_mined_annotations, mine_imposters
 from ..engine import MidogTrainer
+from ..engine.second_stage import train_second_stage
 from ..engine.study import begin_run
 from ..evaluation import ap50_points, points_in_region
 from .canvas import (
@@ -117,7 +117,7 @@ def score_set(
     groups = evaluate_placed(samples, detections, threshold)
     images = [placed_points(s, d) for s, d in zip(samples, detections)]
     best_thr, best_f1 = select_threshold(samples, detections)
-    curve = placed_curve(samples, detections, np.round([threshold, density_threshold], 2))
+    curve = placed_curve(samples, detections)
     at_thr, at_density = curve.at(threshold, density), curve.at(density_threshold, density)
     return {
         **groups["all"],
@@ -133,7 +133,7 @@ def score_set(
         "density_fp_per_mm2": at_density["fp_per_mm2"],
         "density_false_detections": at_density["false_detections"],
         "density_expected_f1": at_density["expected_f1"],
-        "best_expected_f1": placed_curve(samples, detections).best_threshold(density)[1],
+        "best_expected_f1": curve.best_threshold(density)[1],
     }
 
 
@@ -338,9 +338,15 @@ def train_and_score(
     config's held-out domains."""
     cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
     model, cfg, rounds = _train_with_mining(cfg, output_dir)
+    second = None
+    if cfg.MODEL.SECOND_STAGE.ON:
+        second = train_second_stage(cfg, model, iter(RealFigureTrainer.build_train_loader(cfg)))
+        MidogCheckpointer.from_config(cfg, model, output_dir).save("model_final")
     result = evaluate_domains(cfg, model, seed=0, size=eval_size)
     if rounds:
         result["mining"] = rounds
+    if second:
+        result["second_stage"] = second
     weights = _store_threshold(cfg, output_dir, result)
     mt = cfg.MODEL.MULTITASK
     result.update(

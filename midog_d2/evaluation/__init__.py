@@ -1,5 +1,6 @@
-"""MIDOG scoring: point metrics (numpy), the scored-points builder, Detectron2 evaluators and
-the domain protocol (threshold chosen in-domain, applied to held-out domains)."""
+"""MIDOG scoring: point metrics (numpy), scoring at the mitotic density of real tissue, the
+scored-points builder, Detectron2 evaluators and the domain protocol (threshold chosen
+in-domain, applied to held-out domains)."""
 
 from .metrics import (
     ImagePoints,
@@ -13,6 +14,7 @@ from .metrics import (
     roc_auc,
     sweep_thresholds,
 )
+from .prevalence import PrevalenceCurve, expected_f1, prevalence_curve
 from .scoring import box_centres, evaluate_prediction_file, gt_points, image_points
 from .evaluator import (
     MidogEvaluator,

@@ -2,5 +2,6 @@
 
 from .aux_heads import AuxiliaryClassifier
 from .multitask_retinanet import MultiTaskRetinaNet
+from .second_stage import CandidateClassifier
 
-__all__ = ["AuxiliaryClassifier", "MultiTaskRetinaNet"]
+__all__ = ["AuxiliaryClassifier", "CandidateClassifier", "MultiTaskRetinaNet"]

@@ -15,6 +15,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from .aux_heads import AuxiliaryClassifier
+from .second_stage import CandidateClassifier, combine_scores, crop_patches
 
 __all__ = ["MultiTaskRetinaNet"]
 
@@ -66,6 +67,8 @@ class MultiTaskRetinaNet(RetinaNet):
         foreground_focal_gamma: float = 2.0,
         freeze_fpn: bool = False,
         foreground_gate: bool = False,
+        second_stage: Optional[CandidateClassifier] = None,
+        candidate_threshold: float = 0.1,
         **kwargs,
     ):
         """
@@ -80,6 +83,9 @@ class MultiTaskRetinaNet(RetinaNet):
                 frozen by ``MODEL.BACKBONE.FREEZE_AT``.
             foreground_gate: at inference, multiply each detection's score by its input's
                 foreground probability (needs ``foreground_head``).
+            second_stage: the candidate classifier that re-scores, at inference, every
+                detection scoring ``>= candidate_threshold`` (:mod:`.second_stage`); None
+                leaves the detections as the detector gives them.
             kwargs: arguments of :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
@@ -89,6 +95,8 @@ class MultiTaskRetinaNet(RetinaNet):
                 "(MODEL.MULTITASK.FOREGROUND_HEAD_ON True)"
             )
         self.foreground_gate = foreground_gate
+        self.second_stage = second_stage
+        self.candidate_threshold = candidate_threshold
         if tumor_head is not None or foreground_head is not None:
             _aux_input_shape(self.backbone, aux_in_feature)
         self.aux_in_feature = aux_in_feature
@@ -128,6 +136,12 @@ class MultiTaskRetinaNet(RetinaNet):
             freeze_fpn=cfg.MODEL.FPN.FREEZE,
             foreground_gate=mt.FOREGROUND_GATE,
         )
+        ss = cfg.MODEL.SECOND_STAGE
+        if ss.ON:
+            ret["second_stage"] = CandidateClassifier(
+                len(cfg.MODEL.PIXEL_MEAN), ss.WIDTH, ss.PATCH_SIZE
+            )
+            ret["candidate_threshold"] = ss.CANDIDATE_THRESHOLD
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
@@ -149,6 +163,8 @@ class MultiTaskRetinaNet(RetinaNet):
             return losses
 
         results = self.forward_inference(images, features, predictions)
+        if self.second_stage is not None:
+            results = self.rescore_candidates(images.tensor, results)
         processed_results = []
         for i, (results_per_image, input_per_image, image_size) in enumerate(
             zip(results, batched_inputs, images.image_sizes)
@@ -165,6 +181,22 @@ class MultiTaskRetinaNet(RetinaNet):
                     inst.scores = inst.scores * out["foreground_prob"].to(inst.scores.dtype)
             processed_results.append(out)
         return processed_results
+
+    def rescore_candidates(self, images: Tensor, results: List[Instances]) -> List[Instances]:
+        """Each detection scoring ``>= candidate_threshold`` re-scored by the second stage
+        from a patch of the (normalised) ``images`` around its centre
+        (:func:`~.second_stage.combine_scores`); the others keep their scores."""
+        picks = [r.scores >= self.candidate_threshold for r in results]
+        centres = [r.pred_boxes.get_centers()[k] for r, k in zip(results, picks)]
+        if not sum(len(c) for c in centres):
+            return results
+        patches = crop_patches(images, centres, self.second_stage.patch_size)
+        probs = self.second_stage(patches).sigmoid().split([len(c) for c in centres])
+        for r, k, p in zip(results, picks, probs):
+            scores = r.scores.clone()
+            scores[k] = combine_scores(scores[k], p.to(scores.dtype))
+            r.scores = scores
+        return results
 
     def _aux_forward(self, feature_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         out = {}

@@ -14,7 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from midog_d2.checkpoint import MidogCheckpointer, load_threshold
+from midog_d2.checkpoint import MidogCheckpointer, load_threshold, save_threshold
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 from midog_d2.datagen.synthetic_domains import Domain
 from midog_d2.solver import build_optimizer
@@ -191,6 +191,21 @@ def test_finetune_to_a_new_tumor_type_end_to_end(tmp_path):
     assert stored is not None and json.loads(out.stdout.splitlines()[-1])["threshold"] == (
         stored["threshold"]
     )
+    # At a stated density the stored threshold is the evaluator's argmax of the expected F1
+    # there (tests/evaluation/test_prevalence.py checks that argmax by brute force); the
+    # training images, which hold figures, stand in for a validation split here.
+    _tool(
+        "calibrate_threshold.py", "--config-file", str(finetune), "--dataset", "midog_train",
+        "--output-dir", str(tmp_path / "calib"), *ft_opts, "TEST.MIDOG.OPERATING_DENSITY", "4.4",
+        "MODEL.WEIGHTS", str(weights), cwd=tmp_path,
+    )  # fmt: skip
+    at_density = load_threshold(str(weights))
+    full = json.loads((tmp_path / "calib" / "midog_metrics.json").read_text())
+    assert full["num_gt"] > 0 and full["density"] == 4.4 and at_density["density"] == 4.4
+    assert at_density["threshold"] == full["density_threshold"]
+    assert at_density["best_f1_threshold"] == full["best_threshold"]
+    assert "4.4 figures/mm²" in at_density["rule"]
+    save_threshold(str(weights), stored["threshold"], dataset="restored for the steps below")
     metrics = ft_dir / "inference" / "midog_test" / "midog_metrics.json"
     _train_net(
         "--config-file", str(finetune), "--eval-only", *ft_opts, "MODEL.WEIGHTS", str(weights),

@@ -273,6 +273,13 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
         assert 0 <= row["held_out"]["f1"] <= 1 and row["iterations"] == 2
         weights = tmp_path / "runs" / f"{row['cell']}__heldout_net__seed0" / "model_final.pth"
         assert load_threshold(str(weights))["threshold"] == row["threshold"]
+        # At real density: the demo config scores each set at its own density
+        # (TEST.MIDOG.OPERATING_DENSITY 0), where the expected F1 is the F1 itself.
+        assert row["threshold"] == row["in_domain"]["density_threshold"]
+        for name in ("in_domain", "held_out"):
+            s = row[name]
+            assert s["figures_per_mm2"] > 0 and s["fp_per_mm2"] >= 0
+            assert s["expected_f1"] == pytest.approx(s["f1"])
     text = md.read_text()
     assert "| none | 1 |" in text and "| both | 1 |" in text and "PLACEHOLDER" not in text
     assert text.startswith("# x\n") and text.endswith("tail\n")

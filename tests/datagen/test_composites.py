@@ -1,0 +1,36 @@
+"""Composite ROIs (midog_d2.datagen.composites): placed crops scattered among tissue blocks
+at a stated density, their figures where the blocks put them."""
+
+import numpy as np
+import pytest
+
+from midog_d2.datagen.canvas import PlacedCrop
+from midog_d2.datagen.composites import blocks_for_density, build_composites
+from midog_d2.datagen.context import ContextTile
+
+
+def test_placed_crops_land_at_the_density_with_their_figures():
+    samples = []
+    for i in range(6):
+        img = np.full((256, 256, 3), 10 + i, np.uint8)  # each crop's block is recognisable
+        s = PlacedCrop(img, (100.0 + i, 50.0), (60, 20, 160, 120), False, f"c{i}.png", "t")
+        s.extra["other_cells"] = [(120.0, 60.0, 0), (70.0, 90.0, 1)]  # one more figure
+        samples.append(s)
+    tiles = [ContextTile("tissue.png", np.full((600, 600, 3), 200, np.uint8), 1.0)]
+    # 6 figures at 32.5 per mm² of 256-px blocks at 0.25 µm/px: 45 blocks -> 3 composites of 16.
+    assert blocks_for_density(6, 32.5, 256) == 45
+    comps = build_composites(samples, tiles, 32.5, side=4, seed=1)
+    assert len(comps) == 3 and sum(c.crops for c in comps) == 6
+    seen = []
+    for c in comps:
+        assert c.image.shape == (1024, 1024, 3) and len(c.figures) == 2 * c.crops
+        for (x, y), (ox, oy) in zip(c.figures[::2], c.figures[1::2]):
+            bx, by = int(x) // 256 * 256, int(y) // 256 * 256
+            i = int(c.image[by, bx, 0]) - 10  # which crop's block this is
+            seen.append(i)
+            assert (x - bx, y - by) == (100.0 + i, 50.0) and (ox - bx, oy - by) == (120.0, 60.0)
+        blocks = c.image.reshape(4, 256, 4, 256, 3)[:, 0, :, 0, 0]
+        assert (blocks == 200).sum() == 16 - c.crops  # the rest is tissue
+    assert sorted(seen) == list(range(6))
+    with pytest.raises(ValueError, match="no placed crops"):
+        build_composites([], tiles, 4.4)
