@@ -76,7 +76,9 @@ def main(argv=None) -> dict:
         pred_category_id=args.pred_category_id,
         use_point_names=args.use_point_names,
     )
-    table = {"all": {k: result[k] for k in SUMMARY_KEYS}}
+    # Whole ROIs: their own density; the rates carry the result to 4.4 figures per mm².
+    density = ("figures_per_mm2", "fp_per_mm2", "expected_f1", "density_threshold")
+    table = {"all": {k: result[k] for k in SUMMARY_KEYS + density if k in result}}
     for tumor, t in result["per_tumor"].items():
         table[tumor] = {k: t[k] for k in ("tp", "fp", "fn", "f1", "best_f1", "ap50")}
     print(format_results_table(table))

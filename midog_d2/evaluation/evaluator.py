@@ -27,6 +27,7 @@ from ..constants import (
     DEFAULT_MPP,
     DEFAULT_RADIUS_UM,
     DEFAULT_SCORE_THRESHOLD,
+    MIDOGPP_DENSITY,
     MITOTIC_FIGURE,
     is_labelled,
 )
@@ -91,14 +92,14 @@ class MidogEvaluator(DatasetEvaluator):
             output_dir: where to write the JSON files (None: nothing written).
             radius_um, score_threshold: override the config (defaults 7.5 and 0.5).
             density: mitotic figures per mm² for the expected F1 and ``density_threshold``
-                (default ``TEST.MIDOG.OPERATING_DENSITY``; 0: the set's own density).
+                (default ``TEST.MIDOG.OPERATING_DENSITY``, else 4.4; 0: the set's own).
             mitotic_class: the predicted class scored as mitotic figure.
             distributed: gather from all ranks and evaluate on the main one.
         """
         if radius_um is None:
             radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
         if density is None:
-            density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else 0.0
+            density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else MIDOGPP_DENSITY
         if score_threshold is None:
             score_threshold, source = (
                 resolve_score_threshold(cfg)

@@ -34,3 +34,27 @@ def test_placed_crops_land_at_the_density_with_their_figures():
     assert sorted(seen) == list(range(6))
     with pytest.raises(ValueError, match="no placed crops"):
         build_composites([], tiles, 4.4)
+
+
+def test_slide_counts_at_several_thresholds_from_an_infer_slides_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "summary.csv").write_text(
+        "slide,status,mpp,tissue_mm2\n/x/a.svs,done,0.5,0.5\n/x/b.svs,error,0.5,1.0\n"
+    )
+    (tmp_path / "a.csv").write_text("x,y,score,label\n1,1,0.95,m\n2,2,0.6,m\n3,3,0.2,n\n")
+    tool = REPO / "tools" / "dev" / "slide_counts.py"
+    out = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path), "--thresholds", "0.5", "0.9"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "| a | 0.5 | 0.50 | 0.50 | 2 | 4.0 |" in out
+    assert "| a | 0.5 | 0.50 | 0.90 | 1 | 2.0 |" in out and "| b |" not in out
+    bad = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "missing"), "--thresholds", "0.5"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "missing/summary.csv" in bad.stderr
