@@ -379,7 +379,8 @@ def evaluate_points(
             counts += count_matches(image, radius_um, threshold)
         out = _summary(*counts.tolist())
         out["threshold"] = None if threshold is None else float(threshold)
-        out["best_f1"], out["best_threshold"] = best_threshold(group, radius_um, thresholds)
+        tp, fp, fn = sweep_thresholds(group, radius_um, thresholds)
+        out["best_f1"], out["best_threshold"] = _best(tp, fp, fn, thresholds)
         out["ap50"] = ap50_points(group, box_half_um)
         out["num_images"] = len(group)
         out["num_gt"] = int(sum(len(i.gt) for i in group))
@@ -387,7 +388,6 @@ def evaluate_points(
         areas = [i.area_mm2 for i in group]
         if group and all(a is not None for a in areas) and sum(areas) > 0:
             area = float(sum(areas))
-            tp, fp, fn = sweep_thresholds(group, radius_um, thresholds)
             out["area_mm2"] = area
             out["figures_per_mm2"] = out["num_gt"] / area
             out["fp_per_mm2"] = out["fp"] / area
