@@ -91,6 +91,7 @@ def train_candidate_classifier(
     if not len(pos) and not len(neg):
         raise ValueError("second stage: no candidate to train on")
     device = next(classifier.parameters()).device
+    classifier.requires_grad_(True)  # the model keeps it frozen while the detector trains
     opt = torch.optim.Adam(classifier.parameters(), lr=base_lr)
     classifier.train()
     losses = []

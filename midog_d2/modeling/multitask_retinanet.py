@@ -95,6 +95,10 @@ class MultiTaskRetinaNet(RetinaNet):
                 "(MODEL.MULTITASK.FOREGROUND_HEAD_ON True)"
             )
         self.foreground_gate = foreground_gate
+        if second_stage is not None:
+            # Trained on its own, the detector frozen (engine.second_stage): the detector's
+            # training leaves it alone, and DDP sees no parameter without a gradient.
+            second_stage.requires_grad_(False)
         self.second_stage = second_stage
         self.candidate_threshold = candidate_threshold
         if tumor_head is not None or foreground_head is not None:

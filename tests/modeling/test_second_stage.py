@@ -11,6 +11,7 @@ import torch
 from conftest import CONFIGS, REPO, make_cfg, make_inputs, tiny_train_opts
 
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
 from midog_d2.datagen.synthetic import PRESETS, generate_dataset
@@ -139,3 +140,17 @@ def test_train_second_stage_tool_end_to_end(tmp_path):
     # Without the second stage switched on, the tool says so.
     r = run("train_second_stage.py", "--config-file", str(R18), *opts)
     assert r.returncode == 2 and "MODEL.SECOND_STAGE.ON is False" in r.stderr
+
+
+def test_the_detectors_training_leaves_the_second_stage_alone():
+    cfg, model = _model(True)
+    assert not any(p.requires_grad for p in model.second_stage.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("head."))
+    model.train()
+    with torch.no_grad():
+        before = [p.clone() for p in model.second_stage.parameters()]
+    with EventStorage():
+        losses = model(make_inputs(2, size=128))
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.second_stage.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.second_stage.parameters()))
