@@ -1,7 +1,7 @@
 """MIDOG data: annotation loading, dataset registration and splits, mappers, augmentations,
 stain maths and training-image sampling. Pixels are read through :mod:`midog_d2.io`."""
 
-from .midog import canonical_tumor_type, load_midog_json, set_domain_labels
+from .midog import box_centres, canonical_tumor_type, load_midog_json, set_domain_labels
 from .register import (
     leave_one_tumor_out,
     load_options_from_config,

@@ -16,6 +16,8 @@ import os
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
+
 from detectron2.structures import BoxMode
 
 from ..constants import (
@@ -27,6 +29,7 @@ from ..constants import (
 )
 
 __all__ = [
+    "box_centres",
     "load_midog_json",
     "canonical_tumor_type",
     "set_domain_labels",
@@ -35,6 +38,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHECK_BOXES = ("error", "skip")
+
+
+def box_centres(record: Dict[str, Any], category_id: Optional[int] = None) -> np.ndarray:
+    """(N, 2) centres of a dataset dict's boxes, in annotation order: those of
+    ``category_id``, or of every class when None."""
+    centres = []
+    for ann in record.get("annotations", []):
+        if category_id is not None and ann.get("category_id") != category_id:
+            continue
+        mode = ann.get("bbox_mode", BoxMode.XYXY_ABS)
+        x1, y1, x2, y2 = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)
+        centres.append(((x1 + x2) / 2.0, (y1 + y2) / 2.0))
+    return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
 def _norm(name: str) -> str:

@@ -23,6 +23,7 @@ import torch
 
 from ..checkpoint import MidogCheckpointer, save_threshold
 from ..constants import MIDOGPP_DENSITY
+from ..data import box_centres
 from ..data.imposters import add_mined_annotations, mine_imposters
 from ..engine import MidogTrainer
 from ..engine.second_stage import train_second_stage
@@ -228,9 +229,9 @@ def mine_training_crops(cfg, model: torch.nn.Module, output_file: str) -> Dict[s
     mined = {}
     for d, (pts, scores) in zip(dicts, det):
         keep = points_in_region(pts, d.get("content_box"))
-        cells = [((a["bbox"][0] + a["bbox"][2]) / 2, (a["bbox"][1] + a["bbox"][3]) / 2)
-                 for a in d["annotations"]]  # fmt: skip
-        mined[d["image_id"]] = mine_imposters(cells, pts[keep], scores[keep], threshold, RADIUS)
+        mined[d["image_id"]] = mine_imposters(
+            box_centres(d), pts[keep], scores[keep], threshold, RADIUS
+        )
     src = cfg.DATASETS.REAL_FIGURES.TRAIN_JSON
     with open(src, encoding="utf-8") as f:
         data = json.load(f)

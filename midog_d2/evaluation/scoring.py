@@ -11,29 +11,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from detectron2.structures import BoxMode
-
 from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
-from ..data.midog import load_midog_json
+from ..data.midog import box_centres, load_midog_json
 from ..io.points import detect_prediction_format, load_coco_results, load_point_predictions
 from .metrics import ImagePoints, evaluate_points, points_in_region
 
+# box_centres lives with the dataset dicts (midog_d2.data.midog); re-exported here.
 __all__ = ["box_centres", "gt_points", "image_points", "evaluate_prediction_file"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def box_centres(record: Dict[str, Any], category_id: Optional[int] = None) -> np.ndarray:
-    """(N, 2) centres of a dataset dict's boxes, in annotation order: those of
-    ``category_id``, or of every class when None."""
-    centres = []
-    for ann in record.get("annotations", []):
-        if category_id is not None and ann.get("category_id") != category_id:
-            continue
-        mode = ann.get("bbox_mode", BoxMode.XYXY_ABS)
-        x1, y1, x2, y2 = BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)
-        centres.append(((x1 + x2) / 2.0, (y1 + y2) / 2.0))
-    return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
 def gt_points(record: Dict[str, Any], mitotic_class: int = MITOTIC_FIGURE) -> np.ndarray:

@@ -9,24 +9,14 @@ from torch import nn
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
-from detectron2.structures import BoxMode
 
 from ..constants import DEFAULT_MPP, MITOTIC_FIGURE
 from ..data.imposters import mine_imposters
+from ..data.midog import box_centres
 from ..data.sampler import build_midog_test_loader
 from .predictor import TiledPredictor
 
 __all__ = ["ImposterCollector", "mine_dataset"]
-
-
-def _centres(record: Dict[str, Any]) -> np.ndarray:
-    """(N, 2) centres of every annotated cell of a dataset dict, whatever its class."""
-    boxes = [
-        BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYXY_ABS)
-        for a in record.get("annotations", [])
-    ]
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return (b[:, :2] + b[:, 2:]) / 2.0
 
 
 class ImposterCollector(DatasetEvaluator):
@@ -49,7 +39,7 @@ class ImposterCollector(DatasetEvaluator):
             record = self._records[inp["image_id"]]
             mpp = float(inp.get("mpp") or record.get("mpp") or self._mpp)
             self._mined[inp["image_id"]] = mine_imposters(
-                _centres(record),
+                box_centres(record),
                 inst.pred_boxes.get_centers().double().numpy(),
                 inst.scores.double().numpy(),
                 self._threshold,
