@@ -18,8 +18,9 @@ import argparse
 import json
 import sys
 
-from midog_d2.checkpoint import WeightsError, load_model_weights, save_threshold
-from midog_d2.engine import MidogTrainer, setup_cfg
+from midog_d2.checkpoint import WeightsError, save_threshold
+from midog_d2.engine import setup_cfg
+from midog_d2.engine.trainer import add_trained_model_arguments, trained_model_and_dataset
 from midog_d2.evaluation.protocol import operating_threshold, score_dataset
 from midog_d2.io import json_safe
 
@@ -28,28 +29,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config-file", required=True)
-    ap.add_argument("--dataset", default="", help="validation dataset (default: DATASETS.TEST[0])")
+    add_trained_model_arguments(ap, "validation dataset (default: DATASETS.TEST[0])")
     ap.add_argument("--output-dir", default="", help="evaluator files (default: none written)")
-    ap.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="weights that leave parameters at their initialisation",
-    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (MODEL.WEIGHTS ...)")
     args = ap.parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        print("error: MODEL.WEIGHTS is empty: name the weights to calibrate", file=sys.stderr)
-        return 2
-    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
-    if not dataset:
-        print("error: no --dataset and DATASETS.TEST is empty", file=sys.stderr)
-        return 2
-    model = MidogTrainer.build_model(cfg)
     try:
-        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights)
-    except (WeightsError, FileNotFoundError) as e:
+        model, dataset = trained_model_and_dataset(cfg, args, "TEST", "calibrate")
+    except (ValueError, WeightsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]

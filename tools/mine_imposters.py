@@ -20,9 +20,10 @@ import argparse
 import json
 import sys
 
-from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
+from midog_d2.checkpoint import WeightsError, resolve_score_threshold
 from midog_d2.data.imposters import MINED_KEY, add_mined_annotations
-from midog_d2.engine import MidogTrainer, setup_cfg
+from midog_d2.engine import setup_cfg
+from midog_d2.engine.trainer import add_trained_model_arguments, trained_model_and_dataset
 from midog_d2.inference.mining import mine_dataset
 from midog_d2.io import atomic_write_text
 
@@ -31,28 +32,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config-file", required=True)
+    add_trained_model_arguments(ap, "images to mine (default: DATASETS.TRAIN[0])")
     ap.add_argument("--output", required=True, help="annotation file to write (MIDOG JSON)")
-    ap.add_argument("--dataset", default="", help="images to mine (default: DATASETS.TRAIN[0])")
     ap.add_argument("--threshold", type=float, default=None, help="score of a confident detection")
-    ap.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="weights that leave parameters at their initialisation",
-    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (MODEL.WEIGHTS ...)")
     args = ap.parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        print("error: MODEL.WEIGHTS is empty: name the weights that mine", file=sys.stderr)
-        return 2
-    dataset = args.dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
-    if not dataset:
-        print("error: no --dataset and DATASETS.TRAIN is empty", file=sys.stderr)
-        return 2
-    model = MidogTrainer.build_model(cfg)
     try:
-        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights)
+        model, dataset = trained_model_and_dataset(cfg, args, "TRAIN", "mine with")
         threshold = args.threshold
         if threshold is None:
             threshold, source = resolve_score_threshold(cfg)

@@ -5,7 +5,7 @@ import functools
 import logging
 import os
 import weakref
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -18,7 +18,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import MidogCheckpointer
+from ..checkpoint import MidogCheckpointer, load_model_weights
 from ..config import add_midog_config
 from ..data import build_midog_test_loader, build_midog_train_loader, register_from_config
 from ..evaluation import build_midog_evaluators
@@ -138,3 +138,41 @@ def setup_cfg(
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="midog_d2")
     register_from_config(cfg)
     return cfg
+
+
+def add_trained_model_arguments(parser, dataset_help: str) -> None:
+    """The arguments of a tool that runs trained weights over a registered dataset
+    (``tools/calibrate_threshold.py``, ``tools/mine_imposters.py``): ``--config-file``,
+    ``--dataset`` and ``--allow-partial-weights``; the tool adds its own, then the trailing
+    config overrides."""
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--dataset", default="", help=dataset_help)
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="weights that leave parameters at their initialisation",
+    )
+
+
+def trained_model_and_dataset(
+    cfg: CfgNode, args, default: str, purpose: str
+) -> Tuple[torch.nn.Module, str]:
+    """For :func:`add_trained_model_arguments`' ``args``: the model with ``MODEL.WEIGHTS``
+    loaded (:func:`midog_d2.checkpoint.load_model_weights`) and the dataset, ``--dataset``
+    else the first of ``DATASETS.<default>``. ValueError when the weights ("name the weights
+    to <purpose>") or the dataset are not named or a CUDA device is asked of a machine
+    without one; WeightsError / FileNotFoundError for weights that cannot be loaded."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError(f"MODEL.WEIGHTS is empty: name the weights to {purpose}")
+    names = cfg.DATASETS[default]
+    dataset = args.dataset or (names[0] if names else "")
+    if not dataset:
+        raise ValueError(f"no --dataset and DATASETS.{default} is empty")
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but this machine has no CUDA GPU: add "
+            "MODEL.DEVICE cpu"
+        )
+    model = MidogTrainer.build_model(cfg)
+    load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights)
+    return model, dataset

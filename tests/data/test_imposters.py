@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, REPO, tiny_train_opts
 
 from midog_d2.constants import BOX_SIZE, HARD_NEGATIVE, MITOTIC_FIGURE
@@ -118,3 +119,38 @@ def test_mine_imposters_tool_then_training_on_its_output(tmp_path):
     opts1 = tiny_train_opts(data, tmp_path / "round1", {"DATASETS.MIDOG.JSON_FILE": mined_file})
     _run("train_net.py", *config, *opts1, cwd=tmp_path)
     assert (tmp_path / "round1" / "model_final.pth").is_file()
+
+
+@pytest.mark.parametrize(
+    "tool, extra, message",
+    [
+        ("mine_imposters.py", ["--output", "x.json"], "MODEL.WEIGHTS is empty: name the weights to mine with"),
+        ("calibrate_threshold.py", [], "MODEL.WEIGHTS is empty: name the weights to calibrate"),
+        ("mine_imposters.py", ["--output", "x.json", "MODEL.WEIGHTS", "w.pth", "DATASETS.TRAIN", "()"],
+         "no --dataset and DATASETS.TRAIN is empty"),
+        ("calibrate_threshold.py", ["MODEL.WEIGHTS", "w.pth", "DATASETS.TEST", "()"],
+         "no --dataset and DATASETS.TEST is empty"),
+        ("mine_imposters.py", ["--output", "x.json", "MODEL.WEIGHTS", "missing.pth",
+                               "MODEL.DEVICE", "cpu"], "MODEL.WEIGHTS missing.pth: no such file"),
+        ("calibrate_threshold.py", ["MODEL.WEIGHTS", "missing.pth", "MODEL.DEVICE", "cpu"],
+         "MODEL.WEIGHTS missing.pth: no such file"),
+    ],
+)  # fmt: skip
+def test_tools_that_run_weights_say_what_is_missing(tmp_path, tool, extra, message):
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / tool), "--config-file",
+         str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
+def test_a_cuda_config_without_a_gpu_is_one_sentence(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "mine_imposters.py"), "--config-file",
+         str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"), "--output", "x.json",
+         "MODEL.WEIGHTS", "w.pth", "MODEL.DEVICE", "cuda"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "no CUDA GPU: add MODEL.DEVICE cpu" in r.stderr
