@@ -443,6 +443,11 @@ METRICS = (
 )
 
 
+def _metrics_present(rows: Sequence[Dict[str, Any]], sets: Sequence[Tuple[str, str]]) -> set:
+    """The metric names some row holds in one of ``sets``."""
+    return {m for r in rows for key, _ in sets for m in (r.get(key) or {})}
+
+
 def study_tables(
     study: Study,
     rows: Sequence[Dict[str, Any]],
@@ -454,9 +459,7 @@ def study_tables(
     the baseline's domain gap and the paired effects on the first set. ``metrics``:
     (name, column label); metrics no row has are left out. ``header``: the line that says
     how many runs the tables hold."""
-    present = {
-        m for r in rows for key, _ in sets for m in (r.get(key) or {}) if not isinstance(m, dict)
-    }
+    present = _metrics_present(rows, sets)
     metrics = [(m, label) for m, label in metrics if m in present] or list(metrics)
     labels = {f"{k}.{m}": label for k, _ in sets for m, label in metrics}
     per_set = [[f"{k}.{m}" for m, _ in metrics] for k, _ in sets]
@@ -479,7 +482,7 @@ def study_tables(
     )
     for (key, title), ms in zip(sets, per_set):
         text += f"\n{title}:\n\n" + "\n".join(_cell_lines(summary, ms, labels)) + "\n"
-    if any(m.startswith("fp_per") or "fp_per_" in m for m, _ in metrics):
+    if any("fp_per_" in m for m, _ in metrics):
         rest += "\n(False detections: lower is better, so there a negative effect helps.)\n"
     return text + rest
 
@@ -535,8 +538,8 @@ def study_command(
     ``make_execute(study)`` unless ``--summarize``, print :func:`study_tables` (then, for
     each ``more_tables`` entry (heading, metrics[, sets]), the tables of those metrics, of
     those sets or ``sets``, under that heading) and, with ``--results-md``, write them
-    between the study's markers. Results
-    default to ``results_dir/<study>.jsonl``, run outputs to ``output/study/<study>/``."""
+    between the study's markers. Results default to ``results_dir/<study>.jsonl``, run
+    outputs to ``output/study/<study>/``."""
     try:
         study = load_study(args.study)
     except (OSError, ValueError) as e:
@@ -557,8 +560,7 @@ def study_command(
     text = study_tables(study, rows, sets, metrics)
     for heading, group, *other_sets in more_tables:
         group_sets = other_sets[0] if other_sets else sets
-        names = {m for m, _ in group}
-        if any(names & set(r.get(k) or {}) for r in rows for k, _ in group_sets):
+        if {m for m, _ in group} & _metrics_present(rows, group_sets):
             text += f"\n{heading}\n" + study_tables(study, rows, group_sets, group, header=False)
     print(text)
     if args.results_md:
