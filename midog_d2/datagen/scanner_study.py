@@ -21,13 +21,13 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from ..checkpoint import MidogCheckpointer, save_threshold
+from ..checkpoint import MidogCheckpointer, load_model_weights, save_threshold
 from ..constants import MIDOGPP_DENSITY
 from ..data import box_centres
 from ..data.imposters import add_mined_annotations, mine_imposters
 from ..engine import MidogTrainer
 from ..engine.second_stage import train_second_stage
-from ..engine.study import begin_run
+from ..engine.study import begin_run, reused_weights
 from ..evaluation import ap50_points, points_in_region
 from .canvas import (
     PlacedCrop,
@@ -335,10 +335,19 @@ def train_and_score(
 ) -> Dict[str, Any]:
     """One study run (:class:`midog_d2.engine.study.StudyRun`): ``config_file`` +
     ``run.opts`` + ``extra_opts``, trained from scratch into ``output_dir`` on ``threads``
-    threads, then :func:`evaluate_domains`. Returns the metrics, iterations and the
-    config's held-out domains."""
+    threads (a run with a base loads the base run's trained detector instead:
+    :func:`~midog_d2.engine.study.reused_weights`), then :func:`evaluate_domains`. Returns
+    the metrics, iterations and the config's held-out domains."""
     cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
-    model, cfg, rounds = _train_with_mining(cfg, output_dir)
+    reused = reused_weights(run, output_dir)
+    if reused:
+        if cfg.INPUT.CANVAS.MINE_ROUNDS:
+            raise ValueError(f"{run.name}: a run that mines imposters trains its own detector")
+        model, rounds = RealFigureTrainer.build_model(cfg), []
+        load_model_weights(cfg, model, reused, untrained=("second_stage.",))
+        MidogCheckpointer.from_config(cfg, model, output_dir).save("model_final")
+    else:
+        model, cfg, rounds = _train_with_mining(cfg, output_dir)
     second = None
     if cfg.MODEL.SECOND_STAGE.ON:
         second = train_second_stage(cfg, model, iter(RealFigureTrainer.build_train_loader(cfg)))
@@ -348,6 +357,8 @@ def train_and_score(
         result["mining"] = rounds
     if second:
         result["second_stage"] = second
+    if reused:
+        result["reused"] = reused
     weights = _store_threshold(cfg, output_dir, result)
     mt = cfg.MODEL.MULTITASK
     result.update(

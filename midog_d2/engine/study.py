@@ -14,11 +14,20 @@ and what varies::
     baseline: baseline        # the cell whose domain gap is reported
     effects:                  # name -> [cell with the component, cell without it]
       domain head: [domain, baseline]
+    reuse:                    # cell -> cell whose trained detector it starts from
+      all+gate: all
 
 Every (seed, fold, cell) is one run: the base config, the fold's overrides, the cell's,
 then ``SEED`` and ``OUTPUT_DIR``. The same seeds serve every cell, so two cells compare
 run for run (paired). Runs go in seed-major order, so a study stopped early holds whole
-seeds. Each finished run appends one JSON line (cell, fold, seed, config, metrics, wall
+seeds.
+
+A cell listed under ``reuse`` trains its detector exactly as its base cell does (it differs
+only at inference, like a gate, or in a part trained after the detector, like the second
+stage): its run loads the base run's ``model_final.pth`` (same fold and seed) instead of
+training the detector again, and only when that file is missing trains it itself. Within a
+seed those cells run after every other run, so their bases are done by then; the pairing
+is then exact, the detector the same weights. Each finished run appends one JSON line (cell, fold, seed, config, metrics, wall
 time) to the results file, written and fsynced at once; a study started again skips the
 runs already there, so a killed study loses at most the runs in progress.
 
@@ -54,6 +63,7 @@ __all__ = [
     "markdown_summary",
     "paired_effect",
     "read_results",
+    "reused_weights",
     "run_study",
     "study_tables",
     "summarize_study",
@@ -72,6 +82,7 @@ class StudyRun:
     fold: str
     seed: int
     opts: Tuple[str, ...]  # fold's overrides, then the cell's, then SEED
+    base: Optional[str] = None  # name of the run whose trained detector this one reuses
 
     @property
     def key(self) -> Tuple[str, str, int]:
@@ -93,15 +104,29 @@ class Study:
     cells: Dict[str, List[str]]
     baseline: Optional[str] = None
     effects: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    reuse: Dict[str, str] = field(default_factory=dict)  # cell -> base cell
 
     def runs(self) -> List[StudyRun]:
-        """Every run, seed-major (then fold, then cell in file order)."""
-        return [
-            StudyRun(cell, fold, seed, tuple(fopts) + tuple(copts) + ("SEED", str(seed)))
-            for seed in self.seeds
-            for fold, fopts in self.folds.items()
-            for cell, copts in self.cells.items()
-        ]
+        """Every run, seed-major (then fold, then cell in file order); within a seed the
+        cells that reuse a base cell's detector come after all the others."""
+        runs = []
+        for seed in self.seeds:
+            for reusing in (False, True):
+                for fold, fopts in self.folds.items():
+                    for cell, copts in self.cells.items():
+                        if (cell in self.reuse) != reusing:
+                            continue
+                        base = self.reuse.get(cell)
+                        runs.append(
+                            StudyRun(
+                                cell,
+                                fold,
+                                seed,
+                                tuple(fopts) + tuple(copts) + ("SEED", str(seed)),
+                                base=f"{base}__{fold}__seed{seed}" if base else None,
+                            )
+                        )
+        return runs
 
 
 def _opts(path: str, where: str, value: Any) -> List[str]:
@@ -121,7 +146,9 @@ def load_study(path: str) -> Study:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study file is a mapping (config, seeds, folds, cells)")
-    unknown = sorted(set(raw) - {"config", "seeds", "folds", "cells", "baseline", "effects"})
+    unknown = sorted(
+        set(raw) - {"config", "seeds", "folds", "cells", "baseline", "effects", "reuse"}
+    )
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}")
     for key in ("config", "seeds", "cells"):
@@ -157,6 +184,17 @@ def load_study(path: str) -> Study:
                 f"{pair!r}"
             )
         study.effects[str(name)] = (pair[0], pair[1])
+    reuse = raw.get("reuse") or {}
+    if not isinstance(reuse, dict):
+        raise ValueError(f"{path}: reuse must be a mapping cell -> base cell, got {reuse!r}")
+    for cell, base in reuse.items():
+        if cell not in cells or base not in cells or cell == base:
+            raise ValueError(
+                f"{path}: reuse {cell!r}: {base!r} must name two different cells of the study"
+            )
+        if base in reuse:
+            raise ValueError(f"{path}: reuse {cell!r}: its base {base!r} reuses another cell")
+        study.reuse[str(cell)] = str(base)
     return study
 
 
@@ -201,6 +239,20 @@ def _append_row(path: str, row: Dict[str, Any]) -> None:
         f.write(("\n" if needs_newline else "") + json.dumps(row, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def reused_weights(run: StudyRun, output_dir: str) -> Optional[str]:
+    """The trained weights ``run`` starts from instead of training (its base run's
+    ``model_final.pth``, beside ``output_dir``), or None: no base, or its weights are gone
+    (the run then trains the same detector itself)."""
+    base = getattr(run, "base", None)  # runs pickled by an older runner have none
+    if not base:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(output_dir)), base, "model_final.pth")
+    if os.path.isfile(path):
+        return path
+    logger.warning("Run %s: %s is missing, so it trains its detector itself", run.name, path)
+    return None
 
 
 def _run_one(execute: Callable, run: StudyRun, output_dir: str) -> Dict[str, Any]:
@@ -618,11 +670,12 @@ def train_and_evaluate(
     ``DATASETS.TEST`` entry (in-domain validation) fixes the threshold, stored beside
     ``model_final.pth``; ``in_domain`` holds its scores, ``held_out`` those of the second
     entry (the held-out domain) and ``datasets`` every entry's. ``threads`` > 0 sets torch's
-    thread count.
+    thread count. A run with a base (``reuse``) loads its trained weights instead of
+    training (:func:`reused_weights`).
     """
     import torch
 
-    from ..checkpoint import save_threshold
+    from ..checkpoint import load_model_weights, save_threshold
     from ..evaluation.protocol import evaluate_domains, operating_threshold
     from .trainer import MidogTrainer, setup_cfg
 
@@ -636,9 +689,14 @@ def train_and_evaluate(
             f"domain, ...), got {tuple(cfg.DATASETS.TEST)}"
         )
     begin_run(cfg, output_dir)
+    reused = reused_weights(run, output_dir)
     trainer = MidogTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    if reused:
+        load_model_weights(cfg, trainer.model, reused, untrained=("second_stage.",))
+        trainer.checkpointer.save("model_final")  # the run's own copy carries its threshold
+    else:
+        trainer.resume_or_load(resume=False)
+        trainer.train()
     results = evaluate_domains(cfg, trainer.model, os.path.join(output_dir, "inference"))
     scores = {name: _midog_scores(r) for name, r in results.items()}
     val, held = cfg.DATASETS.TEST[0], cfg.DATASETS.TEST[1]
@@ -659,4 +717,5 @@ def train_and_evaluate(
         "held_out": scores[held],
         "datasets": scores,
         "iterations": cfg.SOLVER.MAX_ITER,
+        **({"reused": reused} if reused else {}),
     }

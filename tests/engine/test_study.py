@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import study_helpers
+import torch
 from conftest import CONFIGS, PRODUCT_STUDY_FILES, REPO, make_cfg
 
 from midog_d2.checkpoint import load_threshold
@@ -21,6 +22,7 @@ from midog_d2.engine.study import (
     markdown_summary,
     paired_effect,
     read_results,
+    reused_weights,
     run_study,
     summarize_study,
 )
@@ -66,6 +68,44 @@ def test_runs_are_seed_major_with_the_fold_and_cell_overrides(tmp_path):
         "0",
     )
     assert study.config_file == str(tmp_path / "base.yaml")
+
+
+def test_cells_that_reuse_a_detector_run_last_in_their_seed(tmp_path, caplog):
+    path = write_study(tmp_path, extra="reuse:\n  a: b\n")
+    runs = load_study(str(path)).runs()
+    assert [r.key for r in runs[:4]] == [
+        ("b", "f1", 0),
+        ("b", "f2", 0),
+        ("a", "f1", 0),
+        ("a", "f2", 0),
+    ]
+    assert [r.base for r in runs[:4]] == [None, None, "b__f1__seed0", "b__f2__seed0"]
+    assert runs[4].key == ("b", "f1", 1)
+    # The base run's weights when they are there; else the run trains its own, and says so.
+    out = tmp_path / "out"
+    assert reused_weights(runs[0], str(out / runs[0].name)) is None
+    assert reused_weights(runs[2], str(out / runs[2].name)) is None
+    assert "b__f1__seed0" in caplog.text and "trains its detector itself" in caplog.text
+    weights = out / "b__f1__seed0" / "model_final.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"x")
+    assert reused_weights(runs[2], str(out / runs[2].name)) == str(weights)
+
+
+@pytest.mark.parametrize(
+    "reuse, message",
+    [
+        ("[a, b]", "reuse must be a mapping"),
+        ("{a: nope}", "reuse 'a': 'nope' must name two different cells"),
+        ("{a: a}", "reuse 'a': 'a' must name two different cells"),
+        ("{a: b, b: a}", "its base 'b' reuses another cell"),
+    ],
+)
+def test_bad_reuse_entries_name_the_file(tmp_path, reuse, message):
+    path = write_study(tmp_path, extra=f"reuse: {reuse}\n")
+    with pytest.raises(ValueError, match=message) as e:
+        load_study(str(path))
+    assert str(path) in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -240,9 +280,12 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
             cells:
               none: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False", MODEL.MULTITASK.FOREGROUND_HEAD_ON, "False"]
               both: []
+              both+gate: [MODEL.MULTITASK.FOREGROUND_GATE, "True"]
             baseline: none
             effects:
               heads: [both, none]
+            reuse:
+              both+gate: both
             """))
     md = tmp_path / "results.md"
     md.write_text(
@@ -267,7 +310,15 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = read_results(str(results))
-    assert sorted(row["cell"] for row in rows) == ["both", "none"]
+    assert sorted(row["cell"] for row in rows) == ["both", "both+gate", "none"]
+    # The gate's run scored the detector its base trained: the same weights, not retrained.
+    base = tmp_path / "runs" / "both__heldout_net__seed0" / "model_final.pth"
+    (gated,) = [row for row in rows if row["cell"] == "both+gate"]
+    assert gated["reused"] == str(base)
+    a = torch.load(str(base), map_location="cpu", weights_only=True)["model"]
+    own = tmp_path / "runs" / "both+gate__heldout_net__seed0" / "model_final.pth"
+    b = torch.load(str(own), map_location="cpu", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for row in rows:
         assert row["in_domain"]["num_images"] == 1 and row["held_out"]["num_images"] == 1
         assert 0 <= row["held_out"]["f1"] <= 1 and row["iterations"] == 2

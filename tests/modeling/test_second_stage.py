@@ -154,3 +154,20 @@ def test_the_detectors_training_leaves_the_second_stage_alone():
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.second_stage.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.second_stage.parameters()))
+
+
+def test_switched_on_it_leaves_the_detector_and_its_training_as_they_were():
+    """Built after the detector and frozen, the second stage takes nothing from the
+    detector's random initialisation nor from its losses: a detector trained with it is the
+    one trained without it (which is why a study's second-stage cell reuses that one)."""
+    _, off = _model(False)
+    _, on = _model(True)
+    a = off.state_dict()
+    b = {k: v for k, v in on.state_dict().items() if not k.startswith("second_stage.")}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    inputs = make_inputs(2, size=128)
+    off.train()
+    on.train()
+    with EventStorage():
+        la, lb = off(inputs), on(inputs)
+    assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
