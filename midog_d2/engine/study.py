@@ -248,7 +248,7 @@ def reused_weights(run: StudyRun, output_dir: str) -> Optional[str]:
     base = getattr(run, "base", None)  # runs pickled by an older runner have none
     if not base:
         return None
-    path = os.path.join(os.path.dirname(os.path.abspath(output_dir)), base, "model_final.pth")
+    path = os.path.join(os.path.dirname(os.path.normpath(output_dir)), base, "model_final.pth")
     if os.path.isfile(path):
         return path
     logger.warning("Run %s: %s is missing, so it trains its detector itself", run.name, path)
