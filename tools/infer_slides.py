@@ -8,7 +8,9 @@ Inputs are files, folders (their slides, not recursing) or glob patterns: any Op
 format, tiled TIFF ROIs, PNG/JPEG. Per slide DIR gets ``<stem>.midog.json`` (challenge
 points in mm), ``<stem>.geojson`` (QuPath, in the frame QuPath shows the slide in),
 ``<stem>.asap.xml`` (ASAP; not for PNG/JPEG, which ASAP cannot open), ``<stem>.csv`` and
-``<stem>.overlay.png``, then the completion marker ``<stem>.done.json``; DIR/summary.csv holds
+``<stem>.overlay.png`` and ``<stem>.html`` (a review page that opens from disk: the numbers,
+the overlay, a crop of every detection), then the completion marker ``<stem>.done.json``;
+DIR/index.html links every slide's page; DIR/summary.csv holds
 one row a slide (µm/px and where it came from, tissue area, count, count/mm², hotspot,
 seconds, status, notes) and DIR/log.txt the run (log.txt.rank1, ... those of the other
 processes). A rerun skips slides whose outputs are complete for the same weights, options,
@@ -50,6 +52,7 @@ from midog_d2.engine.slides import (
     slide_stems,
     summary_counts,
     weights_identity,
+    write_index,
     write_summary,
 )
 
@@ -187,10 +190,12 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         rank=rank,
         world_size=world,
         progress=not args.no_progress and comm.is_main_process(),
+        threshold_source=source,
     )
     rows = gather_rows(rows, inputs)
     if comm.is_main_process():
         write_summary(rows, os.path.join(args.output, "summary.csv"))
+        write_index(rows, args.output)
         done, skipped, failed = summary_counts(rows)
         logger.info(
             "summary: %d done, %d skipped (complete), %d failed -> %s",

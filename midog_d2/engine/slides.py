@@ -41,8 +41,9 @@ from ..io.exports import (
     write_geojson,
 )
 from ..io.points import points_to_json
-from ..io.slide import MPP_FALLBACK, slide_bounds
-from ..utils.visualizer import draw_slide_overlay
+from ..io.review import GalleryItem, index_html, review_html
+from ..io.slide import MPP_FALLBACK, read_region, slide_bounds
+from ..utils.visualizer import RING_RADIUS_UM, draw_slide_overlay
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -56,6 +57,7 @@ __all__ = [
     "is_output",
     "options_fingerprint",
     "read_marker",
+    "write_index",
     "run_binding",
     "slide_outputs",
     "slide_stems",
@@ -89,7 +91,15 @@ OUTPUT_SUFFIXES = {
     "csv": ".csv",
     "asap": ".asap.xml",
     "overlay": ".overlay.png",
+    "review": ".html",
 }
+INDEX_PAGE = "index.html"
+# The review page: crops of about this size around each detection, every detection at or
+# above the threshold up to MAX_GALLERY (a page a browser still opens quickly) and the
+# MAX_BELOW best candidates below it.
+CROP_UM = 60.0
+MAX_GALLERY = 1000
+MAX_BELOW = 24
 # Images ASAP (OpenSlide and its own TIFF readers) cannot open: no ASAP XML for them.
 NOT_FOR_ASAP = (".png", ".jpg", ".jpeg")
 MARKER_SUFFIX = ".done.json"
@@ -325,13 +335,13 @@ def _notes(path: str, result: SlideResult, readout, hotspot_area: float) -> str:
 
 
 def _result_row(
-    path: str, result: SlideResult, readout, threshold: float, hotspot_area: float
+    path: str, result: SlideResult, readout, threshold: float, notes: str
 ) -> Dict[str, Any]:
     hs = readout.hotspot
     return {
         "slide": path,
         "status": "done",
-        "message": _notes(path, result, readout, hotspot_area),
+        "message": notes,
         "width": result.width,
         "height": result.height,
         "mpp": result.mpp,
@@ -362,6 +372,9 @@ def write_slide_outputs(
     stem: str,
     threshold: float,
     id_key: Optional[str] = None,
+    threshold_source: str = "",
+    weights_sha256: str = "",
+    notes: str = "",
 ) -> Dict[str, str]:
     """The slide's files (:func:`slide_outputs`), each atomically; name -> path. The
     GeoJSON is in QuPath's frame of the slide (its bounds' corner subtracted when it
@@ -400,7 +413,102 @@ def write_slide_outputs(
     if not ok:
         raise RuntimeError(f"could not encode the overlay of {result.path}")
     atomic_write_bytes(paths["overlay"], png.tobytes())
+    page = _review_page(
+        result, readout, threshold, overlay[:, :, ::-1], threshold_source, weights_sha256, notes
+    )
+    atomic_write_text(paths["review"], page)
     return paths
+
+
+def _crop(result: SlideResult, x: float, y: float) -> np.ndarray:
+    """About :data:`CROP_UM` µm of the slide at full resolution around (x, y) (moved inside
+    the image at its border), with a thin ring of the overlay's radius around the point."""
+    side = max(16, int(round(CROP_UM / result.mpp)))
+    x0 = int(min(max(round(x - side / 2), 0), max(result.width - side, 0)))
+    y0 = int(min(max(round(y - side / 2), 0), max(result.height - side, 0)))
+    w, h = min(side, result.width), min(side, result.height)
+    crop = np.ascontiguousarray(read_region(result.path, x0, y0, w, h))
+    r = max(3, int(round(RING_RADIUS_UM / result.mpp)))
+    cv2.circle(crop, (int(round(x - x0)), int(round(y - y0))), r, (255, 210, 0), 1, cv2.LINE_AA)
+    return crop
+
+
+def _review_page(
+    result: SlideResult,
+    readout,
+    threshold: float,
+    overlay_rgb: np.ndarray,
+    threshold_source: str,
+    weights_sha256: str,
+    notes: str,
+) -> str:
+    """The slide's review page (:func:`midog_d2.io.review.review_html`)."""
+    hs = readout.hotspot
+    source = {MPP_FALLBACK: "ASSUMED (not in the file: DATASETS.MIDOG.FALLBACK_MPP)"}
+    numbers = [
+        ("Mitotic figures (count)", "count", readout.count),
+        ("per mm² of tissue", "count_per_mm2", readout.per_mm2),
+        ("Tissue analysed, mm²", "tissue_mm2", readout.tissue_mm2),
+        ("Hotspot: mitotic figures", "hotspot_count", hs.count if hs else 0),
+        ("Hotspot: per mm² of tissue", "hotspot_per_mm2", hs.per_mm2 if hs else 0.0),
+        ("Hotspot window, mm²", "hotspot_area_mm2", hs.area_mm2 if hs else "–"),
+        ("Hotspot tissue, mm²", "hotspot_tissue_mm2", hs.tissue_mm2 if hs else "–"),
+        ("µm per pixel", "mpp", result.mpp),
+        ("µm per pixel from", "mpp_source", source.get(result.mpp_source, result.mpp_source)),
+        ("Score threshold", "threshold", threshold),
+        ("Threshold from", "threshold_source", threshold_source or "–"),
+        ("Model weights (SHA-256)", "weights_sha256", weights_sha256[:16] or "–"),
+    ]
+    above = np.flatnonzero(result.scores >= threshold)  # scores are sorted, highest first
+    below = np.flatnonzero(result.scores < threshold)
+    items = [
+        GalleryItem(
+            k + 1, float(result.scores[i]), *map(float, result.xy[i]), _crop(result, *result.xy[i])
+        )
+        for k, i in enumerate(above[:MAX_GALLERY])
+    ]
+    under = [
+        GalleryItem(
+            len(above) + k + 1,
+            float(result.scores[i]),
+            *map(float, result.xy[i]),
+            _crop(result, *result.xy[i]),
+        )
+        for k, i in enumerate(below[:MAX_BELOW])
+    ]
+    s = result.thumb_scale
+    rings = [(x * s, y * s, k + 1) for k, (x, y) in enumerate(result.xy[above[:MAX_GALLERY]])]
+    radius = max(4.0, RING_RADIUS_UM / result.mpp * s)
+    return review_html(
+        os.path.basename(result.path),
+        result.path,
+        numbers,
+        [n for n in notes.split("; ") if n],
+        overlay_rgb,
+        rings,
+        radius,
+        items,
+        len(above),
+        under,
+        len(below),
+    )
+
+
+def write_index(rows: Sequence[Dict[str, Any]], out_dir: str) -> str:
+    """``out_dir/index.html`` over the slides of ``rows`` (summary rows), each linked to its
+    review page when it has one; returns its path."""
+    stems = slide_stems([r["slide"] for r in rows])
+    pages = {
+        r["slide"]: (
+            stems[r["slide"]] + OUTPUT_SUFFIXES["review"]
+            if r.get("status") in ("done", "skipped")
+            else None
+        )
+        for r in rows
+    }
+    path = os.path.join(out_dir, INDEX_PAGE)
+    atomic_write_text(path, index_html(rows, pages))
+    return path
 
 
 def _overlay_lines(result: SlideResult, readout) -> List[str]:
@@ -452,6 +560,7 @@ def infer_slides(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    threshold_source: str = "",
 ) -> List[Dict[str, Any]]:
     """
     Run ``model`` (eval mode, weights loaded) over this rank's share of the slides
@@ -486,8 +595,19 @@ def infer_slides(
                 predictor, path, f"[{k}/{len(mine)}] {stem}", job, progress
             )
             readout = slide_readout(result, threshold, area, aspect)
-            outputs = write_slide_outputs(result, readout, output_dir, stem, threshold, id_key)
-            row = _result_row(path, result, readout, threshold, area)
+            notes = _notes(path, result, readout, area)
+            outputs = write_slide_outputs(
+                result,
+                readout,
+                output_dir,
+                stem,
+                threshold,
+                id_key,
+                threshold_source,
+                weights_sha256,
+                notes,
+            )
+            row = _result_row(path, result, readout, threshold, notes)
             row["seconds"] = time.perf_counter() - start
             _write_marker(output_dir, stem, path, binding, outputs, row)
             logger.info(

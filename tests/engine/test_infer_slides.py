@@ -68,6 +68,43 @@ def slides(tmp_path_factory):
     return folder
 
 
+def check_review_pages(out, rows):
+    """Each finished slide's page opens from disk: every image is inlined (a data URI that
+    decodes), its numbers are summary.csv's, its gallery holds every detection at or above
+    the threshold; index.html links every finished slide's page and no failed one's."""
+    import base64
+    import re
+
+    import cv2
+
+    index = (out / "index.html").read_text()
+    for name, r in rows.items():
+        stem = name.rsplit(".", 1)[0]
+        if r["status"] == "error":
+            assert f'href="{stem}.html"' not in index and name in index
+            continue
+        assert f'href="{stem}.html"' in index
+        page = (out / f"{stem}.html").read_text()
+        sources = re.findall(r'<img src="([^"]+)"', page) + re.findall(
+            r'<image href="([^"]+)"', page
+        )
+        assert len(sources) >= 1 + int(r["count"])
+        for src in sources:
+            assert src.startswith("data:image/")  # nothing outside the page
+            pixels = cv2.imdecode(
+                np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), 1
+            )
+            assert pixels is not None and pixels.size
+        fields = dict(re.findall(r'data-field="([a-z_0-9]+)">([^<]*)<', page))
+        assert int(fields["count"]) == int(r["count"])
+        for key in ("count_per_mm2", "tissue_mm2", "mpp", "threshold"):
+            assert float(fields[key]) == pytest.approx(float(r[key]), rel=5e-3), key
+        assert page.count('<figure id="d') == int(r["count"]) + min(
+            24, int(r["candidates"]) - int(r["count"])
+        )
+        assert page.count("<circle ") == int(r["count"])  # a ring a detection, linked
+
+
 def run_tool(*argv):
     return infer_slides.main([str(a) for a in argv])
 
@@ -131,6 +168,7 @@ def test_a_folder_of_slides_with_the_stored_threshold_and_a_corrupt_one(
     assert area == pytest.approx(420 * 300 * 0.25**2 / 1e6, rel=1e-6)
     assert 0 < tissue < area and f"{area:.3g} mm² ({tissue:.3g} mm² of tissue)" in r["message"]
     assert float(r["hotspot_per_mm2"]) == pytest.approx(int(r["hotspot_count"]) / tissue, rel=1e-4)
+    check_review_pages(out, rows)
 
     # a rerun does only what failed; --threshold overrides the stored one and redoes all
     rc = run_tool(
@@ -312,3 +350,58 @@ def test_outputs_are_bound_to_the_precision_auto_resolves_to_on_the_device():
     assert a["options_sha256"] == b["options_sha256"]  # the device is not an option...
     assert (a["device"], b["device"]) == ("cpu", "cuda") and a != b  # ...but it is bound
     assert a["precision"] in ("fp32", "bf16", "fp16")
+
+
+CHROMIUM = ("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_review_pages_in_a_real_browser(tmp_path, weights, slides):
+    """Debian's Chromium, headless (`make test-slow` installs it): each page loads from disk
+    with every image decoded, and its numbers as rendered are summary.csv's; the
+    screenshot is kept for a person to look at (docs/images/review_page.png)."""
+    import re
+    import shutil
+
+    if shutil.which("chromium") is None:
+        pytest.fail("Chromium is not installed: `make test-slow` installs Debian's package")
+    out = tmp_path / "out"
+    run_tool(
+        "--config-file", CONFIG, "--input", slides, "--output", out, "--no-progress",
+        "--threshold", "0.3", "MODEL.WEIGHTS", weights, *SMALL,
+    )  # fmt: skip
+    rows = read_summary(out)
+    profile = ["--user-data-dir=" + str(tmp_path / "chrome")]
+    for page in ["index"] + [n.rsplit(".", 1)[0] for n, r in rows.items() if r["status"] == "done"]:
+        url = (out / f"{page}.html").as_uri()
+        dom = subprocess.run(
+            [*CHROMIUM, *profile, "--virtual-time-budget=5000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        if page == "index":
+            assert all(f'data-slide="{n}"' in dom for n in rows)
+            continue
+        body = re.search(r"<body([^>]*)>", dom).group(1)
+        ok, bad = (
+            int(re.search(f'data-images-{k}="(\\d+)"', body).group(1)) for k in ("ok", "bad")
+        )
+        (r,) = [r for n, r in rows.items() if n.startswith(page + ".")]
+        assert bad == 0 and ok >= 1 + int(r["count"])
+        assert re.search(r'data-field="count">(\d+)<', dom).group(1) == r["count"]
+        shot = tmp_path / f"{page}.png"
+        subprocess.run(
+            [*CHROMIUM, *profile, "--window-size=1200,1600", f"--screenshot={shot}", url],
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert shot.stat().st_size > 10_000
+        # the check itself: a page with one image broken says so
+        broken = tmp_path / f"{page}.broken.html"
+        html = (out / f"{page}.html").read_text()
+        broken.write_text(html.replace("data:image/jpeg;base64,", "data:image/jpeg;base64,AAAA", 1))
+        dom = subprocess.run(
+            [*CHROMIUM, *profile, "--virtual-time-budget=5000", "--dump-dom", broken.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        assert 'data-images-bad="1"' in dom and "1 image(s) of this page did not load" in dom
