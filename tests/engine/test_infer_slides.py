@@ -405,3 +405,22 @@ def test_review_pages_in_a_real_browser(tmp_path, weights, slides):
             capture_output=True, text=True, timeout=120,
         ).stdout  # fmt: skip
         assert 'data-images-bad="1"' in dom and "1 image(s) of this page did not load" in dom
+
+
+def test_the_jobs_time_left_counts_the_tiles_left_and_the_slides_not_started(monkeypatch):
+    import midog_d2.engine.slides as slides_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(slides_mod.time, "perf_counter", lambda: clock[0])
+    job = slides_mod._JobProgress(3)
+    assert np.isnan(job.eta_s())
+    job.slide_started(10)
+    clock[0] += 5.0
+    job.tiles(5)  # 1 s a tile: 5 left here, then 2 slides of 10 tiles (this one's size)
+    assert job.eta_s() == pytest.approx(5 + 20)
+    clock[0] += 5.0
+    job.tiles(5)
+    job.slide_done()
+    job.slide_started(30)  # the mean of 10 and 30 tiles for the last slide
+    assert job.eta_s() == pytest.approx(30 + 20)
+    assert slides_mod._fmt_eta(3725) == "1:02:05" and slides_mod._fmt_eta(65) == "1:05"
