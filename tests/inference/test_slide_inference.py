@@ -22,7 +22,6 @@ from detectron2.modeling import build_model
 from midog_d2.constants import MITOTIC_NAME, NON_MITOTIC_NAME
 from midog_d2.engine.slides import (
     MARKER_SUFFIX,
-    OUTPUT_SUFFIXES,
     expand_inputs,
     infer_slides,
     slide_outputs,
