@@ -15,7 +15,7 @@ REAL_DATA ?= ../shared/data/real
 # What black and isort check (pyproject.toml holds their settings).
 FORMAT_PATHS := midog_d2 tools tests benchmarks setup.py
 
-.PHONY: venv test test-slow lint format demo bench bench-deps clean-venv
+.PHONY: venv test test-slow browser lint format demo bench bench-deps clean-venv
 
 venv: $(STAMP)
 
@@ -45,7 +45,14 @@ format: venv
 	$(VENV)/bin/isort -q $(FORMAT_PATHS)
 	$(VENV)/bin/black -q $(FORMAT_PATHS)
 
-test-slow: venv
+# The review page's browser test opens it in Debian's Chromium, installed here when missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  $$(command -v sudo || true) apt-get install -y -q chromium || { \
+	  $$(command -v sudo || true) apt-get update -q && \
+	  $$(command -v sudo || true) apt-get install -y -q chromium; }; }
+
+test-slow: venv browser
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
 demo: venv

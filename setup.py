@@ -26,6 +26,7 @@ setup(
         "pycocotools",
         "tifffile",
         "imagecodecs",
+        "SimpleITK",
     ],
     extras_require={"test": ["pytest"]},
 )

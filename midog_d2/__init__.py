@@ -6,10 +6,15 @@ meta-architecture (``MODEL.META_ARCHITECTURE: "MultiTaskRetinaNet"``).
 
 import warnings
 
-# Detectron2 scripts a few helpers with torch.jit.script, which torch >= 2.10
-# deprecates with a FutureWarning at every import; it says nothing to our users.
+# Two upstream warnings that say nothing to our users, in every process: Detectron2 scripts
+# a few helpers with torch.jit.script, which torch >= 2.10 deprecates at every import, and
+# its anchor generator calls torch.meshgrid without `indexing` (its "ij" default is what it
+# means). The tools import midog_d2 first so that these are set before Detectron2 loads.
 warnings.filterwarnings(
     "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
+warnings.filterwarnings(
+    "ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning
 )
 
 try:

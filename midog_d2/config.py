@@ -244,6 +244,10 @@ def _add_test_config(cfg: CN) -> None:
     # may read ahead (memory: (1 + PREFETCH_BATCHES) * BATCH_SIZE tiles).
     _C.TEST.TILE.READ_WORKERS = 2
     _C.TEST.TILE.PREFETCH_BATCHES = 2
+    # Whole-slide inference (tools/infer_slides.py --mpp): the µm per pixel every slide is
+    # analysed at, whatever its file says; 0 takes each file's own (its metadata, else
+    # DATASETS.MIDOG.FALLBACK_MPP, an assumption that summary.csv reports as such).
+    _C.TEST.SLIDE_MPP = 0.0
     # Whole-slide inference (tools/infer_slides.py): tiles on glass are never read.
     _C.TEST.TISSUE = CN()
     # Compute a tissue mask on a thumbnail and read only the tiles that hold tissue.

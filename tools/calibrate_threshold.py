@@ -14,6 +14,7 @@ weights' SHA-256, with the plain best-F1 threshold of the validation images
 without a flag; ``TEST.MIDOG.SCORE_THRESHOLD x`` overrides it.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import json
 import sys

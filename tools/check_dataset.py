@@ -9,6 +9,7 @@ JSON's) before training starts, and exits with status 1 if there is any; status
 2 when the annotation file itself is invalid.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import sys
 

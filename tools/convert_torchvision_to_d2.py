@@ -7,6 +7,7 @@ Then use configs/R50-torchvision-weights.yaml (RGB input, torchvision mean/std,
 STRIDE_IN_1X1 False).
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import pickle
 

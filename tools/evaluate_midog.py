@@ -11,6 +11,7 @@ directory of per-image files); see midog_d2.io.points and
 docs/evaluation.md. Never-annotated images of the ground truth are not scored.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import json
 import sys

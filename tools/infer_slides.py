@@ -6,18 +6,29 @@
 
 Inputs are files, folders (their slides, not recursing) or glob patterns: any OpenSlide
 format, tiled TIFF ROIs, PNG/JPEG. Per slide DIR gets ``<stem>.midog.json`` (challenge
-points in mm), ``<stem>.geojson`` (QuPath), ``<stem>.asap.xml`` (ASAP), ``<stem>.csv`` and
-``<stem>.overlay.png``, then the completion marker ``<stem>.done.json``; DIR/summary.csv holds
-one row a slide (tissue area, count, count/mm², hotspot, seconds, status) and DIR/log.txt the
-run. A rerun skips slides whose outputs are complete for the same weights and options; a slide
-that cannot be read is reported in the summary and the others go on (exit code 1).
+points in mm), ``<stem>.geojson`` (QuPath, in the frame QuPath shows the slide in),
+``<stem>.asap.xml`` (ASAP; not for PNG/JPEG, which ASAP cannot open), ``<stem>.csv`` and
+``<stem>.overlay.png`` and ``<stem>.html`` (a review page that opens from disk: the numbers,
+the overlay, a crop of every detection), then the completion marker ``<stem>.done.json``;
+DIR/index.html links every slide's page; DIR/summary.csv holds
+one row a slide (µm/px and where it came from, tissue area, count, count/mm², hotspot,
+seconds, status, notes) and DIR/log.txt the run (log.txt.rank1, ... those of the other
+processes). A rerun skips slides whose outputs are complete for the same weights, options,
+device and precision; a slide that cannot be read is one line on the console and a row in the
+summary (its traceback in the log), and the others go on (exit code 1).
 
+µm/px: each file's own; for a file without (a PNG, some SVS) DATASETS.MIDOG.FALLBACK_MPP
+(0.25) is ASSUMED and summary.csv says so; ``--mpp`` sets it for every slide of the run.
 The threshold stored with the weights (tools/calibrate_threshold.py) is used, ``--threshold``
 overrides it. The GPU is used when there is one unless ``MODEL.DEVICE`` is given.
 ``--num-gpus N`` runs N processes per machine (GPUs, or CPU processes with gloo), each taking
 every N-th slide; ``--num-machines``/``--machine-rank``/``--dist-url`` as in train_net.py.
+Options may come before or after the KEY VALUE overrides. The ``config.yaml`` that training
+saved beside the weights runs as it is, that of a development tool too (its extra keys are
+ignored).
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import csv
 import logging
@@ -41,6 +52,7 @@ from midog_d2.engine.slides import (
     slide_stems,
     summary_counts,
     weights_identity,
+    write_index,
     write_summary,
 )
 
@@ -58,6 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--threshold", type=float, default=None, help="operating score threshold (overrides)"
     )
+    ap.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm per pixel of every slide, whatever its file says (TEST.SLIDE_MPP); without "
+        "it, a file that has none is ASSUMED at DATASETS.MIDOG.FALLBACK_MPP",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument(
         "--allow-partial-weights",
@@ -68,8 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--num-machines", type=int, default=1)
     ap.add_argument("--machine-rank", type=int, default=0)
     ap.add_argument("--dist-url", default="auto")
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = ap.parse_args(argv)
+    ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    # options before or after the overrides; an unknown one is refused (argparse's line)
+    args = ap.parse_intermixed_args(argv)
     # "--input a.svs MODEL.WEIGHTS w.pth": argparse gives the overrides to --input.
     for i, item in enumerate(args.input):
         if _CONFIG_KEY.match(item):
@@ -87,6 +107,8 @@ def _opts(args: argparse.Namespace) -> list:
         opts = opts[1:]
     if args.threshold is not None:
         opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
+    if args.mpp is not None:
+        opts += ["TEST.SLIDE_MPP", str(args.mpp)]
     if "MODEL.DEVICE" not in opts[0::2]:
         opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
     return opts
@@ -98,7 +120,17 @@ def check_args(args: argparse.Namespace):
         raise SystemExit(f"error: --threshold must be in [0, 1], got {args.threshold}")
     if args.num_gpus < 1:
         raise SystemExit(f"error: --num-gpus must be >= 1, got {args.num_gpus}")
-    cfg = setup_cfg(args.config_file, _opts(args))
+    if args.mpp is not None and not 0.01 <= args.mpp <= 50:
+        raise SystemExit(f"error: --mpp must be a microscope's µm/px (0.01 to 50), got {args.mpp}")
+    if len(_opts(args)) % 2:
+        raise SystemExit(
+            "error: the config overrides must be KEY VALUE pairs, got an odd number: "
+            + " ".join(args.opts)
+        )
+    try:
+        cfg = _cfg(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     if not cfg.MODEL.WEIGHTS:
         raise SystemExit("error: MODEL.WEIGHTS is empty: name the trained weights to run")
     try:
@@ -122,13 +154,21 @@ def check_args(args: argparse.Namespace):
     return cfg, inputs, sha
 
 
+def _cfg(args: argparse.Namespace):
+    return setup_cfg(args.config_file, _opts(args), ignore_development_keys=True)
+
+
 def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
-    cfg = setup_cfg(args.config_file, _opts(args))
     rank, world = comm.get_rank(), comm.get_world_size()
     os.makedirs(args.output, exist_ok=True)
     log = os.path.join(args.output, "log.txt")
-    setup_logger(output=log, distributed_rank=rank, name="midog_d2")
-    setup_logger(output=log, distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    for name, abbrev in (("midog_d2", None), ("detectron2", "d2")):
+        lg = setup_logger(output=log, distributed_rank=rank, name=name, abbrev_name=abbrev)
+        # tracebacks (DEBUG) go to the log file only; the console gets one line a slide
+        for h in lg.handlers:
+            if getattr(h, "stream", None) is sys.stdout:
+                h.setLevel(logging.INFO)
+    cfg = _cfg(args)
     if world > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         # Processes share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
@@ -150,10 +190,12 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         rank=rank,
         world_size=world,
         progress=not args.no_progress and comm.is_main_process(),
+        threshold_source=source,
     )
     rows = gather_rows(rows, inputs)
     if comm.is_main_process():
         write_summary(rows, os.path.join(args.output, "summary.csv"))
+        write_index(rows, args.output)
         done, skipped, failed = summary_counts(rows)
         logger.info(
             "summary: %d done, %d skipped (complete), %d failed -> %s",

@@ -9,6 +9,7 @@ The medians of MIDOG++ are ``midog_d2.constants.MIDOGPP_DENSITY`` / ``MIDOGPP_TU
 (the default of ``TEST.MIDOG.OPERATING_DENSITY``; docs/evaluation.md, "At real density").
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import json
 import sys

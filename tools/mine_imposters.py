@@ -16,6 +16,7 @@ the experts' annotations are copied unchanged. Training on the output samples th
 negatives (``INPUT.PATCH.P_HARD_NEGATIVE``): anchors on them learn "background".
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import json
 import sys

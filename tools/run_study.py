@@ -15,6 +15,7 @@ train, choose the threshold on ``DATASETS.TEST[0]``, score ``DATASETS.TEST[1]`` 
 what is missing. Trailing KEY VALUE pairs override every run's config.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import functools
 import sys

@@ -13,6 +13,7 @@ differently shaped parameters would be scored at their random initialisation) un
 ``--allow-partial-weights`` is given.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import logging
 import os
 

@@ -16,6 +16,7 @@ trained on them (``MODEL.SECOND_STAGE.*``, ``midog_d2.engine.second_stage``). Wr
 config with the second stage on). Scores change: calibrate the threshold again.
 """
 
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 import argparse
 import json
 import os

@@ -1,12 +1,14 @@
 """Inference over many slides: inputs, per-slide outputs, completion markers and the summary.
 
 For each slide ``DIR/<stem>`` gets the challenge JSON (``.midog.json``), QuPath GeoJSON
-(``.geojson``), a CSV (``.csv``), ASAP XML (``.asap.xml``) and an overlay (``.overlay.png``),
-each written atomically, then ``<stem>.done.json``: the completion marker, written last and
-bound to the weights' SHA-256, the options (every config key that changes a result, and the
-threshold), the slide file's size and modification time and each output's SHA-256. A rerun
-skips a slide whose marker matches all of that and redoes any other, so a job killed mid-way
-loses at most the slide in progress. With several processes (Detectron2's ``launch``) each
+(``.geojson``), a CSV (``.csv``), ASAP XML (``.asap.xml``; not for PNG and JPEG, which ASAP
+cannot open) and an overlay (``.overlay.png``), each written atomically, then
+``<stem>.done.json``: the completion marker, written last and bound to the weights' SHA-256,
+the options (every config key that changes a result, and the threshold), the precision and
+device the model ran at, the slide file's size and modification time and each output's
+SHA-256. A rerun skips a slide whose marker matches all of that and redoes any other, so a
+job killed mid-way loses at most the slide in progress. The tool's own outputs are never
+taken for slides, even when ``DIR`` is an input folder. With several processes (Detectron2's ``launch``) each
 rank takes every world-size-th slide; rank 0 gathers the rows and writes ``summary.csv``.
 """
 
@@ -29,6 +31,7 @@ from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from ..checkpoint import file_sha256
+from ..inference.predictor import resolve_precision
 from ..inference.slides import SlidePredictor, SlideResult, slide_readout
 from ..io.exports import (
     atomic_write_bytes,
@@ -38,18 +41,25 @@ from ..io.exports import (
     write_geojson,
 )
 from ..io.points import points_to_json
-from ..utils.visualizer import draw_slide_overlay
+from ..io.review import GalleryItem, index_html, review_html
+from ..io.slide import MPP_FALLBACK, read_region, slide_bounds
+from ..utils.visualizer import RING_RADIUS_UM, draw_slide_overlay
 
 __all__ = [
     "MARKER_SUFFIX",
+    "NOT_FOR_ASAP",
     "OUTPUT_SUFFIXES",
     "SLIDE_EXTENSIONS",
     "SUMMARY_COLUMNS",
     "expand_inputs",
     "gather_rows",
     "infer_slides",
+    "is_output",
     "options_fingerprint",
     "read_marker",
+    "write_index",
+    "run_binding",
+    "slide_outputs",
     "slide_stems",
     "summary_counts",
     "weights_identity",
@@ -81,9 +91,19 @@ OUTPUT_SUFFIXES = {
     "csv": ".csv",
     "asap": ".asap.xml",
     "overlay": ".overlay.png",
+    "review": ".html",
 }
+INDEX_PAGE = "index.html"
+# The review page: crops of about this size around each detection, every detection at or
+# above the threshold up to MAX_GALLERY (a page a browser still opens quickly) and the
+# MAX_BELOW best candidates below it.
+CROP_UM = 60.0
+MAX_GALLERY = 1000
+MAX_BELOW = 24
+# Images ASAP (OpenSlide and its own TIFF readers) cannot open: no ASAP XML for them.
+NOT_FOR_ASAP = (".png", ".jpg", ".jpeg")
 MARKER_SUFFIX = ".done.json"
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2
 SUMMARY_COLUMNS = (
     "slide",
     "status",
@@ -91,6 +111,7 @@ SUMMARY_COLUMNS = (
     "width",
     "height",
     "mpp",
+    "mpp_source",
     "tiles_read",
     "tiles_total",
     "tissue_mm2",
@@ -99,6 +120,8 @@ SUMMARY_COLUMNS = (
     "count_per_mm2",
     "hotspot_count",
     "hotspot_per_mm2",
+    "hotspot_area_mm2",
+    "hotspot_tissue_mm2",
     "hotspot_x0",
     "hotspot_y0",
     "hotspot_x1",
@@ -126,11 +149,18 @@ _NOT_RESULTS = (
 )
 
 
+def is_output(path: str) -> bool:
+    """Whether ``path`` is named like one of this tool's outputs (an overlay PNG, ...)."""
+    name = os.path.basename(path).lower()
+    return name.endswith(tuple(OUTPUT_SUFFIXES.values()) + (MARKER_SUFFIX,))
+
+
 def expand_inputs(inputs: Sequence[str]) -> List[str]:
     """The slide files named by ``inputs``: files as given, folders' files with a
     :data:`SLIDE_EXTENSIONS` suffix (not recursing: a MIRAX slide's data folder holds no
-    slide), glob patterns' matches; sorted within each input, duplicates dropped. An input
-    that names nothing is an error."""
+    slide), glob patterns' matches; sorted within each input, duplicates dropped; the
+    tool's own outputs (:func:`is_output`) left out of folders and patterns, and an error
+    when named. An input that names nothing is an error."""
     found: List[str] = []
     seen = set()
     for item in inputs:
@@ -138,16 +168,22 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
             names = sorted(
                 os.path.join(item, n)
                 for n in os.listdir(item)
-                if n.lower().endswith(SLIDE_EXTENSIONS) and os.path.isfile(os.path.join(item, n))
+                if n.lower().endswith(SLIDE_EXTENSIONS)
+                and not is_output(n)
+                and os.path.isfile(os.path.join(item, n))
             )
             if not names:
                 raise FileNotFoundError(
                     f"{item}: a folder with no slide in it (looked for {', '.join(SLIDE_EXTENSIONS)})"
                 )
         elif os.path.isfile(item):
+            if is_output(item):
+                raise ValueError(f"{item}: an output of tools/infer_slides.py, not a slide")
             names = [item]
         elif glob.has_magic(item):
-            names = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            names = sorted(
+                p for p in glob.glob(item, recursive=True) if os.path.isfile(p) and not is_output(p)
+            )
             if not names:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
         else:
@@ -183,6 +219,28 @@ def slide_stems(paths: Sequence[str]) -> Dict[str, str]:
         owner[s] = p
         stems[p] = s
     return stems
+
+
+def slide_outputs(path: str) -> Dict[str, str]:
+    """The outputs (name -> suffix, of :data:`OUTPUT_SUFFIXES`) written for the slide
+    ``path``: all, but no ASAP XML for an image ASAP cannot open."""
+    out = dict(OUTPUT_SUFFIXES)
+    if path.lower().endswith(NOT_FOR_ASAP):
+        del out["asap"]
+    return out
+
+
+def run_binding(cfg: CfgNode, threshold: float, weights_sha256: str) -> Dict[str, str]:
+    """What a slide's outputs are bound to: the weights, the options
+    (:func:`options_fingerprint`) and the arithmetic: the device type and the precision
+    ``TEST.TILE.PRECISION`` resolves to there ("auto" differs between devices)."""
+    device = str(cfg.MODEL.DEVICE).split(":")[0]
+    return {
+        "weights_sha256": weights_sha256,
+        "options_sha256": options_fingerprint(cfg, threshold),
+        "device": device,
+        "precision": resolve_precision(cfg.TEST.TILE.PRECISION, device),
+    }
 
 
 def options_fingerprint(cfg: CfgNode, threshold: float) -> str:
@@ -241,7 +299,7 @@ def read_marker(out_dir: str, stem: str, path: str, binding: Dict[str, str]) -> 
             if not os.path.isfile(file) or file_sha256(file) != out.get("sha256"):
                 why = f"its {name} output is missing or changed"
                 break
-        if set(record.get("outputs") or {}) != set(OUTPUT_SUFFIXES):
+        if set(record.get("outputs") or {}) != set(slide_outputs(path)):
             why = why or "an output is not recorded"
     if why is not None:
         logger.info("%s: outputs in %s are not complete (%s): redoing it", path, out_dir, why)
@@ -255,15 +313,39 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _result_row(path: str, result: SlideResult, readout, threshold: float) -> Dict[str, Any]:
+def _notes(path: str, result: SlideResult, readout, hotspot_area: float) -> str:
+    """What a reader of the numbers must know: assumed units, a clipped hotspot window,
+    an output left out."""
+    notes = []
+    if result.mpp_source == MPP_FALLBACK:
+        notes.append(
+            f"µm/px not in the file: ASSUMED {result.mpp:g} (DATASETS.MIDOG.FALLBACK_MPP; "
+            "--mpp sets it), so every mm and mm² is too"
+        )
+    hs = readout.hotspot
+    if hs is not None and hs.clipped:
+        notes.append(
+            f"the image is smaller than the {hotspot_area:g} mm² hotspot window: the window "
+            f"is the image's width or height, {hs.area_mm2:.3g} mm² ({hs.tissue_mm2:.3g} mm² "
+            "of tissue)"
+        )
+    if "asap" not in slide_outputs(path):
+        notes.append(f"no ASAP XML: ASAP cannot open {os.path.splitext(path)[1]} images")
+    return "; ".join(notes)
+
+
+def _result_row(
+    path: str, result: SlideResult, readout, threshold: float, notes: str
+) -> Dict[str, Any]:
     hs = readout.hotspot
     return {
         "slide": path,
         "status": "done",
-        "message": "",
+        "message": notes,
         "width": result.width,
         "height": result.height,
         "mpp": result.mpp,
+        "mpp_source": result.mpp_source,
         "tiles_read": result.tiles_read,
         "tiles_total": result.tiles_total,
         "tissue_mm2": readout.tissue_mm2,
@@ -272,6 +354,8 @@ def _result_row(path: str, result: SlideResult, readout, threshold: float) -> Di
         "count_per_mm2": readout.per_mm2,
         "hotspot_count": hs.count if hs else 0,
         "hotspot_per_mm2": hs.per_mm2 if hs else 0.0,
+        "hotspot_area_mm2": hs.area_mm2 if hs else "",
+        "hotspot_tissue_mm2": hs.tissue_mm2 if hs else "",
         "hotspot_x0": hs.x0 if hs else "",
         "hotspot_y0": hs.y0 if hs else "",
         "hotspot_x1": hs.x1 if hs else "",
@@ -282,15 +366,35 @@ def _result_row(path: str, result: SlideResult, readout, threshold: float) -> Di
 
 
 def write_slide_outputs(
-    result: SlideResult, readout, out_dir: str, stem: str, threshold: float
+    result: SlideResult,
+    readout,
+    out_dir: str,
+    stem: str,
+    threshold: float,
+    id_key: Optional[str] = None,
+    threshold_source: str = "",
+    weights_sha256: str = "",
+    notes: str = "",
 ) -> Dict[str, str]:
-    """The five per-slide files (:data:`OUTPUT_SUFFIXES`), each atomically; name -> path."""
-    paths = {k: os.path.join(out_dir, stem + s) for k, s in OUTPUT_SUFFIXES.items()}
+    """The slide's files (:func:`slide_outputs`), each atomically; name -> path. The
+    GeoJSON is in QuPath's frame of the slide (its bounds' corner subtracted when it
+    declares them), its ids derived from ``id_key`` (the slide's and the weights' SHA-256)
+    and each point."""
+    paths = {k: os.path.join(out_dir, stem + s) for k, s in slide_outputs(result.path).items()}
     points = points_to_json(result.xy, result.scores, result.mpp, threshold)
     atomic_write_text(paths["midog"], json.dumps(points, indent=1))
-    write_geojson(paths["geojson"], result.xy, result.scores, threshold)
+    bounds = slide_bounds(result.path)
+    write_geojson(
+        paths["geojson"],
+        result.xy,
+        result.scores,
+        threshold,
+        id_key=id_key,
+        offset=bounds[:2] if bounds else (0, 0),
+    )
     write_detections_csv(paths["csv"], result.xy, result.scores, threshold)
-    write_asap_xml(paths["asap"], result.xy, result.scores, threshold)
+    if "asap" in paths:
+        write_asap_xml(paths["asap"], result.xy, result.scores, threshold)
     hs = readout.hotspot
     overlay = draw_slide_overlay(
         result.thumbnail,
@@ -301,12 +405,127 @@ def write_slide_outputs(
         result.mask,
         (hs.x0, hs.y0, hs.x1, hs.y1) if hs else None,
         hs.count if hs else 0,
+        mpp=result.mpp,
+        title=os.path.basename(result.path),
+        lines=_overlay_lines(result, readout),
     )
     ok, png = cv2.imencode(".png", overlay)
     if not ok:
         raise RuntimeError(f"could not encode the overlay of {result.path}")
     atomic_write_bytes(paths["overlay"], png.tobytes())
+    page = _review_page(
+        result, readout, threshold, overlay[:, :, ::-1], threshold_source, weights_sha256, notes
+    )
+    atomic_write_text(paths["review"], page)
     return paths
+
+
+def _crop(result: SlideResult, x: float, y: float) -> np.ndarray:
+    """About :data:`CROP_UM` µm of the slide at full resolution around (x, y) (moved inside
+    the image at its border), with a thin ring of the overlay's radius around the point."""
+    side = max(16, int(round(CROP_UM / result.mpp)))
+    x0 = int(min(max(round(x - side / 2), 0), max(result.width - side, 0)))
+    y0 = int(min(max(round(y - side / 2), 0), max(result.height - side, 0)))
+    w, h = min(side, result.width), min(side, result.height)
+    crop = np.ascontiguousarray(read_region(result.path, x0, y0, w, h))
+    r = max(3, int(round(RING_RADIUS_UM / result.mpp)))
+    cv2.circle(crop, (int(round(x - x0)), int(round(y - y0))), r, (255, 210, 0), 1, cv2.LINE_AA)
+    return crop
+
+
+def _review_page(
+    result: SlideResult,
+    readout,
+    threshold: float,
+    overlay_rgb: np.ndarray,
+    threshold_source: str,
+    weights_sha256: str,
+    notes: str,
+) -> str:
+    """The slide's review page (:func:`midog_d2.io.review.review_html`)."""
+    hs = readout.hotspot
+    source = {MPP_FALLBACK: "ASSUMED (not in the file: DATASETS.MIDOG.FALLBACK_MPP)"}
+    numbers = [
+        ("Mitotic figures (count)", "count", readout.count),
+        ("per mm² of tissue", "count_per_mm2", readout.per_mm2),
+        ("Tissue analysed, mm²", "tissue_mm2", readout.tissue_mm2),
+        ("Hotspot: mitotic figures", "hotspot_count", hs.count if hs else 0),
+        ("Hotspot: per mm² of tissue", "hotspot_per_mm2", hs.per_mm2 if hs else 0.0),
+        ("Hotspot window, mm²", "hotspot_area_mm2", hs.area_mm2 if hs else "–"),
+        ("Hotspot tissue, mm²", "hotspot_tissue_mm2", hs.tissue_mm2 if hs else "–"),
+        ("µm per pixel", "mpp", result.mpp),
+        ("µm per pixel from", "mpp_source", source.get(result.mpp_source, result.mpp_source)),
+        ("Score threshold", "threshold", threshold),
+        ("Threshold from", "threshold_source", threshold_source or "–"),
+        ("Model weights (SHA-256)", "weights_sha256", weights_sha256[:16] or "–"),
+    ]
+    above = np.flatnonzero(result.scores >= threshold)  # scores are sorted, highest first
+    below = np.flatnonzero(result.scores < threshold)
+    items = [
+        GalleryItem(
+            k + 1, float(result.scores[i]), *map(float, result.xy[i]), _crop(result, *result.xy[i])
+        )
+        for k, i in enumerate(above[:MAX_GALLERY])
+    ]
+    under = [
+        GalleryItem(
+            len(above) + k + 1,
+            float(result.scores[i]),
+            *map(float, result.xy[i]),
+            _crop(result, *result.xy[i]),
+        )
+        for k, i in enumerate(below[:MAX_BELOW])
+    ]
+    s = result.thumb_scale
+    rings = [(x * s, y * s, k + 1) for k, (x, y) in enumerate(result.xy[above[:MAX_GALLERY]])]
+    radius = max(4.0, RING_RADIUS_UM / result.mpp * s)
+    return review_html(
+        os.path.basename(result.path),
+        result.path,
+        numbers,
+        [n for n in notes.split("; ") if n],
+        overlay_rgb,
+        rings,
+        radius,
+        items,
+        len(above),
+        under,
+        len(below),
+    )
+
+
+def write_index(rows: Sequence[Dict[str, Any]], out_dir: str) -> str:
+    """``out_dir/index.html`` over the slides of ``rows`` (summary rows), each linked to its
+    review page when it has one; returns its path."""
+    stems = slide_stems([r["slide"] for r in rows])
+    pages = {
+        r["slide"]: (
+            stems[r["slide"]] + OUTPUT_SUFFIXES["review"]
+            if r.get("status") in ("done", "skipped")
+            else None
+        )
+        for r in rows
+    }
+    path = os.path.join(out_dir, INDEX_PAGE)
+    atomic_write_text(path, index_html(rows, pages))
+    return path
+
+
+def _overlay_lines(result: SlideResult, readout) -> List[str]:
+    """The numbers printed under a slide's overlay."""
+    source = {MPP_FALLBACK: "ASSUMED: not in the file"}.get(result.mpp_source, result.mpp_source)
+    lines = [
+        f"{result.mpp:.4g} µm/px ({source}); {readout.tissue_mm2:.3g} mm² of tissue; "
+        f"{readout.count} mitotic figures, {readout.per_mm2:.3g} per mm²"
+    ]
+    hs = readout.hotspot
+    if hs is not None:
+        lines.append(
+            f"hotspot: {hs.count} in {hs.area_mm2:.3g} mm² ({hs.tissue_mm2:.3g} mm² tissue), "
+            f"{hs.per_mm2:.3g} per mm² of tissue"
+            + (" (window cut to the image)" if hs.clipped else "")
+        )
+    return lines
 
 
 def _write_marker(
@@ -341,6 +560,7 @@ def infer_slides(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    threshold_source: str = "",
 ) -> List[Dict[str, Any]]:
     """
     Run ``model`` (eval mode, weights loaded) over this rank's share of the slides
@@ -350,15 +570,14 @@ def infer_slides(
     reported (``status`` "error" and the message) and the others go on.
     """
     stems = slide_stems(inputs)
-    binding = {
-        "weights_sha256": weights_sha256,
-        "options_sha256": options_fingerprint(cfg, threshold),
-    }
+    binding = run_binding(cfg, threshold, weights_sha256)
     predictor = SlidePredictor(cfg, model)
     area, aspect = cfg.TEST.HOTSPOT.AREA_MM2, cfg.TEST.HOTSPOT.ASPECT
     os.makedirs(output_dir, exist_ok=True)
     rows = []
-    for path in list(inputs)[rank::world_size]:
+    mine = list(inputs)[rank::world_size]
+    job = _JobProgress(len(mine))
+    for k, path in enumerate(mine, start=1):
         stem = stems[path]
         done = read_marker(output_dir, stem, path, binding)
         if done is not None:
@@ -371,10 +590,24 @@ def infer_slides(
             os.remove(tmp)
         start = time.perf_counter()
         try:
-            result = _predict_with_progress(predictor, path, stem, progress)
+            id_key = f"{file_sha256(path)}:{weights_sha256}"
+            result = _predict_with_progress(
+                predictor, path, f"[{k}/{len(mine)}] {stem}", job, progress
+            )
             readout = slide_readout(result, threshold, area, aspect)
-            outputs = write_slide_outputs(result, readout, output_dir, stem, threshold)
-            row = _result_row(path, result, readout, threshold)
+            notes = _notes(path, result, readout, area)
+            outputs = write_slide_outputs(
+                result,
+                readout,
+                output_dir,
+                stem,
+                threshold,
+                id_key,
+                threshold_source,
+                weights_sha256,
+                notes,
+            )
+            row = _result_row(path, result, readout, threshold, notes)
             row["seconds"] = time.perf_counter() - start
             _write_marker(output_dir, stem, path, binding, outputs, row)
             logger.info(
@@ -389,7 +622,9 @@ def infer_slides(
                 row["seconds"],
             )
         except Exception as e:  # one bad slide is reported, the others go on
-            logger.error("%s: failed: %s\n%s", path, e, traceback.format_exc())
+            # One line on the console; the traceback goes to the log file (DEBUG).
+            logger.error("%s: failed: %s: %s", path, type(e).__name__, e)
+            logger.debug("%s: traceback\n%s", path, traceback.format_exc())
             row = {c: "" for c in SUMMARY_COLUMNS}
             row.update(
                 slide=path,
@@ -397,25 +632,75 @@ def infer_slides(
                 message=f"{type(e).__name__}: {e}",
                 seconds=time.perf_counter() - start,
             )
-        rows.append({k: _fmt(v) for k, v in row.items()})
+        rows.append({c: _fmt(v) for c, v in row.items()})
+        job.slide_done()
     return rows
 
 
-def _predict_with_progress(predictor: SlidePredictor, path: str, stem: str, progress: bool):
-    if not progress:
-        return predictor.predict(path)
+class _JobProgress:
+    """The job's estimated time left: the seconds a tile took so far, times the tiles left
+    in this slide and, for the slides not started, as many tiles as the slides so far had
+    on average."""
+
+    def __init__(self, slides: int):
+        self.slides, self.done = slides, 0
+        self.tiles_done = self.tiles_past = 0
+        self.current_total = 0
+        self.start = time.perf_counter()
+
+    def slide_started(self, tiles: int) -> None:
+        self.current_total = tiles
+
+    def tiles(self, n: int) -> None:
+        self.tiles_done += n
+
+    def slide_done(self) -> None:
+        self.done += 1
+        self.tiles_past += self.current_total
+        self.current_total = 0
+
+    def eta_s(self) -> float:
+        if not self.tiles_done:
+            return float("nan")
+        per_tile = (time.perf_counter() - self.start) / self.tiles_done
+        mean_tiles = (self.tiles_past + self.current_total) / (self.done + 1)
+        left_here = self.tiles_past + self.current_total - self.tiles_done
+        return per_tile * (left_here + mean_tiles * (self.slides - self.done - 1))
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _predict_with_progress(
+    predictor: SlidePredictor, path: str, desc: str, job: "_JobProgress", show: bool = True
+):
+    """``predictor.predict(path)`` with a bar "[k/N] stem", tiles and tiles/s, and the
+    job's ETA (:class:`_JobProgress`)."""
+    if not show:
+        return predictor.predict(path, progress=job.tiles, on_tiles=job.slide_started)
     from tqdm import tqdm
 
-    bar = tqdm(desc=stem, unit="tile", dynamic_ncols=True, leave=True)
+    bar = tqdm(desc=desc, unit="tile", dynamic_ncols=True, leave=True)
+
+    def started(n: int) -> None:
+        job.slide_started(n)
+        bar.total = n
+        bar.refresh()
+
+    def advanced(n: int) -> None:
+        job.tiles(n)
+        bar.set_postfix_str(f"job ETA {_fmt_eta(job.eta_s())}", refresh=False)
+        bar.update(n)
+
     try:
-        return predictor.predict(path, progress=bar.update, on_tiles=lambda n: _set_total(bar, n))
+        return predictor.predict(path, progress=advanced, on_tiles=started)
     finally:
         bar.close()
-
-
-def _set_total(bar, n: int) -> None:
-    bar.total = n
-    bar.refresh()
 
 
 def gather_rows(rows: List[Dict[str, Any]], inputs: Sequence[str]) -> List[Dict[str, Any]]:

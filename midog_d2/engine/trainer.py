@@ -97,16 +97,51 @@ def _yacs_message(e: BaseException) -> str:
     return str(text) or type(e).__name__
 
 
+# Keys that the development tools (midog_d2.datagen's add_datagen_config) add to the
+# configs they save beside a model's weights. Nothing in inference reads them, so a tool
+# that runs a trained model (tools/infer_slides.py) accepts such a saved config as it is.
+DEVELOPMENT_KEYS = ("DATASETS.REAL_FIGURES", "INPUT.CANVAS", "DATALOADER.ATYPICAL_WEIGHT")
+
+
+def _merge_without(cfg: CfgNode, config_file: str, prefixes: Sequence[str]) -> None:
+    """``cfg.merge_from_file`` of ``config_file`` less its keys under ``prefixes`` that
+    ``cfg`` does not have (logged); any other unknown key is still an error."""
+    loaded = CfgNode.load_yaml_with_base(config_file, allow_unsafe=False)
+    dropped = []
+
+    def prune(node: dict, into: CfgNode, prefix: str) -> None:
+        for key in list(node):
+            name = prefix + str(key)
+            known = isinstance(into, CfgNode) and key in into
+            if not known and any(name == p or name.startswith(p + ".") for p in prefixes):
+                dropped.append(name)
+                del node[key]
+            elif known and isinstance(node[key], dict):
+                prune(node[key], into[key], name + ".")
+
+    prune(loaded, cfg, "")
+    if dropped:
+        logging.getLogger(__name__).info(
+            "%s: ignoring the development tools' keys %s (inference does not read them)",
+            config_file,
+            ", ".join(sorted(dropped)),
+        )
+    cfg.merge_from_other_cfg(CfgNode(loaded))
+
+
 def setup_cfg(
     config_file: str,
     opts: Optional[list] = None,
     args=None,
     add_config: Sequence[Callable[[CfgNode], None]] = (),
+    ignore_development_keys: bool = False,
 ) -> CfgNode:
     """Config from ``config_file`` + ``opts`` with midog keys (and those of each
     ``add_config`` hook, e.g. ``midog_d2.datagen.add_datagen_config``), frozen; registers
     the config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it
-    also runs Detectron2's ``default_setup`` (logging, output dir, seeds)."""
+    also runs Detectron2's ``default_setup`` (logging, output dir, seeds).
+    ``ignore_development_keys``: the file may hold :data:`DEVELOPMENT_KEYS` (the config a
+    development tool saved beside its model), which are left out."""
     cfg = get_cfg()
     add_midog_config(cfg)
     for add in add_config:
@@ -114,7 +149,10 @@ def setup_cfg(
     # yacs names the key but not where it came from: say which file or override it is.
     try:
         # Detectron2 falls back to yaml.unsafe_load (which runs code) by default.
-        cfg.merge_from_file(config_file, allow_unsafe=False)
+        if ignore_development_keys:
+            _merge_without(cfg, config_file, DEVELOPMENT_KEYS)
+        else:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
     except FileNotFoundError:
         raise
     except yaml.YAMLError as e:

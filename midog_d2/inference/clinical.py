@@ -21,7 +21,9 @@ HPF10_MM2 = 2.37  # ten high-power fields
 @dataclass(frozen=True)
 class Hotspot:
     """The window [x0, x1) x [y0, y1) (level-0 pixels) with the most detections at or above
-    the threshold, their count, the window's area and the count per mm²."""
+    the threshold, their count, the window's area, the tissue in it (the window's area when
+    no tissue mask is known) and the count per mm² of that tissue. ``clipped``: the image
+    is smaller than the window asked for, so the window is the image's width or height."""
 
     x0: float
     y0: float
@@ -30,6 +32,8 @@ class Hotspot:
     count: int
     area_mm2: float
     per_mm2: float
+    tissue_mm2: float = float("nan")
+    clipped: bool = False
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -64,14 +68,15 @@ def find_hotspot(
     The hotspot of detections ``xy`` (level-0 pixels, (N, 2)) with ``scores >= threshold``
     in an image of ``image_wh`` pixels at ``mpp`` µm/px: the window of ``area_mm2`` (width
     ``aspect`` × height) inside the image that holds the most of them (ties: the first in
-    x, then y). A window larger than the image is cut to the image (its area shrinks).
-    None when no detection reaches the threshold.
+    x, then y). A window larger than the image is cut to the image (its area shrinks and
+    ``clipped`` is set). None when no detection reaches the threshold.
     """
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     pts = xy[scores >= threshold]
     W, H = float(image_wh[0]), float(image_wh[1])
     w, h = hotspot_window_px(mpp, area_mm2, aspect)
+    clipped = w > W or h > H
     w, h = min(w, W), min(h, H)
     if not len(pts):
         return None
@@ -88,4 +93,4 @@ def find_hotspot(
             best = (int(counts[k]), float(x0), float(tops[k]))
     count, x0, y0 = best
     area = w * h * (mpp / 1000.0) ** 2
-    return Hotspot(x0, y0, x0 + w, y0 + h, count, area, count / area)
+    return Hotspot(x0, y0, x0 + w, y0 + h, count, area, count / area, area, clipped)

@@ -7,7 +7,7 @@ arrive, so memory follows the tile batch and the detections, not the slide.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
@@ -18,13 +18,25 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..constants import MITOTIC_FIGURE
-from ..io.slide import resample_scale, slide_dimensions, slide_mpp, slide_thumbnail
+from ..io.slide import (
+    MPP_METADATA,
+    resample_scale,
+    slide_dimensions,
+    slide_resolution,
+    slide_thumbnail,
+)
 from .clinical import HPF10_MM2, Hotspot, find_hotspot, mitotic_density
 from .grid import ScaledTile, scaled_tile_grid
 from .predictor import TiledPredictor
 from .tissue import TISSUE_METHODS, tile_tissue_fraction, tissue_mask
 
-__all__ = ["SlidePredictor", "SlideReadout", "SlideResult", "slide_readout"]
+__all__ = [
+    "SlidePredictor",
+    "SlideReadout",
+    "SlideResult",
+    "slide_readout",
+    "window_tissue_mm2",
+]
 
 
 @dataclass
@@ -35,7 +47,8 @@ class SlideResult:
     detections in level-0 pixels, by decreasing score; ``thumbnail`` (RGB) and ``mask``
     (bool, same size; None when the tissue mask is off) with ``thumb_scale`` thumbnail
     pixels per level-0 pixel; ``tissue_mm2``: the tissue inside the tiles that were read
-    (the whole image when the mask is off)."""
+    (the whole image when the mask is off); ``mpp_source``: where ``mpp`` came from
+    (:func:`~midog_d2.io.slide.slide_resolution`)."""
 
     path: str
     width: int
@@ -53,6 +66,7 @@ class SlideResult:
     mask: Optional[np.ndarray] = None
     seconds: float = 0.0
     read_tiles: List[ScaledTile] = field(default_factory=list)
+    mpp_source: str = MPP_METADATA
 
 
 @dataclass(frozen=True)
@@ -81,9 +95,28 @@ def slide_readout(
         area_mm2,
         aspect,
     )
+    if hotspot is not None and result.mask is not None:
+        # The density of the hotspot, like the slide's, is over tissue, not glass.
+        tissue = window_tissue_mm2(result.mask, result.thumb_scale, result.mpp, hotspot)
+        hotspot = replace(
+            hotspot, tissue_mm2=tissue, per_mm2=mitotic_density(hotspot.count, tissue)
+        )
     return SlideReadout(
         count, result.tissue_mm2, mitotic_density(count, result.tissue_mm2), hotspot
     )
+
+
+def window_tissue_mm2(mask: np.ndarray, thumb_scale: float, mpp: float, hotspot: Hotspot) -> float:
+    """The tissue (mask pixels, each ``1 / thumb_scale`` level-0 pixels wide) inside the
+    hotspot's window, in mm²: whole mask pixels inside it, and the border pixels by the
+    fraction of them that the window covers."""
+    h, w = mask.shape
+    x0, x1 = hotspot.x0 * thumb_scale, hotspot.x1 * thumb_scale
+    y0, y1 = hotspot.y0 * thumb_scale, hotspot.y1 * thumb_scale
+    cols = np.clip(np.minimum(np.arange(1, w + 1), x1) - np.maximum(np.arange(w), x0), 0, 1)
+    rows = np.clip(np.minimum(np.arange(1, h + 1), y1) - np.maximum(np.arange(h), y0), 0, 1)
+    mask_px = float(rows @ mask.astype(np.float64) @ cols)
+    return mask_px / thumb_scale**2 * (mpp / 1000.0) ** 2
 
 
 class SlidePredictor:
@@ -111,6 +144,7 @@ class SlidePredictor:
         thumbnail_size: int = 2048,
         drop_outside_tissue: bool = True,
         fallback_mpp: Optional[float] = None,
+        mpp: Optional[float] = None,
         channels_last: bool = False,
     ):
         """
@@ -122,6 +156,8 @@ class SlidePredictor:
                 by one thumbnail pixel), ``TEST.TISSUE.DROP_OUTSIDE``.
             fallback_mpp: µm/px of files without resolution metadata
                 (``DATASETS.MIDOG.FALLBACK_MPP``); None makes such a file an error.
+            mpp: µm/px every slide is analysed at, whatever its file says
+                (``TEST.SLIDE_MPP``; None: each file's own).
             channels_last: put the model's weights in channels-last memory format
                 (``TEST.TILE.CHANNELS_LAST``; changes the model passed in, in place).
         """
@@ -143,6 +179,7 @@ class SlidePredictor:
         self.thumbnail_size = int(thumbnail_size)
         self.drop_outside_tissue = bool(drop_outside_tissue)
         self.fallback_mpp = fallback_mpp
+        self.mpp = mpp
         if channels_last:
             tiled.model.to(memory_format=torch.channels_last)
 
@@ -158,22 +195,24 @@ class SlidePredictor:
             "thumbnail_size": t.THUMBNAIL_SIZE,
             "drop_outside_tissue": t.DROP_OUTSIDE,
             "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP or None,
+            "mpp": cfg.TEST.SLIDE_MPP or None,
             "channels_last": cfg.TEST.TILE.CHANNELS_LAST,
         }
 
     def tiles(self, path: str) -> Tuple[List[ScaledTile], int, Dict[str, Any]]:
         """The tiles of ``path`` to read, the size of the full grid and the slide's facts
-        (``width``, ``height``, ``mpp``, ``scale``, ``thumbnail``, ``thumb_scale``,
+        (``width``, ``height``, ``mpp``, ``mpp_source``, ``scale``, ``thumbnail``, ``thumb_scale``,
         ``mask``, ``tissue_mm2``)."""
         width, height = slide_dimensions(path)
-        mpp = slide_mpp(path, self.fallback_mpp)
+        mpp, mpp_source = slide_resolution(path, self.fallback_mpp, self.mpp)
         t = self.tiled
         scale = resample_scale(mpp, t.model_mpp, t.mpp_tolerance)
         grid = scaled_tile_grid((0, 0, width, height), t.tile_size, t.overlap, scale)
         thumb, thumb_scale = slide_thumbnail(path, self.thumbnail_size)
         facts: Dict[str, Any] = dict(
-            width=width, height=height, mpp=mpp, scale=scale, thumbnail=thumb
+            width=width, height=height, mpp=mpp, mpp_source=mpp_source, scale=scale
         )
+        facts["thumbnail"] = thumb
         facts["thumb_scale"] = thumb_scale
         px_mm2 = (mpp / 1000.0) ** 2
         if not self.tissue:
@@ -245,6 +284,7 @@ class SlidePredictor:
             mask=facts["mask"],
             seconds=time.perf_counter() - start,
             read_tiles=list(tiles),
+            mpp_source=facts["mpp_source"],
         )
 
 

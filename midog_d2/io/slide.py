@@ -37,8 +37,10 @@ __all__ = [
     "read_region_scaled",
     "resample_region",
     "resample_scale",
+    "slide_bounds",
     "slide_dimensions",
     "slide_mpp",
+    "slide_resolution",
     "slide_thumbnail",
     "set_cache_size",
     "clear_cache",
@@ -523,9 +525,36 @@ def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
     per file and process. Values outside 0.01-50 µm/px (e.g. a 72-dpi default)
     count as absent. Raises ValueError when there is neither.
     """
+    return slide_resolution(path, fallback)[0]
+
+
+# Where a slide's µm/px came from (slide_resolution).
+MPP_METADATA, MPP_OPTION, MPP_FALLBACK = "metadata", "option", "fallback"
+
+
+def slide_resolution(
+    path: str, fallback: Optional[float] = None, override: Optional[float] = None
+) -> Tuple[float, str]:
+    """
+    ``(µm/px, source)`` of ``path``: ``override`` when given (source ``"option"``; a
+    warning when the file says otherwise by more than 5 %), else :func:`slide_mpp`'s value
+    with source ``"metadata"`` or ``"fallback"``. A fallback or an override that
+    contradicts the file is logged once per file and process.
+    """
     mpp = _file_mpp(path)
-    if mpp is not None and _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1]:
-        return mpp
+    usable = mpp is not None and _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1]
+    key = os.path.abspath(path)
+    if override is not None:
+        if not _PLAUSIBLE_MPP[0] <= override <= _PLAUSIBLE_MPP[1]:
+            raise ValueError(f"--mpp {override}: not a microscope's µm/px (0.01 to 50)")
+        if usable and abs(mpp - override) > 0.05 * mpp and key not in _fallback_logged:
+            _fallback_logged.add(key)
+            logger.warning(
+                "%s: its metadata says %.4g µm/px; analysed at the given %.4g", path, mpp, override
+            )
+        return float(override), MPP_OPTION
+    if usable:
+        return float(mpp), MPP_METADATA
     reason = (
         "has no resolution metadata" if mpp is None else f"reports an implausible {mpp:.4g} µm/px"
     )
@@ -533,11 +562,37 @@ def slide_mpp(path: str, fallback: Optional[float] = None) -> float:
         raise ValueError(
             f"{path} {reason} and no fallback µm/px was given (DATASETS.MIDOG.FALLBACK_MPP)"
         )
-    key = os.path.abspath(path)
     if key not in _fallback_logged:
         _fallback_logged.add(key)
-        logger.warning("%s %s; using the fallback %g µm/px", path, reason, fallback)
-    return float(fallback)
+        logger.warning(
+            "%s %s; ASSUMED the fallback %g µm/px (DATASETS.MIDOG.FALLBACK_MPP): its mm, mm² and "
+            "densities are only as right as that guess (--mpp sets it)",
+            path,
+            reason,
+            fallback,
+        )
+    return float(fallback), MPP_FALLBACK
+
+
+def slide_bounds(path: str) -> Optional[Tuple[int, int, int, int]]:
+    """``(x, y, width, height)`` in level-0 pixels of the non-empty region a slide declares
+    (``openslide.bounds-*``: MIRAX, some SCN and NDPI), or None. QuPath shows such a slide
+    cropped to it, so its coordinates are level-0 minus ``(x, y)``."""
+    props = open_slide(path).properties
+    names = (
+        openslide.PROPERTY_NAME_BOUNDS_X,
+        openslide.PROPERTY_NAME_BOUNDS_Y,
+        openslide.PROPERTY_NAME_BOUNDS_WIDTH,
+        openslide.PROPERTY_NAME_BOUNDS_HEIGHT,
+    )
+    if not all(n in props for n in names):
+        return None
+    try:
+        x, y, w, h = (int(props[n]) for n in names)
+    except ValueError:
+        logger.warning("%s: unreadable openslide.bounds-* properties; no bounds used", path)
+        return None
+    return x, y, w, h
 
 
 def check_images(

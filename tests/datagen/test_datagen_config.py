@@ -1,9 +1,11 @@
 """The development-data config keys (midog_d2.datagen.add_datagen_config)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, DATAGEN_CONFIGS, STUDY_FILES, assert_model_matches_config
+from conftest import CONFIGS, DATAGEN_CONFIGS, REPO, STUDY_FILES, assert_model_matches_config
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from detectron2.config import get_cfg
@@ -11,6 +13,8 @@ from detectron2.config import get_cfg
 from midog_d2 import add_midog_config
 from midog_d2.datagen import add_datagen_config
 from midog_d2.datagen.canvas import CanvasOptions, canvas_options_from_config
+from midog_d2.engine import setup_cfg
+from midog_d2.engine.trainer import DEVELOPMENT_KEYS
 
 REAL_FIGURE_CONFIGS = sorted(DEV_CONFIGS.glob("RealFigures-*.yaml"))
 
@@ -67,3 +71,63 @@ def test_every_run_of_every_study_has_a_valid_config(study_file):
             assert cfg.INPUT.HED.ENABLED == ("hed" in name.split("+")), name
             assert (cfg.INPUT.CANVAS.HARD_NEGATIVE_FRACTION > 0) == ("hnm" in name.split("+"))
             assert len(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS) == 2
+
+
+def _flat_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _flat_keys(v, prefix + k + ".")
+        else:
+            yield prefix + k
+
+
+def test_the_product_knows_which_keys_are_the_development_tools():
+    """engine.trainer.DEVELOPMENT_KEYS (what a product tool ignores in a saved config) holds
+    every key add_datagen_config adds, and only those."""
+    product = get_cfg()
+    add_midog_config(product)
+    dev = product.clone()
+    add_datagen_config(dev)
+    added = set(_flat_keys(dev)) - set(_flat_keys(product))
+    assert added and all(
+        any(k == p or k.startswith(p + ".") for p in DEVELOPMENT_KEYS) for k in added
+    )
+    assert all(any(k == p or k.startswith(p + ".") for k in added) for p in DEVELOPMENT_KEYS)
+
+
+def test_a_development_models_saved_config_runs_infer_slides(tmp_path):
+    """The config.yaml a scanner-study run saves beside its weights runs
+    tools/infer_slides.py as it is (its development keys are ignored, said in the log);
+    a key nobody knows is still an error."""
+    import numpy as np
+    from PIL import Image
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = make_datagen_cfg(DEV_CONFIGS / "ScannerStudy-CPU-R18.yaml", "MODEL.DEVICE", "cpu")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.dump())
+    with pytest.raises(ValueError, match="Non-existent config key: "):
+        setup_cfg(str(saved))
+    product = setup_cfg(str(saved), ignore_development_keys=True)
+    assert product.MODEL.MULTITASK.TUMOR_TYPES == cfg.MODEL.MULTITASK.TUMOR_TYPES
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(cfg.dump() + "NOT_A_KEY: 1\n")
+    with pytest.raises(ValueError, match="NOT_A_KEY"):
+        setup_cfg(str(bad), ignore_development_keys=True)
+
+    model = build_model(cfg)
+    DetectionCheckpointer(model, str(tmp_path)).save("model_final")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(90, 200, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "infer_slides.py"), "--config-file", str(saved),
+         "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
+         "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "TEST.TILE.SIZE", "256",
+         "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "ignoring the development tools' keys" in (tmp_path / "out" / "log.txt").read_text()
+    assert "Warning" not in r.stderr  # the upstream warnings are silenced at their source

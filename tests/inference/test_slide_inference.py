@@ -22,9 +22,9 @@ from detectron2.modeling import build_model
 from midog_d2.constants import MITOTIC_NAME, NON_MITOTIC_NAME
 from midog_d2.engine.slides import (
     MARKER_SUFFIX,
-    OUTPUT_SUFFIXES,
     expand_inputs,
     infer_slides,
+    slide_outputs,
     slide_stems,
     write_summary,
 )
@@ -270,7 +270,7 @@ def test_the_five_outputs_follow_their_formats(tmp_path):
     (row,), _ = _run(slide_cfg(*HOTSPOT_OPTS), [path], out)
     assert row["status"] == "done" and row["count"] == 8 and row["hotspot_count"] == 5
     assert row["mpp"] == pytest.approx(mpp)
-    files = {k: out / f"s1{s}" for k, s in OUTPUT_SUFFIXES.items()}
+    files = {k: out / f"s1{s}" for k, s in slide_outputs(str(path)).items()}
     assert all(f.is_file() for f in files.values()) and (out / f"s1{MARKER_SUFFIX}").is_file()
     truth = np.array(sorted(CLUSTER + SCATTERED), float)
 
@@ -330,13 +330,19 @@ def test_the_five_outputs_follow_their_formats(tmp_path):
     axy = np.array(sorted((float(c.get("X")), float(c.get("Y"))) for c in root.iter("Coordinate")))
     np.testing.assert_allclose(axy, xy, atol=0.01)
 
-    # the overlay: the thumbnail with the detections drawn in red
+    # the overlay: the thumbnail with open red rings of 12 µm around the detections (the
+    # cell inside stays visible), the legend in a white band below it, not over it
     overlay = cv2.imread(str(files["overlay"]))
-    assert overlay.shape[:2] == (int(round(1200 * 512 / 2000)), 512)
+    h = int(round(1200 * 512 / 2000))
+    assert overlay.shape[1] == 512 and overlay.shape[0] > h + 40
+    assert (overlay[h + 2 :] > 200).all(axis=2).mean() > 0.8
     red = (overlay[:, :, 2] > 200) & (overlay[:, :, 1] < 60) & (overlay[:, :, 0] < 60)
-    x, y = CLUSTER[0]
     s = 512 / 2000
-    assert red[int(y * s) - 1 : int(y * s) + 2, int(x * s) - 1 : int(x * s) + 2].any()
+    r = max(4, int(round(12 / mpp * s)))
+    for x, y in SCATTERED:
+        cx, cy = int(round(x * s)), int(round(y * s))
+        assert red[cy - r - 2 : cy - r + 3, cx - 1 : cx + 2].any()  # on the ring
+        assert not red[cy - 1 : cy + 2, cx - 1 : cx + 2].any()  # not on the cell
 
 
 def test_rerun_skips_complete_slides_and_redoes_incomplete_ones(tmp_path):

@@ -44,9 +44,37 @@ def test_geojson_follows_qupaths_rules():
         assert p["classification"] == {"name": name, "color": list(CLASS_COLORS[name])}
         assert p["measurements"] == {"score": s}
     assert len(ids) == 3
-    again = detections_to_geojson(XY, SCORES, THR, seed=1)
-    assert again == detections_to_geojson(XY, SCORES, THR, seed=1)  # seeded ids repeat
     assert json.loads(json.dumps(fc)) == fc
+    assert "origin at the image's top left" in fc["midog_d2"]["frame"]
+
+
+def test_geojson_ids_repeat_for_the_same_slide_weights_and_point():
+    """QuPath knows an object by its id alone: a rerun's file must carry the same ids, so
+    that importing it again replaces the points instead of adding each a second time."""
+    a = detections_to_geojson(XY, SCORES, THR, id_key="slide:weights")
+    assert a == detections_to_geojson(XY, SCORES, THR, id_key="slide:weights")
+    ids = [f["id"] for f in a["features"]]
+    assert len(set(ids)) == 3 and all(uuid.UUID(i).version == 5 for i in ids)
+    for other in ("other slide:weights", "slide:other weights"):
+        b = detections_to_geojson(XY, SCORES, THR, id_key=other)
+        assert not set(ids) & {f["id"] for f in b["features"]}
+    # one point moved: only its id changes; a repeated point still gets an id of its own
+    moved = XY.copy()
+    moved[0, 0] += 1
+    c = [
+        f["id"]
+        for f in detections_to_geojson(moved, SCORES, THR, id_key="slide:weights")["features"]
+    ]
+    assert c[0] != ids[0] and c[1:] == ids[1:]
+    twice = detections_to_geojson(np.repeat(XY[:1], 2, 0), [0.9, 0.9], THR, id_key="k")
+    assert len({f["id"] for f in twice["features"]}) == 2
+
+
+def test_geojson_is_in_qupaths_frame_of_a_slide_with_bounds():
+    fc = detections_to_geojson(XY, SCORES, THR, offset=(1000, 250))
+    for f, (x, y) in zip(fc["features"], XY):
+        assert f["geometry"]["coordinates"] == [x - 1000, y - 250]
+    assert "x - 1000, y - 250" in fc["midog_d2"]["frame"]
 
 
 def test_asap_xml_declares_every_group_it_uses():

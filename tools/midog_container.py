@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""The MIDOG challenge's algorithm container: ROIs in, the challenge's points JSON out.
+
+    python tools/midog_container.py --config-file model/config.yaml \\
+        MODEL.WEIGHTS model/model_final.pth
+    # on a machine outside the container:
+    python tools/midog_container.py --config-file CFG --input-dir rois/ \\
+        --output out/mitotic-figures.json MODEL.WEIGHTS w.pth
+
+Reads every ``.tif``, ``.tiff`` and ``.mha`` in ``--input-dir`` (default the challenge's
+/input/images/histopathology-roi-cropout), runs the model over each whole ROI (no tissue
+mask: ROIs are tissue; ``TEST.TISSUE.ENABLED True`` turns it on) at the threshold stored
+with the weights (``--threshold`` overrides it), and writes ``--output`` (default
+/output/mitotic-figures.json): "Points of interest" in millimetres from the image's own
+spacing, points below the threshold named "non-mitotic figure" (midog_d2.io.challenge).
+A job has one ROI; with several, each gets ``<stem>.mitotic-figures.json`` beside
+``--output``. The Dockerfile at the repository's root runs this with the weights baked in.
+Exit code 1 when an ROI could not be read (the others are written).
+"""
+
+import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+
+from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
+from midog_d2.engine import setup_cfg
+from midog_d2.inference.slides import SlidePredictor
+from midog_d2.io.challenge import (
+    CHALLENGE_INPUT,
+    CHALLENGE_OUTPUT,
+    challenge_inputs,
+    challenge_points,
+    mha_as_tiff,
+    output_paths,
+    tiff_to_mm,
+)
+from midog_d2.io.exports import atomic_write_text
+from midog_d2.io.slide import slide_resolution
+
+logger = logging.getLogger("midog_d2.midog_container")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config-file", required=True, metavar="FILE")
+    ap.add_argument("--input-dir", default=CHALLENGE_INPUT, help="folder of the ROIs")
+    ap.add_argument("--output", default=CHALLENGE_OUTPUT, help="the points JSON to write")
+    ap.add_argument("--threshold", type=float, default=None, help="overrides the stored one")
+    ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    return ap.parse_intermixed_args(argv)
+
+
+def build(args: argparse.Namespace):
+    """The config, the model (weights loaded, eval mode) and the threshold with its source,
+    or SystemExit with one sentence."""
+    opts = ["TEST.TISSUE.ENABLED", "False"] + list(args.opts)
+    if args.threshold is not None:
+        opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
+    if "MODEL.DEVICE" not in opts[0::2]:
+        opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
+    if len(opts) % 2:
+        raise SystemExit("error: the config overrides must be KEY VALUE pairs")
+    try:
+        cfg = setup_cfg(args.config_file, opts, ignore_development_keys=True)
+        model = build_model(cfg)
+        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS)
+    except (FileNotFoundError, ValueError, WeightsError) as e:
+        raise SystemExit(f"error: {e}")
+    return cfg, model.eval(), *resolve_score_threshold(cfg)
+
+
+def predict_roi(predictor: SlidePredictor, path: str, threshold: float, workdir: str) -> dict:
+    """The challenge JSON of one ROI (:func:`midog_d2.io.challenge.challenge_points`)."""
+    if path.lower().endswith(".mha"):
+        readable, _, to_mm = mha_as_tiff(path, workdir)
+    else:
+        readable = path
+        to_mm = tiff_to_mm(slide_resolution(readable, predictor.fallback_mpp, predictor.mpp)[0])
+    result = predictor.predict(readable)
+    return challenge_points(result.xy, result.scores, threshold, to_mm)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="midog_d2")
+    try:
+        inputs = challenge_inputs(args.input_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}")
+    cfg, model, threshold, source = build(args)
+    logger.info("%d ROI(s); threshold %.3f (%s)", len(inputs), threshold, source)
+    predictor = SlidePredictor(cfg, model)
+    failed = 0
+    with tempfile.TemporaryDirectory() as workdir:
+        for path, out in output_paths(inputs, args.output):
+            try:
+                points = predict_roi(predictor, path, threshold, workdir)
+            except (OSError, ValueError) as e:
+                logger.error("%s: failed: %s", path, e)
+                failed += 1
+                continue
+            atomic_write_text(out, json.dumps(points))
+            n = sum(p["name"] == "mitotic figure" for p in points["points"])
+            logger.info(
+                "%s: %d mitotic figures (%d points) -> %s", path, n, len(points["points"]), out
+            )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
