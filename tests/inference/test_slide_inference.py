@@ -424,3 +424,20 @@ def test_inputs_files_folders_globs_and_their_errors(tmp_path):
     c = write_tif(tmp_path / "a.tiff", tissue(64, 64), 0.25)
     with pytest.raises(ValueError, match="both write outputs named 'a'"):
         slide_stems([a, c])
+
+
+def test_a_hotspot_on_the_images_border_stays_visible_and_the_legend_fits_the_width():
+    from midog_d2.utils.visualizer import draw_slide_overlay
+
+    for width in (300, 2048):
+        thumb = np.full((width * 3 // 4, width, 3), 128, np.uint8)
+        scale = width / 4000.0  # a 4000-px-wide image
+        image_px = (0, 0, 4000, 3000)  # the window is the whole image, on all four borders
+        out = draw_slide_overlay(thumb, scale, np.zeros((0, 2)), np.zeros(0), 0.5,
+                                 hotspot=image_px, hotspot_count=0, mpp=0.25,
+                                 title="a slide with a name longer than the thumbnail is wide " * 3)  # fmt: skip
+        h = thumb.shape[0]
+        yellow = (out[:h, :, 2] > 200) & (out[:h, :, 1] > 150) & (out[:h, :, 0] < 60)
+        assert yellow[:3].any() and yellow[h - 3 : h].any()  # top and bottom edges
+        assert yellow[:, :3].any() and yellow[:, -3:].any()  # left and right edges
+        assert out.shape[1] == width and out.shape[0] > h  # the legend below, as wide
