@@ -584,13 +584,14 @@ def study_command(
     metrics: Sequence[Tuple[str, str]] = METRICS,
     results_dir: str = os.path.join("output", "study"),
     more_tables: Sequence[Tuple] = (),
+    extra_text: Optional[Callable[[Study, List[Dict[str, Any]]], str]] = None,
 ) -> int:
     """What a study command does with :func:`add_study_arguments`' ``args``: load the study
     (exit status 2 with one line on a bad file), run what is missing with
     ``make_execute(study)`` unless ``--summarize``, print :func:`study_tables` (then, for
     each ``more_tables`` entry (heading, metrics[, sets]), the tables of those metrics, of
-    those sets or ``sets``, under that heading) and, with ``--results-md``, write them
-    between the study's markers. Results default to ``results_dir/<study>.jsonl``, run
+    those sets or ``sets``, under that heading, then ``extra_text(study, rows)``) and, with
+    ``--results-md``, write them between the study's markers. Results default to ``results_dir/<study>.jsonl``, run
     outputs to ``output/study/<study>/``."""
     try:
         study = load_study(args.study)
@@ -614,6 +615,8 @@ def study_command(
         group_sets = other_sets[0] if other_sets else sets
         if {m for m, _ in group} & _metrics_present(rows, group_sets):
             text += f"\n{heading}\n" + study_tables(study, rows, group_sets, group, header=False)
+    if extra_text is not None:
+        text += extra_text(study, rows)
     print(text)
     if args.results_md:
         write_markdown_section(args.results_md, stem, text)

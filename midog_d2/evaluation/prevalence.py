@@ -14,6 +14,7 @@ MIDOG ROI) at the set's own density the expected F1 *is* the pooled F1 (2TP / (2
 FN)), so the two ways of scoring agree where both apply.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -44,8 +45,40 @@ __all__ = [
     "expected_f1",
     "expected_precision",
     "prevalence_curve",
+    "rate_interval",
     "searched_area_mm2",
 ]
+
+
+def _poisson_cdf(k: int, mu: float) -> float:
+    """P(X <= k) for X ~ Poisson(mu)."""
+    if mu <= 0:
+        return 1.0
+    term = total = math.exp(-mu)
+    for i in range(1, k + 1):
+        term *= mu / i
+        total += term
+    return min(1.0, total)
+
+
+def rate_interval(count: int, area_mm2: float, level: float = 0.95) -> Tuple[float, float, float]:
+    """``(rate, low, high)``: ``count`` false detections in ``area_mm2`` of tissue as a rate
+    per mm² with its exact (Garwood) Poisson interval. A rate from a few hundredths of a mm²
+    is a count of 0, 1 or 2: the interval says how little that pins down."""
+    if area_mm2 <= 0 or count < 0:
+        raise ValueError(f"rate_interval: count {count} >= 0 and area {area_mm2} > 0 needed")
+    alpha = (1.0 - level) / 2
+
+    def solve(target: float, k: int) -> float:  # mu with P(X <= k; mu) = target
+        lo, hi = 0.0, max(10.0, 4.0 * (k + 10))
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _poisson_cdf(k, mid) > target else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if count == 0 else solve(1.0 - alpha, count - 1)
+    high = solve(alpha, count)
+    return count / area_mm2, low / area_mm2, high / area_mm2
 
 
 def searched_area_mm2(images: Sequence[ImagePoints]) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from midog_d2.datagen.real_figures import convert_real_figures, load_real_figures
@@ -82,3 +83,37 @@ def test_mined_imposters_lie_away_from_every_labelled_cell_and_reach_the_canvase
         assert (np.hypot(*(c_new[:, None] - c_old[None]).transpose(2, 0, 1)) > 30.0).all()
         x0, y0, x1, y1 = d.get("content_box") or (0, 0, 128, 128)
         assert ((c_new >= [x0, y0]) & (c_new < [x1, y1])).all()
+
+
+def test_pooled_false_detections_add_counts_and_tissue_over_runs(tmp_path):
+    """The study's pooled table: counts and areas summed over a cell's runs, recall over
+    its figures, a Poisson interval around the rate, the expected F1 at 4.4/mm² from both."""
+    import importlib.util
+
+    from midog_d2.engine.study import load_study
+    from midog_d2.evaluation.prevalence import expected_f1, rate_interval
+
+    spec = importlib.util.spec_from_file_location(
+        "run_scanner_study", REPO / "tools" / "dev" / "run_scanner_study.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "base.yaml").write_text("SEED: 0\n")
+    (tmp_path / "s.yaml").write_text("config: base.yaml\nseeds: [0, 1]\ncells: {a: []}\n")
+    study = load_study(str(tmp_path / "s.yaml"))
+
+    def row(seed, fp, area, recall, crops, tile_rate):
+        part = {"density_false_detections": fp, "window_area_mm2": area,
+                "density_recall": recall, "crops": crops}  # fmt: skip
+        return {"cell": "a", "fold": "all", "seed": seed, "held_out": part, "in_domain": part,
+                "tiles": {"density_fp_per_mm2": tile_rate, "area_mm2": 0.25}}  # fmt: skip
+
+    text = tool.pooled_density_text(
+        study, [row(0, 1, 0.04, 0.5, 100, 4.0), row(1, 2, 0.06, 1.0, 300, 8.0)]
+    )
+    recall = (0.5 * 100 + 1.0 * 300) / 400
+    rate, lo, hi = rate_interval(3, 0.1)
+    line = [x for x in text.splitlines() if x.startswith("| held-out | a |")][0]
+    assert f"| 2 | {recall:.3f} | 3 / 0.100 | {rate:.1f} [{lo:.1f}, {hi:.1f}] |" in line
+    assert f"{expected_f1(recall, rate, 4.4):.3f}" in line
+    assert "| 6.0 [" in line  # tiles: (1 + 2) false detections in 0.5 mm²

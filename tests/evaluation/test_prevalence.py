@@ -224,3 +224,17 @@ def test_density_tool_names_a_bad_file(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2 and "bad.json" in proc.stderr
+
+
+def test_rate_interval_is_garwoods_exact_poisson_interval():
+    from midog_d2.evaluation.prevalence import rate_interval
+
+    # the classic table values for 0, 1 and 10 events (95 %)
+    assert rate_interval(0, 1.0) == pytest.approx((0.0, 0.0, 3.6889), abs=1e-4)
+    assert rate_interval(1, 1.0) == pytest.approx((1.0, 0.0253, 5.5716), abs=1e-4)
+    assert rate_interval(10, 2.0) == pytest.approx((5.0, 4.7954 / 2, 18.3904 / 2), abs=1e-4)
+    # one false detection in one run's crop tissue: anywhere from 0.6 to 139 per mm²
+    rate, lo, hi = rate_interval(1, 0.04)
+    assert rate == 25.0 and lo < 1 and hi > 100
+    with pytest.raises(ValueError, match="area 0"):
+        rate_interval(1, 0)
