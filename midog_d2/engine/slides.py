@@ -8,8 +8,10 @@ the options (every config key that changes a result, and the threshold), the pre
 device the model ran at, the slide file's size and modification time and each output's
 SHA-256. A rerun skips a slide whose marker matches all of that and redoes any other, so a
 job killed mid-way loses at most the slide in progress. The tool's own outputs are never
-taken for slides, even when ``DIR`` is an input folder. With several processes (Detectron2's ``launch``) each
-rank takes every world-size-th slide; rank 0 gathers the rows and writes ``summary.csv``.
+taken for slides, even when ``DIR`` is an input folder. With several processes
+(Detectron2's ``launch``) each rank takes every world-size-th slide; rank 0 gathers the rows
+and writes ``summary.csv`` and ``index.html``, which links every slide's review page
+(``<stem>.html``).
 """
 
 import csv
@@ -41,9 +43,11 @@ from ..io.exports import (
     write_geojson,
 )
 from ..io.points import points_to_json
-from ..io.review import GalleryItem, index_html, review_html
-from ..io.slide import MPP_FALLBACK, read_region, slide_bounds
-from ..utils.visualizer import RING_RADIUS_UM, draw_slide_overlay
+from ..io.review import index_html
+from ..io.slide import MPP_FALLBACK, slide_bounds
+from ..utils.visualizer import draw_slide_overlay
+from .slide_pages import overlay_lines, review_page
+from .slide_progress import JobProgress, predict_with_progress
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -57,12 +61,12 @@ __all__ = [
     "is_output",
     "options_fingerprint",
     "read_marker",
-    "write_index",
     "run_binding",
     "slide_outputs",
     "slide_stems",
     "summary_counts",
     "weights_identity",
+    "write_index",
     "write_slide_outputs",
     "write_summary",
 ]
@@ -93,15 +97,9 @@ OUTPUT_SUFFIXES = {
     "overlay": ".overlay.png",
     "review": ".html",
 }
-INDEX_PAGE = "index.html"
-# The review page: crops of about this size around each detection, every detection at or
-# above the threshold up to MAX_GALLERY (a page a browser still opens quickly) and the
-# MAX_BELOW best candidates below it.
-CROP_UM = 60.0
-MAX_GALLERY = 1000
-MAX_BELOW = 24
 # Images ASAP (OpenSlide and its own TIFF readers) cannot open: no ASAP XML for them.
 NOT_FOR_ASAP = (".png", ".jpg", ".jpeg")
+INDEX_PAGE = "index.html"
 MARKER_SUFFIX = ".done.json"
 MARKER_FORMAT = 2
 SUMMARY_COLUMNS = (
@@ -407,91 +405,17 @@ def write_slide_outputs(
         hs.count if hs else 0,
         mpp=result.mpp,
         title=os.path.basename(result.path),
-        lines=_overlay_lines(result, readout),
+        lines=overlay_lines(result, readout),
     )
     ok, png = cv2.imencode(".png", overlay)
     if not ok:
         raise RuntimeError(f"could not encode the overlay of {result.path}")
     atomic_write_bytes(paths["overlay"], png.tobytes())
-    page = _review_page(
+    page = review_page(
         result, readout, threshold, overlay[:, :, ::-1], threshold_source, weights_sha256, notes
     )
     atomic_write_text(paths["review"], page)
     return paths
-
-
-def _crop(result: SlideResult, x: float, y: float) -> np.ndarray:
-    """About :data:`CROP_UM` µm of the slide at full resolution around (x, y) (moved inside
-    the image at its border), with a thin ring of the overlay's radius around the point."""
-    side = max(16, int(round(CROP_UM / result.mpp)))
-    x0 = int(min(max(round(x - side / 2), 0), max(result.width - side, 0)))
-    y0 = int(min(max(round(y - side / 2), 0), max(result.height - side, 0)))
-    w, h = min(side, result.width), min(side, result.height)
-    crop = np.ascontiguousarray(read_region(result.path, x0, y0, w, h))
-    r = max(3, int(round(RING_RADIUS_UM / result.mpp)))
-    cv2.circle(crop, (int(round(x - x0)), int(round(y - y0))), r, (255, 210, 0), 1, cv2.LINE_AA)
-    return crop
-
-
-def _review_page(
-    result: SlideResult,
-    readout,
-    threshold: float,
-    overlay_rgb: np.ndarray,
-    threshold_source: str,
-    weights_sha256: str,
-    notes: str,
-) -> str:
-    """The slide's review page (:func:`midog_d2.io.review.review_html`)."""
-    hs = readout.hotspot
-    source = {MPP_FALLBACK: "ASSUMED (not in the file: DATASETS.MIDOG.FALLBACK_MPP)"}
-    numbers = [
-        ("Mitotic figures (count)", "count", readout.count),
-        ("per mm² of tissue", "count_per_mm2", readout.per_mm2),
-        ("Tissue analysed, mm²", "tissue_mm2", readout.tissue_mm2),
-        ("Hotspot: mitotic figures", "hotspot_count", hs.count if hs else 0),
-        ("Hotspot: per mm² of tissue", "hotspot_per_mm2", hs.per_mm2 if hs else 0.0),
-        ("Hotspot window, mm²", "hotspot_area_mm2", hs.area_mm2 if hs else "–"),
-        ("Hotspot tissue, mm²", "hotspot_tissue_mm2", hs.tissue_mm2 if hs else "–"),
-        ("µm per pixel", "mpp", result.mpp),
-        ("µm per pixel from", "mpp_source", source.get(result.mpp_source, result.mpp_source)),
-        ("Score threshold", "threshold", threshold),
-        ("Threshold from", "threshold_source", threshold_source or "–"),
-        ("Model weights (SHA-256)", "weights_sha256", weights_sha256[:16] or "–"),
-    ]
-    above = np.flatnonzero(result.scores >= threshold)  # scores are sorted, highest first
-    below = np.flatnonzero(result.scores < threshold)
-    items = [
-        GalleryItem(
-            k + 1, float(result.scores[i]), *map(float, result.xy[i]), _crop(result, *result.xy[i])
-        )
-        for k, i in enumerate(above[:MAX_GALLERY])
-    ]
-    under = [
-        GalleryItem(
-            len(above) + k + 1,
-            float(result.scores[i]),
-            *map(float, result.xy[i]),
-            _crop(result, *result.xy[i]),
-        )
-        for k, i in enumerate(below[:MAX_BELOW])
-    ]
-    s = result.thumb_scale
-    rings = [(x * s, y * s, k + 1) for k, (x, y) in enumerate(result.xy[above[:MAX_GALLERY]])]
-    radius = max(4.0, RING_RADIUS_UM / result.mpp * s)
-    return review_html(
-        os.path.basename(result.path),
-        result.path,
-        numbers,
-        [n for n in notes.split("; ") if n],
-        overlay_rgb,
-        rings,
-        radius,
-        items,
-        len(above),
-        under,
-        len(below),
-    )
 
 
 def write_index(rows: Sequence[Dict[str, Any]], out_dir: str) -> str:
@@ -509,23 +433,6 @@ def write_index(rows: Sequence[Dict[str, Any]], out_dir: str) -> str:
     path = os.path.join(out_dir, INDEX_PAGE)
     atomic_write_text(path, index_html(rows, pages))
     return path
-
-
-def _overlay_lines(result: SlideResult, readout) -> List[str]:
-    """The numbers printed under a slide's overlay."""
-    source = {MPP_FALLBACK: "ASSUMED: not in the file"}.get(result.mpp_source, result.mpp_source)
-    lines = [
-        f"{result.mpp:.4g} µm/px ({source}); {readout.tissue_mm2:.3g} mm² of tissue; "
-        f"{readout.count} mitotic figures, {readout.per_mm2:.3g} per mm²"
-    ]
-    hs = readout.hotspot
-    if hs is not None:
-        lines.append(
-            f"hotspot: {hs.count} in {hs.area_mm2:.3g} mm² ({hs.tissue_mm2:.3g} mm² tissue), "
-            f"{hs.per_mm2:.3g} per mm² of tissue"
-            + (" (window cut to the image)" if hs.clipped else "")
-        )
-    return lines
 
 
 def _write_marker(
@@ -576,7 +483,7 @@ def infer_slides(
     os.makedirs(output_dir, exist_ok=True)
     rows = []
     mine = list(inputs)[rank::world_size]
-    job = _JobProgress(len(mine))
+    job = JobProgress(len(mine))
     for k, path in enumerate(mine, start=1):
         stem = stems[path]
         done = read_marker(output_dir, stem, path, binding)
@@ -591,7 +498,7 @@ def infer_slides(
         start = time.perf_counter()
         try:
             id_key = f"{file_sha256(path)}:{weights_sha256}"
-            result = _predict_with_progress(
+            result = predict_with_progress(
                 predictor, path, f"[{k}/{len(mine)}] {stem}", job, progress
             )
             readout = slide_readout(result, threshold, area, aspect)
@@ -635,72 +542,6 @@ def infer_slides(
         rows.append({c: _fmt(v) for c, v in row.items()})
         job.slide_done()
     return rows
-
-
-class _JobProgress:
-    """The job's estimated time left: the seconds a tile took so far, times the tiles left
-    in this slide and, for the slides not started, as many tiles as the slides so far had
-    on average."""
-
-    def __init__(self, slides: int):
-        self.slides, self.done = slides, 0
-        self.tiles_done = self.tiles_past = 0
-        self.current_total = 0
-        self.start = time.perf_counter()
-
-    def slide_started(self, tiles: int) -> None:
-        self.current_total = tiles
-
-    def tiles(self, n: int) -> None:
-        self.tiles_done += n
-
-    def slide_done(self) -> None:
-        self.done += 1
-        self.tiles_past += self.current_total
-        self.current_total = 0
-
-    def eta_s(self) -> float:
-        if not self.tiles_done:
-            return float("nan")
-        per_tile = (time.perf_counter() - self.start) / self.tiles_done
-        mean_tiles = (self.tiles_past + self.current_total) / (self.done + 1)
-        left_here = self.tiles_past + self.current_total - self.tiles_done
-        return per_tile * (left_here + mean_tiles * (self.slides - self.done - 1))
-
-
-def _fmt_eta(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _predict_with_progress(
-    predictor: SlidePredictor, path: str, desc: str, job: "_JobProgress", show: bool = True
-):
-    """``predictor.predict(path)`` with a bar "[k/N] stem", tiles and tiles/s, and the
-    job's ETA (:class:`_JobProgress`)."""
-    if not show:
-        return predictor.predict(path, progress=job.tiles, on_tiles=job.slide_started)
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, unit="tile", dynamic_ncols=True, leave=True)
-
-    def started(n: int) -> None:
-        job.slide_started(n)
-        bar.total = n
-        bar.refresh()
-
-    def advanced(n: int) -> None:
-        job.tiles(n)
-        bar.set_postfix_str(f"job ETA {_fmt_eta(job.eta_s())}", refresh=False)
-        bar.update(n)
-
-    try:
-        return predictor.predict(path, progress=advanced, on_tiles=started)
-    finally:
-        bar.close()
 
 
 def gather_rows(rows: List[Dict[str, Any]], inputs: Sequence[str]) -> List[Dict[str, Any]]:

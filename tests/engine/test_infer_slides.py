@@ -408,11 +408,11 @@ def test_review_pages_in_a_real_browser(tmp_path, weights, slides):
 
 
 def test_the_jobs_time_left_counts_the_tiles_left_and_the_slides_not_started(monkeypatch):
-    import midog_d2.engine.slides as slides_mod
+    import midog_d2.engine.slide_progress as progress
 
     clock = [100.0]
-    monkeypatch.setattr(slides_mod.time, "perf_counter", lambda: clock[0])
-    job = slides_mod._JobProgress(3)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    job = progress.JobProgress(3)
     assert np.isnan(job.eta_s())
     job.slide_started(10)
     clock[0] += 5.0
@@ -423,4 +423,4 @@ def test_the_jobs_time_left_counts_the_tiles_left_and_the_slides_not_started(mon
     job.slide_done()
     job.slide_started(30)  # the mean of 10 and 30 tiles for the last slide
     assert job.eta_s() == pytest.approx(30 + 20)
-    assert slides_mod._fmt_eta(3725) == "1:02:05" and slides_mod._fmt_eta(65) == "1:05"
+    assert progress.fmt_eta(3725) == "1:02:05" and progress.fmt_eta(65) == "1:05"
