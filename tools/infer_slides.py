@@ -55,6 +55,7 @@ from midog_d2.engine.slides import (
     write_index,
     write_summary,
 )
+from midog_d2.inference.export import ExportedDetector, load_export_meta
 
 logger = logging.getLogger("midog_d2.infer_slides")
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -76,6 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="µm per pixel of every slide, whatever its file says (TEST.SLIDE_MPP); without "
         "it, a file that has none is ASSUMED at DATASETS.MIDOG.FALLBACK_MPP",
+    )
+    ap.add_argument(
+        "--exported",
+        default=None,
+        metavar="FILE",
+        help="run a TorchScript export (tools/export_model.py) instead of MODEL.WEIGHTS; "
+        "loading one runs its code: only exports you trust",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument(
@@ -109,6 +117,13 @@ def _opts(args: argparse.Namespace) -> list:
         opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
     if args.mpp is not None:
         opts += ["TEST.SLIDE_MPP", str(args.mpp)]
+    if args.exported:
+        # the export's own tile size and input format; it was made for fp32
+        meta = load_export_meta(args.exported)
+        opts += ["TEST.TILE.SIZE", str(meta["tile_size"]), "INPUT.FORMAT", meta["input_format"]]
+        opts += ["TEST.TILE.PRECISION", "fp32"]
+        if args.threshold is None:
+            opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(meta["threshold"])]
     if "MODEL.DEVICE" not in opts[0::2]:
         opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
     return opts
@@ -131,16 +146,19 @@ def check_args(args: argparse.Namespace):
         cfg = _cfg(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    if not cfg.MODEL.WEIGHTS:
+    if not cfg.MODEL.WEIGHTS and not args.exported:
         raise SystemExit("error: MODEL.WEIGHTS is empty: name the trained weights to run")
     try:
         inputs = expand_inputs(args.input)
         slide_stems(inputs)
-        sha = weights_identity(cfg.MODEL.WEIGHTS)
-        # once, before any process starts: weights that load completely and safely
-        load_model_weights(
-            cfg, build_model(cfg), cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights
-        )
+        if args.exported:
+            sha = weights_identity(args.exported)
+        else:
+            sha = weights_identity(cfg.MODEL.WEIGHTS)
+            # once, before any process starts: weights that load completely and safely
+            load_model_weights(
+                cfg, build_model(cfg), cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights
+            )
     except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -172,10 +190,16 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
     if world > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         # Processes share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
-    model = build_model(cfg)
-    load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=True)  # checked before
-    model.eval()
-    threshold, source = resolve_score_threshold(cfg)
+    if args.exported:
+        model = ExportedDetector(args.exported, str(cfg.MODEL.DEVICE)).eval()
+        threshold, source = resolve_score_threshold(cfg)
+        if args.threshold is None:
+            source = f"stored in the export {args.exported}"
+    else:
+        model = build_model(cfg)
+        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=True)  # checked before
+        model.eval()
+        threshold, source = resolve_score_threshold(cfg)
     if comm.is_main_process():
         logger.info(
             "%d slides, %d processes; threshold %.3f (%s)", len(inputs), world, threshold, source
