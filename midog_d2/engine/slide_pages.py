@@ -3,7 +3,7 @@ numbers, the crops around detections and the review page ``<stem>.html`` (its HT
 :mod:`midog_d2.io.review`)."""
 
 import os
-from typing import List
+from typing import List, Sequence
 
 import cv2
 import numpy as np
@@ -50,7 +50,7 @@ def review_page(
     overlay_rgb: np.ndarray,
     threshold_source: str,
     weights_sha256: str,
-    notes: str,
+    notes: Sequence[str],
 ) -> str:
     """The slide's review page (:func:`midog_d2.io.review.review_html`)."""
     hs = readout.hotspot
@@ -96,7 +96,7 @@ def review_page(
         os.path.basename(result.path),
         result.path,
         numbers,
-        [n for n in notes.split("; ") if n],
+        list(notes),
         overlay_rgb,
         rings,
         radius,

@@ -311,7 +311,7 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _notes(path: str, result: SlideResult, readout, hotspot_area: float) -> str:
+def _notes(path: str, result: SlideResult, readout, hotspot_area: float) -> List[str]:
     """What a reader of the numbers must know: assumed units, a clipped hotspot window,
     an output left out."""
     notes = []
@@ -329,17 +329,17 @@ def _notes(path: str, result: SlideResult, readout, hotspot_area: float) -> str:
         )
     if "asap" not in slide_outputs(path):
         notes.append(f"no ASAP XML: ASAP cannot open {os.path.splitext(path)[1]} images")
-    return "; ".join(notes)
+    return notes
 
 
 def _result_row(
-    path: str, result: SlideResult, readout, threshold: float, notes: str
+    path: str, result: SlideResult, readout, threshold: float, notes: Sequence[str]
 ) -> Dict[str, Any]:
     hs = readout.hotspot
     return {
         "slide": path,
         "status": "done",
-        "message": notes,
+        "message": "; ".join(notes),
         "width": result.width,
         "height": result.height,
         "mpp": result.mpp,
@@ -372,7 +372,7 @@ def write_slide_outputs(
     id_key: Optional[str] = None,
     threshold_source: str = "",
     weights_sha256: str = "",
-    notes: str = "",
+    notes: Sequence[str] = (),
 ) -> Dict[str, str]:
     """The slide's files (:func:`slide_outputs`), each atomically; name -> path. The
     GeoJSON is in QuPath's frame of the slide (its bounds' corner subtracted when it

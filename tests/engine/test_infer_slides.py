@@ -161,6 +161,8 @@ def test_a_folder_of_slides_with_the_stored_threshold_and_a_corrupt_one(
     assert not (out / "tile.asap.xml").exists() and (out / "roi.asap.xml").is_file()
     assert "no ASAP XML: ASAP cannot open .png" in rows["tile.png"]["message"]
     assert "ASSUMED" not in rows["roi.tif"]["message"]
+    page = (out / "tile.html").read_text()  # each note whole, in a paragraph of its own
+    assert "(DATASETS.MIDOG.FALLBACK_MPP; --mpp sets it), so every mm and mm² is too</p>" in page
     # Images far smaller than 10 HPF: the hotspot window is the image, and the summary
     # says so with the window's real area; its density is over the tissue in it.
     r = rows["roi.tif"]
