@@ -55,8 +55,10 @@ def test_the_export_equals_the_model_on_real_tiles_at_any_batch_size(exported, c
     batch = torch.from_numpy(tiles.copy()).permute(0, 3, 1, 2).float()
     graph = ExportedDetector(exported["ts"]).graph
     with torch.no_grad():
-        ref = exported["model"]([{"image": x} for x in batch])
         for n in (1, 2, 5):  # traced at 2: other sizes too
+            # the reference at the same batch size: the convolutions' rounding depends on
+            # it, and this random model's 100 detections an image hold near-ties
+            ref = exported["model"]([{"image": x} for x in batch[:n]])
             boxes, scores, classes, image, tumor, fg = graph(batch[:n])
             for i in range(n):
                 inst = ref[i]["instances"]
