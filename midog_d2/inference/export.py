@@ -92,7 +92,12 @@ class ExportableDetector(nn.Module):
         image = torch.arange(n, device=images.device).unsqueeze(1).expand_as(scores)
         keep = scores > self.score_thresh
         boxes, scores, classes, image = boxes[keep], scores[keep], classes[keep], image[keep]
-        kept = torchvision.ops.batched_nms(boxes, scores, image * c + classes, self.nms_thresh)
+        # in float64: batched_nms offsets each (image, class) group's boxes by a multiple of
+        # the largest coordinate, which in float32 rounds their overlaps differently from
+        # the model's per-image NMS and flips near-ties
+        kept = torchvision.ops.batched_nms(
+            boxes.double(), scores.double(), image * c + classes, self.nms_thresh
+        )
         # the max_det best of each image: batched_nms sorts by score, a stable sort by image
         # keeps that order within each image
         kept = kept[torch.sort(image[kept], stable=True).indices]
