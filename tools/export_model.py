@@ -21,7 +21,6 @@ import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
 
 import argparse
 import json
-import re
 import sys
 
 import numpy as np
@@ -35,12 +34,10 @@ from midog_d2.checkpoint import (
     load_model_weights,
     resolve_score_threshold,
 )
-from midog_d2.engine import setup_cfg
+from midog_d2.engine.trainer import setup_cfg, split_overrides
 from midog_d2.inference.export import ExportedDetector, export_detector
 from midog_d2.inference.predictor import model_inputs
 from midog_d2.io.images import read_rgb
-
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def compare(model, exported, tiles, box_tol: float, score_tol: float) -> dict:
@@ -78,12 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--score-tol", type=float, default=1e-4)
     ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     args = ap.parse_intermixed_args(argv)
-    # "--check a.png b.png MODEL.WEIGHTS w.pth": the overrides end the list of images
-    for i, item in enumerate(args.check):
-        if _CONFIG_KEY.match(item):
-            args.opts = args.check[i:] + list(args.opts)
-            args.check = args.check[:i]
-            break
+    args.check, args.opts = split_overrides(args.check, args.opts)
     opts = list(args.opts)
     if "MODEL.DEVICE" not in opts[0::2]:
         opts += ["MODEL.DEVICE", "cpu"]

@@ -33,7 +33,6 @@ import argparse
 import csv
 import logging
 import os
-import re
 import sys
 
 import torch
@@ -44,7 +43,6 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
-from midog_d2.engine import setup_cfg
 from midog_d2.engine.slides import (
     expand_inputs,
     gather_rows,
@@ -55,10 +53,10 @@ from midog_d2.engine.slides import (
     write_index,
     write_summary,
 )
+from midog_d2.engine.trainer import setup_cfg, split_overrides
 from midog_d2.inference.export import ExportedDetector, load_export_meta
 
 logger = logging.getLogger("midog_d2.infer_slides")
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,12 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     # options before or after the overrides; an unknown one is refused (argparse's line)
     args = ap.parse_intermixed_args(argv)
-    # "--input a.svs MODEL.WEIGHTS w.pth": argparse gives the overrides to --input.
-    for i, item in enumerate(args.input):
-        if _CONFIG_KEY.match(item):
-            args.opts = args.input[i:] + list(args.opts)
-            args.input = args.input[:i]
-            break
+    args.input, args.opts = split_overrides(args.input, args.opts)
     if not args.input:
         ap.error("--input names no slide")
     return args

@@ -4,6 +4,7 @@ best checkpoint."""
 import functools
 import logging
 import os
+import re
 import weakref
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -176,6 +177,20 @@ def setup_cfg(
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="midog_d2")
     register_from_config(cfg)
     return cfg
+
+
+# A Detectron2 config key on the command line (MODEL.WEIGHTS, TEST.TILE.SIZE, ...).
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_overrides(items: Sequence[str], opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """A list option's values and the config overrides, for a command line such as
+    ``--input a.svs MODEL.WEIGHTS w.pth``, where argparse gives the overrides to the list
+    option: its values up to the first config key, and the rest before ``opts``."""
+    for i, item in enumerate(items):
+        if _CONFIG_KEY.match(item):
+            return list(items[:i]), list(items[i:]) + list(opts)
+    return list(items), list(opts)
 
 
 def add_trained_model_arguments(parser, dataset_help: str) -> None:

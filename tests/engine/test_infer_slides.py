@@ -14,12 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
-from conftest import CONFIGS, make_cfg
+from conftest import CONFIGS, save_firing_model
 from PIL import Image
-
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
 from midog_d2.checkpoint import save_threshold
 from midog_d2.engine import setup_cfg
@@ -37,14 +33,7 @@ SMALL = ["MODEL.DEVICE", "cpu", "TEST.TILE.SIZE", "256", "TEST.TISSUE.THUMBNAIL_
 def weights(tmp_path_factory):
     """A Demo-config model with random weights whose classifier fires, saved as Detectron2
     saves checkpoints."""
-    folder = tmp_path_factory.mktemp("weights")
-    cfg = make_cfg(CONFIG, "MODEL.DEVICE", "cpu")
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.head.cls_score.bias.fill_(-1.0)
-    DetectionCheckpointer(model, str(folder)).save("model")
-    return str(folder / "model.pth")
+    return save_firing_model(tmp_path_factory.mktemp("weights"), CONFIG)[1]
 
 
 @pytest.fixture(scope="module")

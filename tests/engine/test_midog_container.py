@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-import torch
-from conftest import CONFIGS, make_cfg
-
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
+from conftest import CONFIGS, save_firing_model
 
 from midog_d2.checkpoint import save_threshold
 from midog_d2.io.challenge import mha_as_tiff
@@ -33,15 +29,9 @@ MPP = 0.25
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    cfg = make_cfg(CONFIG, "MODEL.DEVICE", "cpu")
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.head.cls_score.bias.fill_(-1.0)
-    DetectionCheckpointer(model, str(folder)).save("model")
-    save_threshold(str(folder / "model.pth"), 0.48, dataset="test")  # splits the scores
-    return str(folder / "model.pth")
+    _, weights = save_firing_model(tmp_path_factory.mktemp("weights"), CONFIG)
+    save_threshold(weights, 0.48, dataset="test")  # splits the scores
+    return weights
 
 
 def roi_pixels():

@@ -2,17 +2,14 @@
 real tiles for any batch size, runs with torch and torchvision alone, and runs the slide
 pipeline (tools/infer_slides.py --exported) with the same results."""
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, SHARED, make_cfg
+from conftest import CONFIGS, REPO, SHARED, make_cfg, save_firing_model
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from midog_d2.checkpoint import save_threshold
@@ -33,18 +30,12 @@ def exported(tmp_path_factory):
     """A Demo-config model whose classifier fires (weights, stored threshold 0.45) and its
     export at 256 px, checked on six real tiles by the tool itself."""
     folder = tmp_path_factory.mktemp("export")
-    cfg = make_cfg(CONFIG, "MODEL.DEVICE", "cpu", *STRONG)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.head.cls_score.bias.fill_(-1.0)
-    DetectionCheckpointer(model, str(folder)).save("model")
-    weights = str(folder / "model.pth")
+    model, weights = save_firing_model(folder, CONFIG, *STRONG)
     save_threshold(weights, 0.45, dataset="test")
     out = folder / "model.ts"
     argv = ["--config-file", str(CONFIG), "--output", str(out), "--check", *map(str, TILES[:6])]
     rc = export_model.main([*argv, "MODEL.WEIGHTS", weights, "TEST.TILE.SIZE", "256", *STRONG])
-    return {"rc": rc, "weights": weights, "ts": str(out), "model": model.eval()}
+    return {"rc": rc, "weights": weights, "ts": str(out), "model": model}
 
 
 def test_the_export_equals_the_model_on_real_tiles_at_any_batch_size(exported, capsys):
