@@ -7,9 +7,11 @@ and whole-slide formats; ``openslide.open_slide`` falls back to a PIL-backed
 per-process LRU cache: a DataLoader worker (a forked process) opens its own
 handles instead of sharing its parent's.
 
-Single-level tiled TIFFs with lossless tiles (MIDOG's ROIs) are read straight
-from their tiles with tifffile, bypassing OpenSlide's slower path; the pixels
-are the same. :func:`read_region_scaled` resamples a window to the model's
+Level 0 of tiled TIFFs and Aperio SVS files whose tiles are lossless, JPEG or
+Aperio's RGB JPEG 2000 (MIDOG's ROIs, most scanners' slides) is read straight
+from its tiles with tifffile and imagecodecs (libjpeg-turbo, OpenJPEG),
+bypassing OpenSlide's slower path; the pixels are OpenSlide's, bit for bit
+(tests/io: generated pyramids and both real SVS files). :func:`read_region_scaled` resamples a window to the model's
 µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see docs/slides.md.
 """
 
@@ -167,17 +169,31 @@ def open_slide(path: str) -> openslide.AbstractSlide:
     return slide
 
 
-# Tile codecs read without OpenSlide: lossless ones only, so the pixels are OpenSlide's.
-_DIRECT_COMPRESSIONS = (1, 8, 32946)  # none, Adobe deflate, old-style deflate
+# Tile codecs read without OpenSlide, each checked to give OpenSlide's pixels bit for bit
+# (tests/io/test_slide.py, tests/io/test_real_slides.py). Lossy ones decode with the same
+# libraries OpenSlide uses (libjpeg-turbo, OpenJPEG), the JPEG tables and colour space as
+# the TIFF declares them, as OpenSlide does.
+_LOSSLESS = (1, 8, 32946)  # none, Adobe deflate, old-style deflate
+_JPEG = 7
+_APERIO_JPEG2000_RGB = 33005  # Aperio's YCbCr variant (33003) OpenSlide converts itself
 _DIRECT_PREDICTORS = (1, 2)  # none, horizontal differencing
+# The OpenSlide formats whose level 0 is the file's first TIFF page.
+_DIRECT_VENDORS = ("generic-tiff", "aperio")
+try:  # tifffile decodes JPEG and JPEG 2000 only through imagecodecs (a requirement)
+    import imagecodecs  # noqa: F401
+
+    _LOSSY_DIRECT = (_JPEG, _APERIO_JPEG2000_RGB)
+except ImportError:  # pragma: no cover - a broken install reads such tiles through OpenSlide
+    _LOSSY_DIRECT = ()
 
 
 class _TiledTiff:
     """
-    Level 0 of a single-level, tiled, 8-bit RGB TIFF with lossless tiles, read
-    straight from its tiles: positioned reads (``os.pread``) and tifffile's
-    stateless tile decoder, so threads may share one reader. A forked process
-    opens its own (the caches are per process).
+    Level 0 of a tiled 8-bit RGB TIFF (generic TIFF or Aperio SVS) with lossless,
+    JPEG or Aperio JPEG 2000 tiles, read straight from its tiles: positioned reads
+    (``os.pread``) and tifffile's stateless tile decoder (the codecs release the
+    GIL), so threads may share one reader. A forked process opens its own (the
+    caches are per process). Other pyramid levels are read through OpenSlide.
     """
 
     def __init__(self, path: str, page: "tifffile.TiffPage"):
@@ -188,6 +204,8 @@ class _TiledTiff:
         self.offsets = [int(v) for v in page.dataoffsets]
         self.counts = [int(v) for v in page.databytecounts]
         self.decode = page.decode
+        # JPEG tiles may keep their quantisation and Huffman tables in the TIFF tag (Aperio).
+        self.jpegtables = page.jpegtables if page.compression == _JPEG else None
         self.fd = os.open(path, os.O_RDONLY)
 
     def __del__(self):
@@ -209,7 +227,7 @@ class _TiledTiff:
                 f"cannot read tile {index} of {self.path}: the file is truncated"
             )
         try:
-            segment = self.decode(data, index)[0]
+            segment = self.decode(data, index, jpegtables=self.jpegtables)[0]
             return segment.reshape(self.tile_h, self.tile_w, 3)
         except Exception as e:  # tifffile raises codec-specific errors
             raise UnreadableSlideError(f"cannot decode tile {index} of {self.path}: {e}") from e
@@ -247,9 +265,10 @@ def _direct_readable(page: "tifffile.TiffPage", dimensions: Tuple[int, int]) -> 
         and (page.imagewidth, page.imagelength) == tuple(dimensions)
         and page.imagedepth == 1
         and page.tiledepth == 1
-        and page.compression in _DIRECT_COMPRESSIONS
+        and page.compression in _LOSSLESS + _LOSSY_DIRECT
         and page.predictor in _DIRECT_PREDICTORS
-        and page.photometric == 2  # RGB
+        # RGB; JPEG tiles may hold YCbCr, which libjpeg converts as in OpenSlide
+        and (page.photometric == 2 or (page.photometric == 6 and page.compression == _JPEG))
         and page.planarconfig == 1  # interleaved samples
         and page.bitspersample == 8
         and page.samplesperpixel == 3
@@ -260,13 +279,13 @@ def _direct_readable(page: "tifffile.TiffPage", dimensions: Tuple[int, int]) -> 
 
 
 def _open_tiled_tiff(path: str) -> Optional[_TiledTiff]:
-    """A direct reader of ``path`` when it is a single-level tiled TIFF with
-    lossless 8-bit RGB tiles (OpenSlide's generic-tiff), else None."""
+    """A direct reader of level 0 of ``path`` when OpenSlide reads it as a generic
+    tiled TIFF or an Aperio SVS and its first page has tiles :func:`_direct_readable`
+    takes, else None."""
     slide = open_slide(path)
     if (
         not isinstance(slide, openslide.OpenSlide)
-        or slide.level_count != 1
-        or slide.properties.get(openslide.PROPERTY_NAME_VENDOR) != "generic-tiff"
+        or slide.properties.get(openslide.PROPERTY_NAME_VENDOR) not in _DIRECT_VENDORS
     ):
         return None
     try:

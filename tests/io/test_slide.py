@@ -210,7 +210,14 @@ def test_real_svs_slides():
 
 @pytest.mark.parametrize(
     "compression, predictor, tile",
-    [(None, None, 256), ("zlib", None, 256), ("zlib", 2, 128), ("zlib", None, 512)],
+    [
+        (None, None, 256),
+        ("zlib", None, 256),
+        ("zlib", 2, 128),
+        ("zlib", None, 512),
+        ("jpeg", None, 256),  # YCbCr 4:2:0 tiles, as tifffile and most scanners write them
+        ("jpeg", None, 128),
+    ],
 )
 def test_direct_tile_reader_equals_openslide(tmp_path, compression, predictor, tile):
     px = _pixels(1)
@@ -225,6 +232,9 @@ def test_direct_tile_reader_equals_openslide(tmp_path, compression, predictor, t
         resolution=(1e4 / 0.25, 1e4 / 0.25),
         resolutionunit="CENTIMETER",
     )
+    if compression == "jpeg":
+        with tifffile.TiffFile(path) as tif:
+            assert (tif.pages.first.compression, tif.pages.first.photometric) == (7, 6)
     assert slide_mod._tiled_tiff(path) is not None  # read without OpenSlide
     rng = np.random.default_rng(2)
     windows = REGIONS + [(-40, -30, 100, 90), (W - 50, H - 20, 120, 60), (W + 1, 10, 8, 8)]
@@ -242,38 +252,71 @@ def test_direct_tile_reader_equals_openslide(tmp_path, compression, predictor, t
         np.testing.assert_array_equal(
             direct, slide_mod._read_openslide(path, x, y, w, h), err_msg=str((x, y, w, h))
         )
-    np.testing.assert_array_equal(read_region(path, 0, 0, W, H), px)
+    if compression != "jpeg":
+        np.testing.assert_array_equal(read_region(path, 0, 0, W, H), px)
+
+
+@pytest.mark.parametrize("compression", [None, "jpeg"])
+def test_pyramid_level_0_is_read_directly_the_other_levels_through_openslide(
+    tmp_path, compression
+):
+    px = _pixels(4)
+    path = str(tmp_path / "pyramid.tiff")
+    with tifffile.TiffWriter(path) as tw:
+        for level, sub in ((px, 0), (np.ascontiguousarray(px[::2, ::2]), 1)):
+            tw.write(
+                level,
+                tile=(256, 256),
+                photometric="rgb",
+                compression=compression,
+                subfiletype=sub,
+                resolution=(1e4 / 0.25, 1e4 / 0.25),
+                resolutionunit="CENTIMETER",
+            )
+    assert open_slide(path).level_count == 2
+    reader = slide_mod._tiled_tiff(path)
+    assert reader is not None and (reader.width, reader.height) == (W, H)
+    for x, y, w, h in REGIONS + [(-40, -30, 300, 200), (W - 300, H - 250, 400, 300)]:
+        np.testing.assert_array_equal(
+            read_region(path, x, y, w, h), slide_mod._read_openslide(path, x, y, w, h)
+        )
+    # Shrinking by two takes level 1 from OpenSlide, as before.
+    np.testing.assert_array_equal(
+        read_region_scaled(path, 100, 60, 150, 100, 0.5),
+        slide_mod._read_openslide(path, 100, 60, 150, 100, level=1),
+    )
 
 
 def test_files_the_direct_reader_leaves_to_openslide(tmp_path):
     px = _pixels(3)
     rgba = np.dstack([px, np.full((H, W), 255, np.uint8)])
-    pyramid, with_alpha = str(tmp_path / "pyramid.tiff"), str(tmp_path / "rgba.tiff")
-    with tifffile.TiffWriter(pyramid) as tw:
-        tw.write(px, tile=(256, 256), photometric="rgb")
-        tw.write(
-            np.ascontiguousarray(px[::2, ::2]), tile=(256, 256), photometric="rgb", subfiletype=1
-        )
+    with_alpha, lzw = str(tmp_path / "rgba.tiff"), str(tmp_path / "lzw.tiff")
     tifffile.imwrite(with_alpha, rgba, tile=(256, 256), photometric="rgb", extrasamples=[2])
-    assert open_slide(pyramid).level_count == 2
-    for path in (pyramid, with_alpha):
+    # A codec not checked against OpenSlide here stays with OpenSlide.
+    tifffile.imwrite(lzw, px, tile=(256, 256), photometric="rgb", compression="lzw")
+    for path in (with_alpha, lzw):
         assert slide_mod._tiled_tiff(path) is None
         np.testing.assert_array_equal(read_region(path, 100, 50, 300, 200), px[50:250, 100:400])
 
 
-def test_corrupt_tile_is_an_error_naming_the_file(tmp_path):
+@pytest.mark.parametrize("compression", ["zlib", "jpeg"])
+def test_corrupt_tile_is_an_error_naming_the_file(tmp_path, compression):
     path = tmp_path / "corrupt.tiff"
-    tifffile.imwrite(path, _pixels(), tile=(256, 256), photometric="rgb", compression="zlib")
+    tifffile.imwrite(path, _pixels(), tile=(256, 256), photometric="rgb", compression=compression)
     with tifffile.TiffFile(path) as tif:
         offset, count = tif.pages.first.dataoffsets[0], tif.pages.first.databytecounts[0]
     raw = bytearray(path.read_bytes())
-    raw[offset : offset + count] = bytes(count)  # zeros: not a deflate stream
+    raw[offset : offset + count] = bytes(count)  # zeros: neither a deflate nor a JPEG stream
     path.write_bytes(bytes(raw))
     with pytest.raises(UnreadableSlideError, match=r"cannot decode tile 0 of .*corrupt\.tiff"):
         read_region(str(path), 0, 0, 64, 64)
+    # The other tiles still read, as OpenSlide reads them.
     np.testing.assert_array_equal(
-        read_region(str(path), 300, 300, 64, 64), _pixels()[300:364, 300:364]
+        read_region(str(path), 300, 300, 64, 64),
+        slide_mod._read_openslide(str(path), 300, 300, 64, 64),
     )
+    if compression == "zlib":
+        assert (read_region(str(path), 300, 300, 64, 64) == _pixels()[300:364, 300:364]).all()
 
 
 def _child_direct(path, parent_reader_id, queue):
@@ -352,10 +395,9 @@ def test_a_marker_is_found_where_it_lies_at_level_0(marker_slides, monkeypatch, 
     x0, y0 = 380, 250  # the window's level-0 origin
     out = read_region_scaled(path, x0, y0, 160, 120, scale)
     assert out.shape == (120, 160, 3) and out.dtype == np.uint8
-    # Shrinking by 2 or more reads the pyramid's half-size level; the flat file is read directly.
-    assert levels == (
-        [1] if kind == "pyramid" and scale <= 0.5 else [0] if kind == "pyramid" else []
-    )
+    # Shrinking by 2 or more reads the pyramid's half-size level (through OpenSlide); level 0
+    # is read directly, in both files.
+    assert levels == ([1] if kind == "pyramid" and scale <= 0.5 else [])
     u, v = _darkness_centroid(out)
     # model -> level 0: x0 + u / scale; area averaging and bilinear interpolation both
     # keep a symmetric marker's centroid, so only uint8 rounding is left.
