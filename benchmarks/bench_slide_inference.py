@@ -84,10 +84,10 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def load(args, *extra):
+def load(args, *extra, device="cpu"):
     cfg = setup_cfg(
         args.config_file,
-        ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *args.opts, *extra],
+        ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", device, *args.opts, *extra],
     )
     model = build_model(cfg)
     MidogCheckpointer.from_config(cfg, model).load(args.weights)
@@ -130,9 +130,12 @@ def run_pipeline(cfg, model, path):
 
 def run_model_only(cfg, model, path, tiles, scale, precision=None):
     pixels = [read_region_scaled(path, x, y, w, h, scale) for x, y, w, h in tiles]
-    precision = precision or resolve_precision(cfg.TEST.TILE.PRECISION, "cpu")
+    precision = precision or resolve_precision(cfg.TEST.TILE.PRECISION, cfg.MODEL.DEVICE)
+    sync = torch.cuda.synchronize if cfg.MODEL.DEVICE.startswith("cuda") else (lambda: None)
+    sync()
     t = time.perf_counter()
     predict_images(model, pixels, cfg.INPUT.FORMAT, cfg.TEST.TILE.BATCH_SIZE, precision)
+    sync()
     sec = time.perf_counter() - t
     return {"seconds": sec, "tiles": len(tiles), "tiles_s": len(tiles) / sec}
 
@@ -163,7 +166,7 @@ def sahi_model(cfg, model, threshold):
 
     return Wrapped(
         confidence_threshold=cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
-        device="cpu",
+        device=cfg.MODEL.DEVICE,
         load_at_init=True,
     )
 
