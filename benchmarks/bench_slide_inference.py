@@ -16,6 +16,8 @@ mitotic figures, their ground truth), then, with the same weights, interleaved o
 * **model only**: ``predict_images`` on tiles already in memory (the same tiles, the same
   batch size; on the slide a sample of them): the rate the pipeline cannot beat.
   Efficiency = pipeline tiles/s ÷ model-only tiles/s;
+* **readers** (ROI): the pipeline with 1 and 3 reading threads (``TEST.TILE.READ_WORKERS``,
+  default 2), and with every tile read through OpenSlide instead of the direct tile reader;
 * **SAHI**: ``get_sliced_prediction`` with SAHI's Detectron2 wrapper around the same model
   (same tile size and overlap, the image handed over decoded), its default merging;
 * **fp32**: the pipeline at ``TEST.TILE.PRECISION fp32`` (ROI), against the default
@@ -52,6 +54,7 @@ from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
 from midog_d2.inference import SlidePredictor, predict_images, resolve_precision
 from midog_d2.io import clear_cache, read_region_scaled, slide_dimensions
+from midog_d2.io import slide as slide_module
 
 RADIUS_UM = 7.5
 
@@ -119,11 +122,27 @@ def f1s(xy, scores, truth, threshold, mpp=0.25):
     return {"f1": r["f1"], "best_f1": r["best_f1"], "n": int((scores >= threshold).sum())}
 
 
-def run_pipeline(cfg, model, path):
+def with_keys(cfg, **keys):
+    """A copy of ``cfg`` with TEST.TILE keys changed."""
+    c = cfg.clone()
+    c.defrost()
+    for k, v in keys.items():
+        setattr(c.TEST.TILE, k, v)
+    return c
+
+
+def run_pipeline(cfg, model, path, direct=True):
+    """``direct=False``: every read through OpenSlide, as before the direct JPEG reader."""
     clear_cache()
-    t = time.perf_counter()
-    res = SlidePredictor(cfg, model).predict(path)
-    sec = time.perf_counter() - t
+    tiled_tiff = slide_module._tiled_tiff
+    if not direct:
+        slide_module._tiled_tiff = lambda p: None
+    try:
+        t = time.perf_counter()
+        res = SlidePredictor(cfg, model).predict(path)
+        sec = time.perf_counter() - t
+    finally:
+        slide_module._tiled_tiff = tiled_tiff
     tissue_mpx = res.tissue_mm2 / (res.mpp / 1000.0) ** 2 / 1e6
     return res, {"seconds": sec, "tiles": res.tiles_read, "tissue_mpx_s": tissue_mpx / sec}
 
@@ -227,6 +246,12 @@ def bench_image(args, cfg, cfg32, model, plain, name, path, truth, threshold, ro
         tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), args.model_sample, False))]
     rows[f"{name}_model"].append(run_model_only(cfg, model, path, tiles, res.scale))
     if name == "roi":
+        # Reading threads, and the direct JPEG tile reader against OpenSlide's.
+        for workers in (1, 3):
+            _, mw = run_pipeline(with_keys(cfg, READ_WORKERS=workers), model, path)
+            rows[f"roi_pipe_{workers}_readers"].append(mw)
+        _, mo = run_pipeline(cfg, model, path, direct=False)
+        rows["roi_pipe_openslide"].append(mo)
         res32, m32 = run_pipeline(cfg32, model, path)
         rows["roi_fp32"].append(m32)
         quality["roi_fp32"] = f1s(res32.xy, res32.scores, truth, threshold)
@@ -259,6 +284,11 @@ def summarize(summary):
         summary[f"{name}_tissue_mpx_s"] = statistics.median(x["tissue_mpx_s"] for x in pipe)
         if rows.get(f"{name}_sahi"):
             summary[f"{name}_sahi_ratio"] = med[f"{name}_sahi"] / med[f"{name}_pipe"]
+        for variant in ("1_readers", "3_readers", "openslide"):
+            runs = rows.get(f"{name}_pipe_{variant}") or []
+            if runs:
+                v_s = statistics.median(x["tiles"] / x["seconds"] for x in runs)
+                summary[f"{name}_efficiency_{variant}"] = v_s / model_s
     if rows.get("roi_fp32"):
         summary["default_over_fp32_pipeline"] = med["roi_fp32"] / med["roi_pipe"]
     if rows.get("roi_model_fp32_contiguous"):
@@ -284,6 +314,7 @@ def main(argv=None):
         with open(args.out) as f:
             summary = json.load(f)
     keys = ("pipe", "model", "sahi", "fp32", "model_fp32_contiguous")
+    keys += ("pipe_1_readers", "pipe_3_readers", "pipe_openslide")
     for part in args.parts:
         if part in ("roi", "slide"):
             for k in keys:
