@@ -1,11 +1,51 @@
 """Merging detections across tile seams: suppression by centre distance, over all detections
 at once or streaming as tiles arrive."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["StreamingMerger", "suppress_close_points"]
+__all__ = ["StreamingMerger", "close_pairs", "suppress_close_points"]
+
+
+def close_pairs(
+    centres: np.ndarray, classes: np.ndarray, radius: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i < j, of same-class points closer than ``radius``.
+
+    Points are hashed into radius-sized cells (one integer per class and cell, sorted), so
+    only the 3 x 3 neighbouring cells are searched, all in numpy: merging runs once per batch
+    of tiles and must cost little beside the model."""
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    n = len(centres)
+    empty = np.zeros(0, np.int64)
+    if radius <= 0 or n < 2:
+        return empty, empty
+    keys = np.floor(centres / radius).astype(np.int64)
+    keys -= keys.min(axis=0) - 1  # a margin of one cell: neighbours stay in the same class
+    width, height = int(keys[:, 0].max()) + 2, int(keys[:, 1].max()) + 2
+    _, cls = np.unique(np.asarray(classes).reshape(-1), return_inverse=True)
+    cell = (cls.reshape(-1).astype(np.int64) * height + keys[:, 1]) * width + keys[:, 0]
+    order = np.argsort(cell, kind="stable")
+    sorted_cells = cell[order]
+    first, second = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            target = cell + dy * width + dx
+            lo = np.searchsorted(sorted_cells, target, "left")
+            counts = np.searchsorted(sorted_cells, target, "right") - lo
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            first.append(np.repeat(np.arange(n), counts))
+            second.append(order[starts + np.arange(total)])
+    if not first:
+        return empty, empty
+    i, j = np.concatenate(first), np.concatenate(second)
+    d = centres[i] - centres[j]
+    near = (i < j) & ((d * d).sum(axis=1) < radius * radius)
+    return i[near], j[near]
 
 
 def suppress_close_points(
@@ -17,32 +57,25 @@ def suppress_close_points(
     order = np.argsort(-np.asarray(scores), kind="stable")
     if radius <= 0 or len(order) == 0:
         return order
-    centres = np.asarray(centres, dtype=np.float64)
-    r2 = radius * radius
-    # Hash kept points into radius-sized cells: only the 3 x 3 neighbouring cells can
-    # hold a point closer than the radius.
-    cells = np.floor(centres / radius).astype(np.int64)
-    grid: Dict[Tuple[int, int, int], List[int]] = {}
-    keep = []
-    for i in order.tolist():
-        cx, cy = cells[i]
-        c = int(classes[i])
-        close = False
-        for gx in (cx - 1, cx, cx + 1):
-            for gy in (cy - 1, cy, cy + 1):
-                for j in grid.get((c, gx, gy), ()):
-                    d = centres[i] - centres[j]
-                    if d[0] * d[0] + d[1] * d[1] < r2:
-                        close = True
-                        break
-                if close:
-                    break
-            if close:
-                break
-        if not close:
-            keep.append(i)
-            grid.setdefault((c, int(cx), int(cy)), []).append(i)
-    return np.asarray(keep, dtype=np.int64)
+    i, j = close_pairs(centres, classes, radius)
+    if len(i) == 0:
+        return order
+    # Greedy, by decreasing score, over the points that have a close neighbour; the others
+    # are kept whatever happens.
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    hi, lo = np.where(rank[i] < rank[j], i, j), np.where(rank[i] < rank[j], j, i)
+    by_lo = np.argsort(rank[lo], kind="stable")
+    lo, hi = lo[by_lo], hi[by_lo]
+    bounds = np.flatnonzero(np.diff(lo)) + 1
+    starts = np.concatenate([[0], bounds]).tolist()
+    ends = np.concatenate([bounds, [len(lo)]]).tolist()
+    suppressed = np.zeros(len(order), bool)
+    for a, b in zip(starts, ends):
+        # Every higher-scoring neighbour of lo[a] came earlier in rank order: decided.
+        if not suppressed[hi[a:b]].all():
+            suppressed[lo[a]] = True
+    return order[~suppressed[order]]
 
 
 class StreamingMerger:
@@ -105,30 +138,21 @@ class StreamingMerger:
         return self._emit(float("inf"))
 
     def _groups(self) -> np.ndarray:
-        """Group label of each pending detection (union-find over close same-class pairs)."""
+        """Group label of each pending detection: the connected components of close
+        same-class pairs (labels propagated to each component's smallest index)."""
         n = len(self._scores)
-        parent = np.arange(n)
-
-        def root(i):
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        if self.radius > 0 and n:
-            cells: Dict[Tuple[int, int, int], List[int]] = {}
-            r2 = self.radius * self.radius
-            keys = np.floor(self._xy / self.radius).astype(np.int64)
-            for i in range(n):
-                c, (cx, cy) = int(self._classes[i]), keys[i]
-                for gx in (cx - 1, cx, cx + 1):
-                    for gy in (cy - 1, cy, cy + 1):
-                        for j in cells.get((c, int(gx), int(gy)), ()):
-                            d = self._xy[i] - self._xy[j]
-                            if d[0] * d[0] + d[1] * d[1] < r2:
-                                parent[root(i)] = root(j)
-                cells.setdefault((c, int(cx), int(cy)), []).append(i)
-        return np.array([root(i) for i in range(n)], dtype=np.int64)
+        labels = np.arange(n)
+        i, j = close_pairs(self._xy, self._classes, self.radius)
+        while len(i):
+            low = np.minimum(labels[i], labels[j])
+            new = labels.copy()
+            np.minimum.at(new, i, low)
+            np.minimum.at(new, j, low)
+            new = new[new]  # labels only point to smaller indices of the same component
+            if np.array_equal(new, labels):
+                break
+            labels = new
+        return labels
 
     def _emit(self, frontier_y: float):
         n = len(self._scores)
@@ -136,10 +160,9 @@ class StreamingMerger:
         if n == 0:
             return self._xy, self._scores, self._classes, extra
         groups = self._groups()
-        lowest: Dict[int, float] = {}
-        for g, y in zip(groups.tolist(), self._xy[:, 1].tolist()):
-            lowest[g] = max(lowest.get(g, -np.inf), y)
-        final = np.array([lowest[g] < frontier_y - self.radius for g in groups.tolist()])
+        lowest = np.full(n, -np.inf)
+        np.maximum.at(lowest, groups, self._xy[:, 1])
+        final = lowest[groups] < frontier_y - self.radius
         idx = np.flatnonzero(final)
         keep = idx[
             suppress_close_points(self._xy[idx], self._scores[idx], self._classes[idx], self.radius)

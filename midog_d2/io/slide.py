@@ -57,7 +57,7 @@ _PLAUSIBLE_MPP = (0.01, 50.0)
 _lock = threading.Lock()
 _cache: "OrderedDict[str, openslide.AbstractSlide]" = OrderedDict()
 # Direct tile readers (_TiledTiff), or None for files that OpenSlide must read.
-_tiff_cache: "OrderedDict[str, Optional[_TiledTiff]]" = OrderedDict()
+_tiff_cache: "OrderedDict[Tuple[str, int], Optional[_TiledTiff]]" = OrderedDict()
 _cache_pid: Optional[int] = None
 # PIL-backed slides hold a whole decoded image (~150 MB for a MIDOG ROI), so
 # the cache stays small.
@@ -278,20 +278,33 @@ def _direct_readable(page: "tifffile.TiffPage", dimensions: Tuple[int, int]) -> 
     )
 
 
-def _open_tiled_tiff(path: str) -> Optional[_TiledTiff]:
-    """A direct reader of level 0 of ``path`` when OpenSlide reads it as a generic
-    tiled TIFF or an Aperio SVS and its first page has tiles :func:`_direct_readable`
-    takes, else None."""
+def _open_tiled_tiff(path: str, level: int = 0) -> Optional[_TiledTiff]:
+    """A direct reader of pyramid level ``level`` of ``path`` when OpenSlide reads it as
+    a generic tiled TIFF or an Aperio SVS and the level's page (level 0: the first; others:
+    the tiled page of the level's size) has tiles :func:`_direct_readable` takes, else
+    None."""
     slide = open_slide(path)
     if (
         not isinstance(slide, openslide.OpenSlide)
         or slide.properties.get(openslide.PROPERTY_NAME_VENDOR) not in _DIRECT_VENDORS
+        or not 0 <= level < slide.level_count
     ):
         return None
+    size = slide.level_dimensions[level]
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            if not _direct_readable(page, slide.dimensions):
+            if level == 0:
+                page = tif.pages.first
+            else:
+                same = [
+                    p
+                    for p in tif.pages
+                    if p.is_tiled and (p.imagewidth, p.imagelength) == tuple(size)
+                ]
+                if len(same) != 1:
+                    return None
+                page = same[0]
+            if not _direct_readable(page, size):
                 return None
             return _TiledTiff(path, page)
     except Exception as e:  # anything tifffile cannot parse stays with OpenSlide, which opened it
@@ -299,15 +312,16 @@ def _open_tiled_tiff(path: str) -> Optional[_TiledTiff]:
         return None
 
 
-def _tiled_tiff(path: str) -> Optional[_TiledTiff]:
-    """The process's cached direct reader of ``path`` (None: read through OpenSlide)."""
-    key = os.path.abspath(path)
+def _tiled_tiff(path: str, level: int = 0) -> Optional[_TiledTiff]:
+    """The process's cached direct reader of ``path``'s pyramid level ``level`` (None: read
+    through OpenSlide)."""
+    key = (os.path.abspath(path), int(level))
     with _lock:
         _reset_for_this_process()
         if key in _tiff_cache:
             _tiff_cache.move_to_end(key)
             return _tiff_cache[key]
-    reader = _open_tiled_tiff(path)
+    reader = _open_tiled_tiff(path, level)
     with _lock:
         _reset_for_this_process()
         _tiff_cache[key] = reader
@@ -472,9 +486,11 @@ def slide_thumbnail(path: str, max_side: int) -> Tuple[np.ndarray, float]:
     The whole image of ``path`` shrunk to fit ``max_side`` x ``max_side``
     (aspect kept, never enlarged) as ``(rgb, scale)``: a (h, w, 3) uint8 array and
     thumbnail pixels per level-0 pixel (``w / width``; the height's rounding
-    differs by under a pixel). Uses OpenSlide's ``get_thumbnail``, which reads
-    the best pyramid level; transparent areas come out in the slide's
-    background colour (white by default).
+    differs by under a pixel). Reads the pyramid level OpenSlide's ``get_thumbnail``
+    would (the best for the downsample), whole, and area-averages it: through the
+    direct tile reader where that reads the level (its pixels are OpenSlide's), else
+    through ``get_thumbnail`` (PIL's Lanczos filter), where transparent areas come out in
+    the slide's background colour (white by default).
     """
     if max_side < 1:
         raise ValueError(f"slide_thumbnail({path}): max_side must be >= 1, got {max_side}")
@@ -482,6 +498,17 @@ def slide_thumbnail(path: str, max_side: int) -> Tuple[np.ndarray, float]:
     width, height = slide.dimensions
     if max(width, height) <= max_side:
         return read_region(path, 0, 0, width, height), 1.0
+    # The level get_thumbnail would read, read whole (from its origin: OpenSlide's pixels)
+    # by the direct reader where it can: on a JPEG ROI 5x faster than get_thumbnail, which
+    # reads through its cache, converts to RGBA and resizes with PIL.
+    level = slide.get_best_level_for_downsample(max(width / max_side, height / max_side))
+    direct = _tiled_tiff(path, level)
+    if direct is not None:
+        lw, lh = direct.width, direct.height
+        s = min(max_side / lw, max_side / lh)
+        size = (max(1, round(lw * s)), max(1, round(lh * s)))
+        rgb = cv2.resize(direct.read(0, 0, lw, lh), size, interpolation=cv2.INTER_AREA)
+        return rgb, rgb.shape[1] / width
     try:
         with _pil_lock if isinstance(slide, openslide.ImageSlide) else _no_lock:
             thumb = slide.get_thumbnail((int(max_side), int(max_side)))

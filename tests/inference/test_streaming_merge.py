@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from midog_d2.inference.grid import tile_grid
-from midog_d2.inference.merge import StreamingMerger, suppress_close_points
+from midog_d2.inference.merge import StreamingMerger, close_pairs, suppress_close_points
 
 
 def _tiles_of(points, tiles):
@@ -68,3 +68,36 @@ def test_a_cell_across_a_corner_of_four_tiles_is_reported_once():
         kept.extend(merger.add(det, s, [0] * len(s), frontier)[1].tolist())
     kept.extend(merger.finish()[1].tolist())
     assert kept == [0.9]
+
+
+def _greedy_by_brute_force(xy, scores, classes, radius):
+    """The suppression's definition, pair by pair: by decreasing score, keep a point unless a
+    kept point of its class lies closer than the radius."""
+    kept = []
+    for i in np.argsort(-scores, kind="stable"):
+        d = xy[kept] - xy[i] if kept else np.zeros((0, 2))
+        same = classes[kept] == classes[i] if kept else np.zeros(0, bool)
+        if not ((d * d).sum(axis=1)[same] < radius * radius).any():
+            kept.append(i)
+    return np.array(kept, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_pairs_and_suppression_equal_the_brute_force_definition(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    centres = rng.uniform(-300, 1500, (max(1, n // 4), 2))  # negative and large coordinates
+    xy = np.concatenate([centres + rng.normal(0, 12, centres.shape) for _ in range(4)])[:n]
+    # points exactly on cell edges and exactly one radius apart (not closer: kept apart)
+    xy[: n // 10] = np.round(xy[: n // 10] / 25.0) * 25.0
+    scores = rng.uniform(0, 1, len(xy))
+    classes = rng.choice([0, 1, 7], len(xy))
+    i, j = close_pairs(xy, classes, 25.0)
+    d = xy[:, None] - xy[None]
+    near = ((d * d).sum(-1) < 625.0) & (classes[:, None] == classes[None])
+    want = {(a, b) for a, b in zip(*np.nonzero(near)) if a < b}
+    assert set(zip(i.tolist(), j.tolist())) == want and len(i) == len(want)
+    np.testing.assert_array_equal(
+        suppress_close_points(xy, scores, classes, 25.0),
+        _greedy_by_brute_force(xy, scores, classes, 25.0),
+    )

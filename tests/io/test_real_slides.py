@@ -22,7 +22,7 @@ from torch import nn
 from detectron2.structures import Boxes, Instances
 
 from midog_d2.data import MidogPatchMapper, MidogTestMapper
-from midog_d2.inference import TiledPredictor
+from midog_d2.inference import TiledPredictor, tissue_mask
 from midog_d2.io import read_region, read_region_scaled, resample_scale
 from midog_d2.io import slide as slide_mod
 from midog_d2.io import slide_dimensions, slide_mpp, slide_thumbnail
@@ -303,6 +303,27 @@ def test_thumbnail_aspect_and_scale(path):
     assert one == 1.0 and full.shape == (h, w, 3)
     with pytest.raises(ValueError, match="max_side must be >= 1"):
         slide_thumbnail(path, 0)
+
+
+@pytest.mark.parametrize("path, max_side", [(CMU, 500), (TCGA, 700), (TCGA, 2000)])
+def test_thumbnail_read_directly_is_openslides_level_area_averaged(path, max_side):
+    slide = openslide.OpenSlide(path)
+    w, h = slide.dimensions
+    level = slide.get_best_level_for_downsample(max(w / max_side, h / max_side))
+    # The level is read whole by the direct reader: OpenSlide's pixels exactly.
+    reader = slide_mod._tiled_tiff(path, level)
+    assert reader is not None
+    lw, lh = slide.level_dimensions[level]
+    np.testing.assert_array_equal(
+        reader.read(0, 0, lw, lh), np.asarray(slide.read_region((0, 0), level, (lw, lh)))[..., :3]
+    )
+    thumb, scale = slide_thumbnail(path, max_side)
+    want = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
+    assert thumb.shape == want.shape  # the same size as OpenSlide's thumbnail
+    # Area averaging against PIL's Lanczos (which sharpens): the same picture, within the
+    # filters' differences, and the same tissue where the slide job looks for it.
+    assert np.abs(thumb.astype(int) - want).mean() < 4
+    assert (tissue_mask(thumb) == tissue_mask(want)).mean() > 0.99
 
 
 def test_demo_overlay_draws_on_the_thumbnail(tmp_path):

@@ -257,9 +257,7 @@ def test_direct_tile_reader_equals_openslide(tmp_path, compression, predictor, t
 
 
 @pytest.mark.parametrize("compression", [None, "jpeg"])
-def test_pyramid_level_0_is_read_directly_the_other_levels_through_openslide(
-    tmp_path, compression
-):
+def test_pyramid_level_0_is_read_directly_the_other_levels_through_openslide(tmp_path, compression):
     px = _pixels(4)
     path = str(tmp_path / "pyramid.tiff")
     with tifffile.TiffWriter(path) as tw:
@@ -280,6 +278,13 @@ def test_pyramid_level_0_is_read_directly_the_other_levels_through_openslide(
         np.testing.assert_array_equal(
             read_region(path, x, y, w, h), slide_mod._read_openslide(path, x, y, w, h)
         )
+    # Level 1 has a direct reader too (the thumbnail reads it whole, from its origin).
+    level1 = slide_mod._tiled_tiff(path, 1)
+    assert level1 is not None and (level1.width, level1.height) == ((W + 1) // 2, (H + 1) // 2)
+    np.testing.assert_array_equal(
+        level1.read(0, 0, level1.width, level1.height),
+        np.asarray(open_slide(path).read_region((0, 0), 1, (level1.width, level1.height)))[..., :3],
+    )
     # Shrinking by two takes level 1 from OpenSlide, as before.
     np.testing.assert_array_equal(
         read_region_scaled(path, 100, 60, 150, 100, 0.5),
