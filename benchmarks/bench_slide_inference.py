@@ -136,7 +136,7 @@ def run_pipeline(cfg, model, path, direct=True):
     clear_cache()
     tiled_tiff = slide_module._tiled_tiff
     if not direct:
-        slide_module._tiled_tiff = lambda p: None
+        slide_module._tiled_tiff = lambda *a: None
     try:
         t = time.perf_counter()
         res = SlidePredictor(cfg, model).predict(path)

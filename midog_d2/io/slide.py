@@ -204,6 +204,7 @@ class _TiledTiff:
         self.offsets = [int(v) for v in page.dataoffsets]
         self.counts = [int(v) for v in page.databytecounts]
         self.decode = page.decode
+        self.compression = int(page.compression)
         # JPEG tiles may keep their quantisation and Huffman tables in the TIFF tag (Aperio).
         self.jpegtables = page.jpegtables if page.compression == _JPEG else None
         self.fd = os.open(path, os.O_RDONLY)
