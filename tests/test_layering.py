@@ -12,7 +12,7 @@ anything would fail here.
 
 import ast
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -33,8 +33,8 @@ _BELOW_ENGINE = {
 }
 
 # part -> the parts it may import (a part: a subpackage or a top-level module of midog_d2;
-# "" is the package's own __init__, which registers the model and exports the config hook;
-# any part may import it, for __version__).
+# "" is the package's own __init__, which registers the model and exports the config hook:
+# only the parts that list it may import the package itself).
 ALLOWED: Dict[str, Set[str]] = {
     "": {"constants", "config", "modeling"},
     "constants": set(),
@@ -47,7 +47,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "utils": {"constants", "io"},
     "solver": {"constants", "config"},
     "checkpoint": {"constants"},
-    "collect_env": {"constants"},
+    "collect_env": {"constants", ""},  # reports the package's version and location
     "engine": _BELOW_ENGINE,
     "datagen": _BELOW_ENGINE | {"engine"},
 }
@@ -60,18 +60,31 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def import_graph(root: Path) -> Dict[str, Set[str]]:
-    """module -> the modules of the package it imports (every ``import`` statement,
-    including those inside functions), resolved to the longest existing module name."""
+def _imports(root: Path) -> Tuple[Dict[str, Set[str]], Dict[str, Set[str]]]:
+    """(graph, from_init): module -> the modules of the package it imports (every
+    ``import`` statement, including those inside functions, resolved to the longest
+    existing module name; importing ``pkg.x`` names ``pkg`` too, whose ``__init__`` runs
+    first), and module -> the packages whose ``__init__`` it takes something from
+    (``import pkg``, or ``from pkg import name`` where ``name`` is no submodule)."""
     files = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
+    packages = {m for m, p in files.items() if p.name == "__init__.py"}
     graph: Dict[str, Set[str]] = {}
+    from_init: Dict[str, Set[str]] = {}
+
+    def resolve(t: str) -> str:
+        while t and t not in files:
+            t = t.rpartition(".")[0]
+        return t
+
     for mod, path in files.items():
         is_pkg = path.name == "__init__.py"
         deps: Set[str] = set()
+        inits: Set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets: List[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
+                inits |= {a.name for a in node.names if a.name in packages}
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = mod.split(".") if is_pkg else mod.split(".")[:-1]
@@ -81,14 +94,23 @@ def import_graph(root: Path) -> Dict[str, Set[str]]:
                     prefix = node.module or ""
                 # "from pkg import name" may import the submodule pkg.name
                 targets = [f"{prefix}.{a.name}" for a in node.names] + [prefix]
+                if prefix in packages and any(
+                    f"{prefix}.{a.name}" not in files for a in node.names
+                ):
+                    inits.add(prefix)
             for t in targets:
-                while t and t not in files:
-                    t = t.rpartition(".")[0]
+                t = resolve(t)
                 if t and t != mod:
                     deps.add(t)
         # a "from x import y" that found submodule x.y also names x itself: keep both
         graph[mod] = deps
-    return graph
+        from_init[mod] = inits - {mod}
+    return graph, from_init
+
+
+def import_graph(root: Path) -> Dict[str, Set[str]]:
+    """module -> the modules of the package it imports (see :func:`_imports`)."""
+    return _imports(root)[0]
 
 
 def part_of(root: Path, mod: str) -> str:
@@ -127,13 +149,26 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
 
 
 def violations(root: Path) -> List[str]:
-    graph = import_graph(root)
+    graph, from_init = _imports(root)
     problems = []
     for mod, deps in sorted(graph.items()):
         part = part_of(root, mod)
+        for d in sorted(from_init[mod]):
+            # The package's own __init__ imports its modules: a module that takes a name
+            # from it works or not depending on which was imported first.
+            if d != root.name and mod.startswith(d + "."):
+                problems.append(f"{mod} imports from its own package's __init__ ({d})")
         for d in sorted(deps):
             other = part_of(root, d)
-            if other == part or (other == "" and d == root.name):
+            if d == root.name:
+                # the root package's __init__ (the model's registration, the config hook)
+                if part != "" and "" not in ALLOWED.get(part, set()):
+                    problems.append(
+                        f"{mod} imports the package {d} itself: {part} may import only "
+                        f"{sorted(ALLOWED[part])}"
+                    )
+                continue
+            if other == part:
                 continue
             if other == "datagen":
                 problems.append(f"{mod} imports {d}: nothing outside datagen/ may import it")
@@ -197,6 +232,21 @@ def write_package(root: Path, files: Dict[str, str]) -> Path:
             "evaluation may import only",
         ),
         ({"newpart/x.py": "from ..io import y\n", "io/y.py": ""}, "no entry in ALLOWED"),
+        # the root package from inside: its __init__ imports the model and the config
+        ({"io/slide.py": "from .. import add_midog_config\n"}, "imports the package midog_d2"),
+        ({"data/a.py": "def f():\n    import midog_d2\n"}, "imports the package midog_d2"),
+        # a module taking a name from its own package's __init__
+        (
+            {"data/a.py": "from . import helper\n", "data/__init__.py": "helper = 1\n"},
+            "own package's __init__",
+        ),
+        (
+            {
+                "inference/sub/x.py": "from midog_d2.inference import y\n",
+                "inference/__init__.py": "y = 1\n",
+            },
+            "own package's __init__",
+        ),
     ],
 )
 def test_the_checker_catches_each_rule(tmp_path, files, expected):

@@ -8,8 +8,8 @@ exact: the best window of a given size has a detection on its left and on its to
 """
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -34,9 +34,6 @@ class Hotspot:
     per_mm2: float
     tissue_mm2: float = float("nan")
     clipped: bool = False
-
-    def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 def hotspot_window_px(

@@ -25,7 +25,6 @@ from .points import (
     load_point_predictions,
     parse_points_json,
     points_to_json,
-    write_points_json,
 )
 from .structure import ImageStructureError, check_image_structure
 from .slide import (

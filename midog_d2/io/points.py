@@ -35,7 +35,6 @@ __all__ = [
     "NON_MITOTIC_NAME",
     "points_to_json",
     "instances_to_points_json",
-    "write_points_json",
     "parse_points_json",
     "load_point_predictions",
     "load_coco_results",
@@ -81,13 +80,6 @@ def instances_to_points_json(
         keep = instances.pred_classes.detach().cpu().numpy() == mitotic_class
         boxes, scores = boxes[keep], scores[keep]
     return points_to_json((boxes[:, :2] + boxes[:, 2:]) / 2.0, scores, mpp, threshold)
-
-
-def write_points_json(path: PathLike, instances: Instances, mpp: float, threshold: float) -> None:
-    """Write :func:`instances_to_points_json` to ``path`` (the challenge's per-image output)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(instances_to_points_json(instances, mpp, threshold), f, indent=1)
 
 
 def _read_json(path: PathLike) -> Any:
