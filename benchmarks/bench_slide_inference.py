@@ -53,8 +53,9 @@ from midog_d2.datagen.slides import blocks_from_midog, write_generated_slide
 from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
 from midog_d2.inference import SlidePredictor, predict_images, resolve_precision
-from midog_d2.io import clear_cache, read_region_scaled, slide_dimensions
+from midog_d2.io import clear_cache, read_region_scaled
 from midog_d2.io import slide as slide_module
+from midog_d2.io import slide_dimensions
 
 RADIUS_UM = 7.5
 

@@ -20,6 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 from .constants import DEFAULT_SCORE_THRESHOLD
+from .io.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,7 @@ def save_threshold(weights: str, threshold: float, **info: Any) -> str:
         **info,
     }
     path = threshold_file(weights)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
     return path
 
 
@@ -147,35 +143,6 @@ def resolve_score_threshold(cfg) -> Tuple[float, str]:
 # The domain head's output layer, whose rows follow MODEL.MULTITASK.TUMOR_TYPES.
 DOMAIN_HEAD = "tumor_head."
 DOMAIN_ROWS = ("tumor_head.predictor.weight", "tumor_head.predictor.bias")
-
-
-def _atomic_write(path: str, write: Any, mode: str) -> None:
-    """``write(f)`` into a temporary file beside ``path``, flushed and fsynced, then renamed
-    over it (and the folder fsynced): ``path`` is the old file or the whole new one. A
-    failure (a full disk) removes the temporary file and says which file was not saved."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(
-            e.errno, f"could not save {path} ({e.strerror or e}); the previous file is intact"
-        ) from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems cannot fsync a folder; the rename is done
-        pass
 
 
 class WeightsError(RuntimeError):
@@ -401,11 +368,11 @@ class MidogCheckpointer(DetectionCheckpointer):
         for n in os.listdir(self.save_dir):
             if n.startswith(f".{basename}.") and n.endswith(".tmp"):
                 os.remove(os.path.join(self.save_dir, n))
-        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        atomic_write(save_file, lambda f: torch.save(data, f), "wb")
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write(
+        atomic_write(
             os.path.join(self.save_dir, "last_checkpoint"),
             lambda f: f.write(last_filename_basename),
             "w",

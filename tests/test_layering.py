@@ -46,7 +46,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "evaluation": {"constants", "io", "data", "inference", "checkpoint"},
     "utils": {"constants", "io"},
     "solver": {"constants", "config"},
-    "checkpoint": {"constants"},
+    "checkpoint": {"constants", "io"},  # io.atomic: the one atomic writer
     "collect_env": {"constants", ""},  # reports the package's version and location
     "engine": _BELOW_ENGINE,
     "datagen": _BELOW_ENGINE | {"engine"},

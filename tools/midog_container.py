@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
 from midog_d2.engine import setup_cfg
 from midog_d2.inference.slides import SlidePredictor
+from midog_d2.io import atomic_write_text
 from midog_d2.io.challenge import (
     CHALLENGE_INPUT,
     CHALLENGE_OUTPUT,
@@ -43,7 +44,6 @@ from midog_d2.io.challenge import (
     output_paths,
     tiff_to_mm,
 )
-from midog_d2.io.exports import atomic_write_text
 from midog_d2.io.slide import slide_resolution
 
 logger = logging.getLogger("midog_d2.midog_container")

@@ -35,13 +35,8 @@ from detectron2.utils import comm
 from ..checkpoint import file_sha256
 from ..inference.predictor import resolve_precision
 from ..inference.slides import SlidePredictor, SlideResult, slide_readout
-from ..io.exports import (
-    atomic_write_bytes,
-    atomic_write_text,
-    write_asap_xml,
-    write_detections_csv,
-    write_geojson,
-)
+from ..io.atomic import atomic_write_bytes, atomic_write_text
+from ..io.exports import write_asap_xml, write_detections_csv, write_geojson
 from ..io.points import points_to_json
 from ..io.review import index_html
 from ..io.slide import MPP_FALLBACK, slide_bounds

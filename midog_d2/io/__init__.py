@@ -5,9 +5,8 @@ GeoJSON, ASAP XML, CSV).
 evaluation read pixels and files only through it.
 """
 
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from .exports import (
-    atomic_write_bytes,
-    atomic_write_text,
     detections_to_asap_xml,
     detections_to_csv,
     detections_to_geojson,

@@ -26,7 +26,6 @@ never sees half a file.
 import csv
 import io
 import json
-import os
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import quoteattr
@@ -34,11 +33,10 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from ..constants import MITOTIC_NAME, NON_MITOTIC_NAME
+from .atomic import atomic_write_text
 
 __all__ = [
     "CLASS_COLORS",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "detections_to_asap_xml",
     "detections_to_csv",
     "detections_to_geojson",
@@ -52,30 +50,6 @@ CLASS_COLORS: Dict[str, Tuple[int, int, int]] = {
     MITOTIC_NAME: (220, 20, 60),
     NON_MITOTIC_NAME: (65, 105, 225),
 }
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (flushed,
-    fsynced, renamed): the file is either the old one or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
-    if not isinstance(text, str):
-        raise TypeError(f"{path}: expected text, got {type(text).__name__}")
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _points(xy: Any, scores: Any) -> Tuple[np.ndarray, np.ndarray]:

@@ -11,10 +11,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from midog_d2.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from midog_d2.io.exports import (
     CLASS_COLORS,
-    atomic_write_bytes,
-    atomic_write_text,
     detections_to_asap_xml,
     detections_to_csv,
     detections_to_geojson,
@@ -122,3 +121,21 @@ def test_writers_are_atomic(tmp_path):
         atomic_write_bytes(str(target), 123)  # fails mid-write: the old file stays whole
     assert target.read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.geojson", "a.xml", "keep.txt"]
+
+
+def test_the_atomic_writer_keeps_the_old_file_on_a_failed_write_and_names_it(tmp_path):
+    target = tmp_path / "sub" / "model.pth"
+    atomic_write(str(target), lambda f: f.write(b"old"))  # the folder is made
+    assert target.read_bytes() == b"old"
+
+    def full_disk(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=r"could not save .*model\.pth .*previous file is intact"):
+        atomic_write(str(target), full_disk)
+    assert target.read_bytes() == b"old" and os.listdir(target.parent) == ["model.pth"]
+    atomic_write(str(target), lambda f: f.write("text, in UTF-8: µm"), "w")
+    assert target.read_text(encoding="utf-8") == "text, in UTF-8: µm"
+    with pytest.raises(ValueError, match="mode must be"):
+        atomic_write(str(target), lambda f: None, "a")
