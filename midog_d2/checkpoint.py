@@ -19,7 +19,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from .constants import DEFAULT_SCORE_THRESHOLD
+from .constants import DEFAULT_SCORE_THRESHOLD, domain_index, name_key
 from .io.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -294,10 +294,6 @@ def last_good_checkpoint(save_dir: str) -> str:
     return os.path.join(save_dir, name) if name else f"no checkpoint in {save_dir}"
 
 
-def _norm(name: Any) -> str:
-    return " ".join(str(name).split()).lower()
-
-
 class MidogCheckpointer(DetectionCheckpointer):
     """
     Detectron2's checkpointer that records the domain head's class names (``domains``,
@@ -474,10 +470,10 @@ class MidogCheckpointer(DetectionCheckpointer):
     def _map_domain_rows(
         self, state: Dict[str, Any], model_state: Dict[str, torch.Tensor], source: List[str]
     ) -> None:
-        if [_norm(d) for d in source] == [_norm(d) for d in self.domains]:
+        if [name_key(d) for d in source] == [name_key(d) for d in self.domains]:
             return
-        where = {_norm(d): i for i, d in enumerate(source)}
-        kept = [d for d in self.domains if _norm(d) in where]
+        rows = [domain_index(d, source) for d in self.domains]  # -1: a new domain
+        kept = [d for d, i in zip(self.domains, rows) if i >= 0]
         for key in DOMAIN_ROWS:
             if key not in state or key not in model_state:
                 continue
@@ -493,13 +489,13 @@ class MidogCheckpointer(DetectionCheckpointer):
                     tuple(new.shape),
                 )
                 return
-            for j, d in enumerate(self.domains):
-                if _norm(d) in where:
-                    new[j] = old[where[_norm(d)]]
+            for j, i in enumerate(rows):
+                if i >= 0:
+                    new[j] = old[i]
             state[key] = new
         logger.info(
             "Domain head mapped by name: kept %s, new (freshly initialised) %s, dropped %s",
             kept,
-            [d for d in self.domains if _norm(d) not in where],
-            [d for d in source if _norm(d) not in {_norm(x) for x in self.domains}],
+            [d for d, i in zip(self.domains, rows) if i < 0],
+            [d for d in source if domain_index(d, self.domains) < 0],
         )

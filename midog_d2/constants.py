@@ -2,8 +2,11 @@
 
 Everything else imports these instead of repeating a number: class ids, category and point
 names, the 50-px box, the default µm/px, the scoring radius and the tumor-type and scanner
-spellings met in real MIDOG files.
+spellings met in real MIDOG files, and how names are matched (:func:`name_key`,
+:func:`domain_index`).
 """
+
+from typing import Any, Sequence
 
 # Contiguous class ids of the data pipeline and the model (gt_classes / pred_classes).
 MITOTIC_FIGURE = 0
@@ -79,6 +82,26 @@ TUMOR_TYPE_ALIASES = (
 # Scanner spellings in the MIDOG++ CSV -> canonical name (case-insensitive):
 # the CSV names one scanner both "Hamamatsu XR" and "Hamammatsu XR".
 SCANNER_ALIASES = (("Hamammatsu XR", "Hamamatsu XR"),)
+
+
+def name_key(name: Any) -> str:
+    """How the project matches names (domains, aliases, categories, CSV headers): whitespace
+    runs collapsed, case ignored."""
+    return " ".join(str(name).split()).lower()
+
+
+def domain_index(name: Any, domains: Sequence[str]) -> int:
+    """The index of ``name`` in ``domains`` (``MODEL.MULTITASK.TUMOR_TYPES``, the domain
+    head's classes) by :func:`name_key`, or -1 when ``name`` is None or not listed. The one
+    rule the loader's domain labels, the canvases' domain selection and the checkpointer's
+    mapping of the head's rows share."""
+    if name is None:
+        return -1
+    key = name_key(name)
+    for i, d in enumerate(domains):
+        if name_key(d) == key:
+            return i
+    return -1
 
 
 def is_labelled(record: dict) -> bool:

@@ -26,6 +26,8 @@ from ..constants import (
     MIDOGPP_TUMOR_TYPES,
     SCANNER_ALIASES,
     TUMOR_TYPE_ALIASES,
+    domain_index,
+    name_key,
 )
 
 __all__ = [
@@ -53,10 +55,6 @@ def box_centres(record: Dict[str, Any], category_id: Optional[int] = None) -> np
     return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
-def _norm(name: str) -> str:
-    return " ".join(str(name).split()).lower()
-
-
 def canonical_tumor_type(
     name: Optional[str],
     tumor_aliases: Iterable[Sequence[str]] = TUMOR_TYPE_ALIASES,
@@ -69,11 +67,11 @@ def canonical_tumor_type(
     """
     if name is None or not str(name).strip():
         return None
-    alias_map = {_norm(a): b for a, b in tumor_aliases}
+    alias_map = {name_key(a): b for a, b in tumor_aliases}
     name = " ".join(str(name).split())
-    name = alias_map.get(_norm(name), name)
+    name = alias_map.get(name_key(name), name)
     for t in tumor_types:
-        if _norm(t) == _norm(name):
+        if name_key(t) == name_key(name):
             return t
     return name
 
@@ -88,12 +86,12 @@ def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
         "origin": "lab",
         "species": "species",
     }
-    scanner_map = {_norm(a): b for a, b in scanner_aliases}
+    scanner_map = {name_key(a): b for a, b in scanner_aliases}
     rows: Dict[int, Dict[str, Any]] = {}
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=";")
-            header = {_norm(h): h for h in (reader.fieldnames or [])}
+            header = {name_key(h): h for h in (reader.fieldnames or [])}
             if "slide" not in header:
                 raise ValueError(
                     f"{csv_file}: not a MIDOG++ split CSV: no 'Slide' column in the header "
@@ -118,7 +116,7 @@ def _read_csv(csv_file: str, scanner_aliases) -> Dict[int, Dict[str, Any]]:
                     if key == "split" and value is not None:
                         value = value.lower()
                     if key == "scanner" and value is not None:
-                        value = scanner_map.get(_norm(value), value)
+                        value = scanner_map.get(name_key(value), value)
                     entry[key] = value
                 rows[slide_id] = entry
     except FileNotFoundError:
@@ -179,7 +177,7 @@ def _category_map(json_file: str, categories: List[Dict[str, Any]]) -> Dict[Any,
                 f"{json_file}: category entry {cat!r}: 'id' must be an integer or a string "
                 "and 'name' a string"
             )
-        cls = CATEGORY_ALIASES.get(_norm(cat["name"]))
+        cls = CATEGORY_ALIASES.get(name_key(cat["name"]))
         if cls is None:
             raise ValueError(
                 f"{json_file}: unknown category name {cat['name']!r} (id {cat['id']}); "
@@ -293,7 +291,7 @@ def load_midog_json(
         canon,
         tumor_types,
         default_tumor_type,
-        {_norm(a): b for a, b in scanner_aliases},
+        {name_key(a): b for a, b in scanner_aliases},
     )
     if domain_field != "tumor_type":
         set_domain_labels(images.values(), domain_field, tumor_types)
@@ -396,7 +394,7 @@ def _image_records(
 def _scanner(name: Any, scanner_map: Dict[str, str]) -> Optional[str]:
     if name is None or not str(name).strip():
         return None
-    return scanner_map.get(_norm(name), " ".join(str(name).split()))
+    return scanner_map.get(name_key(name), " ".join(str(name).split()))
 
 
 def set_domain_labels(
@@ -408,12 +406,11 @@ def set_domain_labels(
     value is missing or not listed (such images take no part in the head's loss).
     Returns how many dicts got each label.
     """
-    index = {_norm(n): i for i, n in enumerate(domains)}
     counts: Counter = Counter()
     seen: set = set()
     for d in dataset_dicts:
         value = d.get(domain_field)
-        label = -1 if value is None else index.get(_norm(value), -1)
+        label = domain_index(value, domains)
         d["tumor_label"] = label
         counts[label] += 1
         seen.add(value)

@@ -39,7 +39,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from ..constants import BOX_SIZE, HARD_NEGATIVE, MITOTIC_FIGURE
+from ..constants import BOX_SIZE, HARD_NEGATIVE, MITOTIC_FIGURE, domain_index
 from ..data.sampler import image_weights
 from ..data.transforms import build_color_augmentation, rgb_to_format
 from .compose import (
@@ -513,8 +513,7 @@ def select_domains(
     compared case-insensitively; ``domains`` empty keeps every dict (or none, ``not keep``)."""
     if not domains:
         return list(dicts) if keep else []
-    names = {" ".join(str(n).split()).lower() for n in domains}
-    return [d for d in dicts if (" ".join(str(d.get(field)).split()).lower() in names) == keep]
+    return [d for d in dicts if (domain_index(d.get(field), domains) >= 0) == keep]
 
 
 def first_slides(dicts: Sequence[Dict[str, Any]], k: int, seed: int) -> List[Dict[str, Any]]:
