@@ -11,8 +11,10 @@ Level 0 of tiled TIFFs and Aperio SVS files whose tiles are lossless, JPEG or
 Aperio's RGB JPEG 2000 (MIDOG's ROIs, most scanners' slides) is read straight
 from its tiles with tifffile and imagecodecs (libjpeg-turbo, OpenJPEG),
 bypassing OpenSlide's slower path; the pixels are OpenSlide's, bit for bit
-(tests/io: generated pyramids and both real SVS files). :func:`read_region_scaled` resamples a window to the model's
-µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see docs/slides.md.
+(tests/io: generated pyramids and both real SVS files). Thumbnails read their
+level whole the same way. :func:`read_region_scaled` resamples a window to the
+model's µm/px (``INPUT.MODEL_MPP``), from the best pyramid level; see
+docs/slides.md.
 """
 
 import contextlib
@@ -189,11 +191,13 @@ except ImportError:  # pragma: no cover - a broken install reads such tiles thro
 
 class _TiledTiff:
     """
-    Level 0 of a tiled 8-bit RGB TIFF (generic TIFF or Aperio SVS) with lossless,
-    JPEG or Aperio JPEG 2000 tiles, read straight from its tiles: positioned reads
-    (``os.pread``) and tifffile's stateless tile decoder (the codecs release the
-    GIL), so threads may share one reader. A forked process opens its own (the
-    caches are per process). Other pyramid levels are read through OpenSlide.
+    One pyramid level of a tiled 8-bit RGB TIFF (generic TIFF or Aperio SVS) with
+    lossless, JPEG or Aperio JPEG 2000 tiles, read straight from its tiles:
+    positioned reads (``os.pread``) and tifffile's stateless tile decoder (the
+    codecs release the GIL), so threads may share one reader. A forked process
+    opens its own (the caches are per process). Regions read level 0 this way;
+    other levels are read whole (thumbnails), since OpenSlide's reads of them
+    from level-0 coordinates interpolate sub-pixel offsets.
     """
 
     def __init__(self, path: str, page: "tifffile.TiffPage"):
