@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from detectron2.utils.env import seed_all_rng
+
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
 from midog_d2.engine import MidogTrainer, setup_cfg
 from midog_d2.engine.second_stage import train_second_stage
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
     if not cfg.MODEL.SECOND_STAGE.ON:
         print("error: MODEL.SECOND_STAGE.ON is False: nothing to train", file=sys.stderr)
         return 2
+    # As Detectron2's default_setup: SEED >= 0 makes the candidates (the loader's draws) repeat.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     model = MidogTrainer.build_model(cfg)
     try:
         load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, untrained=("second_stage.",))

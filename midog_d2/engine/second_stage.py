@@ -82,14 +82,20 @@ def train_candidate_classifier(
     seed: int = 0,
 ) -> Dict[str, Any]:
     """``max_iter`` Adam steps of ``classifier`` on batches of half positives, half
-    negatives (drawn with replacement; a class that is absent leaves the batch to the
-    other), each randomly rotated and flipped; binary cross-entropy. Returns counts and
-    the last losses."""
+    negatives (drawn with replacement; without negatives, a warning, the batch is all
+    positives), each randomly rotated and flipped; binary cross-entropy. Returns counts and
+    the last losses. No positive (no mitotic figure in the batches drawn) is an error: a
+    classifier that never saw a figure would only learn to reject."""
     g = torch.Generator().manual_seed(max(int(seed), 0))
     pos = torch.nonzero(labels > 0.5).flatten()
     neg = torch.nonzero(labels <= 0.5).flatten()
-    if not len(pos) and not len(neg):
-        raise ValueError("second stage: no candidate to train on")
+    if not len(pos):
+        raise ValueError(
+            f"second stage: no mitotic figure among the {len(labels)} candidates collected; "
+            "draw more training batches (MODEL.SECOND_STAGE.CANDIDATE_BATCHES)"
+        )
+    if not len(neg):
+        logger.warning("second stage: no imposter among the candidates; it sees figures only")
     device = next(classifier.parameters()).device
     classifier.requires_grad_(True)  # the model keeps it frozen while the detector trains
     opt = torch.optim.Adam(classifier.parameters(), lr=base_lr)

@@ -107,6 +107,9 @@ def test_training_separates_figure_patches_from_imposters():
     with torch.no_grad():
         p = clf(patches).sigmoid()
     assert p[:64].min() > 0.5 > p[64:].max()
+    # Batches without a single mitotic figure cannot train it: a clear error, not a rejector.
+    with pytest.raises(ValueError, match="no mitotic figure among the 64 candidates"):
+        train_candidate_classifier(clf, dark, torch.zeros(64), 3, 1e-3, 16)
 
 
 def test_train_second_stage_tool_end_to_end(tmp_path):
@@ -122,7 +125,8 @@ def test_train_second_stage_tool_end_to_end(tmp_path):
     r = run(
         "train_second_stage.py", "--config-file", str(R18), *opts,
         "MODEL.WEIGHTS", str(tmp_path / "det" / "model_final.pth"),
-        "MODEL.SECOND_STAGE.ON", "True", "MODEL.SECOND_STAGE.CANDIDATE_BATCHES", "2",
+        # A fixed seed: which patches the loader draws (and whether they hold a figure).
+        "SEED", "7", "MODEL.SECOND_STAGE.ON", "True", "MODEL.SECOND_STAGE.CANDIDATE_BATCHES", "4",
         "MODEL.SECOND_STAGE.MAX_ITER", "3", "MODEL.SECOND_STAGE.IMS_PER_BATCH", "8",
         "OUTPUT_DIR", str(out),
     )  # fmt: skip
