@@ -57,9 +57,12 @@ from midog_d2.datagen.synthetic_domains import SCANNERS, TUMOR_TYPES
 from midog_d2.datagen.synthetic_render import render_image
 from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
-from midog_d2.inference import SlidePredictor, predict_images
-from midog_d2.io import clear_cache, read_region, read_region_scaled
+from midog_d2.inference import predict_images
+from midog_d2.io import read_region, read_region_scaled
 from midog_d2.solver import build_optimizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_slide_inference import run_pipeline, run_sahi, with_keys  # noqa: E402
 
 RADIUS_UM = 7.5
 BOX = 50  # px: MIDOG's box around a mitotic figure at 0.25 µm/px
@@ -194,15 +197,9 @@ def train_rate(args, cfg, model, roi_path, truth):
 
 
 def pipeline(cfg, model, path, precision):
-    c = cfg.clone()
-    c.defrost()
-    c.TEST.TILE.PRECISION = precision
-    clear_cache()
-    sync(c.MODEL.DEVICE)
-    t = time.perf_counter()
-    res = SlidePredictor(c, model).predict(path)
-    sec = time.perf_counter() - t
-    return res, {"seconds": sec, "tiles": res.tiles_read, "tiles_s": res.tiles_read / sec}
+    """bench_slide_inference's timed pipeline run at ``precision``, with tiles/s."""
+    res, m = run_pipeline(with_keys(cfg, PRECISION=precision), model, path)
+    return res, {"seconds": m["seconds"], "tiles": m["tiles"], "tiles_s": m["tiles"] / m["seconds"]}
 
 
 def best_threshold(res, truth):
@@ -303,9 +300,6 @@ def main(argv=None):
 def sahi(cfg, model, path):
     """SAHI's sliced prediction of the whole ROI (decoded before timing), as in
     bench_slide_inference.py."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_slide_inference import run_sahi
-
     xy, scores, m = run_sahi(cfg, model, path, 0.0)
     m["detections"] = len(xy)
     return m

@@ -139,6 +139,8 @@ def run_pipeline(cfg, model, path, direct=True):
     if not direct:
         slide_module._tiled_tiff = lambda *a: None
     try:
+        if cfg.MODEL.DEVICE.startswith("cuda"):
+            torch.cuda.synchronize()  # time this run, not GPU work still queued
         t = time.perf_counter()
         res = SlidePredictor(cfg, model).predict(path)
         sec = time.perf_counter() - t
