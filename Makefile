@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 REAL_DATA ?= ../shared/data/real
 
 # What black and isort check (pyproject.toml holds their settings).
-FORMAT_PATHS := midog_d2 tools tests benchmarks setup.py
+FORMAT_PATHS := midog_d2 midog_dev tools tests benchmarks setup.py
 
 .PHONY: venv test test-slow browser lint format demo bench bench-deps clean-venv
 

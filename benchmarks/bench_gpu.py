@@ -8,7 +8,7 @@ bf16, the model alone, SAHI, and the training step rate of the paper's R-50 conf
 
 Made to finish in under 10 minutes on one H100-class GPU with 16 cores, from nothing but
 this checkout (no data, no weights): it draws tissue blocks with the project's generator
-(``midog_d2.datagen``; no files needed), writes a 7,000 x 5,000 all-tissue ROI and a
+(``midog_dev``; no files needed), writes a 7,000 x 5,000 all-tissue ROI and a
 30,000 x 30,000 slide with 40% tissue as JPEG-tiled pyramidal TIFFs (as scanners write
 them), then
 
@@ -42,6 +42,8 @@ import statistics
 import sys
 import time
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import numpy as np
 import torch
 
@@ -51,15 +53,15 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from midog_d2.checkpoint import MidogCheckpointer
-from midog_d2.data.transforms import rgb_to_format, to_chw_tensor
-from midog_d2.datagen.slides import SlideBlock, write_generated_slide
-from midog_d2.datagen.synthetic_domains import SCANNERS, TUMOR_TYPES
-from midog_d2.datagen.synthetic_render import render_image
 from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
+from midog_d2.fileio import read_region, read_region_scaled
+from midog_d2.fileio.images import rgb_to_format, to_chw_tensor
 from midog_d2.inference import predict_images
-from midog_d2.io import read_region, read_region_scaled
 from midog_d2.solver import build_optimizer
+from midog_dev.slides import SlideBlock, write_generated_slide
+from midog_dev.synthetic_domains import SCANNERS, TUMOR_TYPES
+from midog_dev.synthetic_render import render_image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_slide_inference import run_pipeline, run_sahi, with_keys  # noqa: E402

@@ -33,8 +33,8 @@ from detectron2.structures import BoxMode
 from midog_d2 import add_midog_config
 from midog_d2.data import MidogPatchMapper
 from midog_d2.data.stain import RGB_FROM_HED
-from midog_d2.io import read_region_scaled
-from midog_d2.io import slide as slide_module
+from midog_d2.fileio import read_region_scaled
+from midog_d2.fileio import slide as slide_module
 
 WIDTH, HEIGHT, TILE = 7000, 5000, 256
 

@@ -7,7 +7,7 @@
         [--repeats 3] [--threads 2] [--work-dir output/bench_slides] [--skip-sahi-slide]
 
 Generates (once, kept in --work-dir) an all-tissue ROI and a pyramidal slide with 40%
-tissue from the demo's generated images (``midog_d2.datagen.slides``: real tissue, real
+tissue from the demo's generated images (``midog_dev.slides``: real tissue, real
 mitotic figures, their ground truth), then, with the same weights, interleaved over
 ``--repeats`` rounds:
 
@@ -43,19 +43,21 @@ import subprocess
 import sys
 import time
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import numpy as np
 import torch
 
 from detectron2.modeling import build_model
 
 from midog_d2.checkpoint import MidogCheckpointer, resolve_score_threshold
-from midog_d2.datagen.slides import blocks_from_midog, write_generated_slide
 from midog_d2.engine import setup_cfg
 from midog_d2.evaluation import ImagePoints, evaluate_points
+from midog_d2.fileio import clear_cache, read_region_scaled
+from midog_d2.fileio import slide as slide_module
+from midog_d2.fileio import slide_dimensions
 from midog_d2.inference import SlidePredictor, predict_images, resolve_precision
-from midog_d2.io import clear_cache, read_region_scaled
-from midog_d2.io import slide as slide_module
-from midog_d2.io import slide_dimensions
+from midog_dev.slides import blocks_from_midog, write_generated_slide
 
 RADIUS_UM = 7.5
 

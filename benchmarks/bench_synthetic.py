@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed of the synthetic MIDOG-like generator (midog_d2.datagen.synthetic), one thread.
+"""Speed of the synthetic MIDOG-like generator (midog_dev.synthetic), one thread.
 
     python benchmarks/bench_synthetic.py [--runs 5] [--skip-demo]
 
@@ -10,15 +10,19 @@ Targets: a 2048-px image in about 1-2 s; the demo preset well under a minute.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import cv2
 import numpy as np
 
-from midog_d2.datagen.synthetic import (
+from midog_dev.synthetic import (
     PRESETS,
     SCANNERS,
     TUMOR_TYPES,

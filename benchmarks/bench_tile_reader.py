@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 import midog_d2  # noqa: F401  # isort: skip
-from midog_d2.io import clear_cache
-from midog_d2.io import slide as slide_module
+from midog_d2.fileio import clear_cache
+from midog_d2.fileio import slide as slide_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = [

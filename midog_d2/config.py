@@ -3,7 +3,7 @@
 Call :func:`add_midog_config` on a Detectron2 config before ``merge_from_file``.
 Every key the product adds is defined (and documented) here, grouped by the
 part of the pipeline that reads it; the development data's keys (real-figure crops,
-canvases) are :func:`midog_d2.datagen.add_datagen_config`'s.
+canvases) are :func:`midog_dev.add_datagen_config`'s.
 """
 
 from detectron2.config import CfgNode as CN
@@ -173,7 +173,7 @@ def _add_input_config(cfg: CN) -> None:
     _C.INPUT.HED.BIAS = 0.05
     # µm per pixel the model is trained at (MIDOG: ~0.25). Training patches and
     # test tiles of an image at another µm/px are resampled to it when read
-    # (midog_d2.io.read_region_scaled); coordinates stay in level-0 pixels.
+    # (midog_d2.fileio.read_region_scaled); coordinates stay in level-0 pixels.
     # 0 reads every image at its own resolution.
     _C.INPUT.MODEL_MPP = DEFAULT_MPP
     # Images whose µm/px is within this fraction of MODEL_MPP are read as they are

@@ -13,14 +13,14 @@ from midog_d2 import add_midog_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-# Study files (midog_d2.engine.study) are not Detectron2 configs.
+# Study files (midog_d2.jobs.study) are not Detectron2 configs.
 PRODUCT_STUDY_FILES = sorted((CONFIGS / "study").glob("*.yaml"))
 STUDY_FILES = PRODUCT_STUDY_FILES + sorted((CONFIGS / "dev" / "study").glob("*.yaml"))
 
 
 def needs_datagen_keys(config_file: Path) -> bool:
     """Whether a project config names the development-data keys (or inherits a config that
-    does), so that it builds only with ``midog_d2.datagen.add_datagen_config``."""
+    does), so that it builds only with ``midog_dev.add_datagen_config``."""
     text = config_file.read_text()
     return any(k in text for k in ("REAL_FIGURES", "CANVAS:", "RealFigures-", "ScannerStudy-"))
 
@@ -59,7 +59,7 @@ def save_firing_model(folder: Path, config_file: Path, *opts):
 
 def tiny_train_opts(data, out, overrides=None) -> list:
     """Config overrides (a flat KEY VALUE list) that train the demo's R-18 on a tiny
-    generated dataset (``data``: what ``generate_dataset`` returns) for a few iterations,
+    dataset (``data``: what ``midog_fixtures.write_midog_dataset`` returns) for a few iterations,
     on the CPU, into ``out``; ``overrides`` ({KEY: value}) replace or add keys."""
     opts = {
         "MODEL.DEVICE": "cpu",

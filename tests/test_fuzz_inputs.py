@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from midog_d2.data import load_midog_json
-from midog_d2.io import (
+from midog_d2.fileio import (
     ImageStructureError,
     UnreadableSlideError,
     check_image_structure,

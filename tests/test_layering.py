@@ -1,9 +1,9 @@
 """The package's layering (docs/architecture.md), checked on its source with ``ast``.
 
-* nothing outside ``midog_d2.datagen`` imports it (what users run on MIDOG never needs the
-  data made for development);
-* imports between the parts flow one way (``ALLOWED``): ``io`` depends on ``constants``
-  only, ``data`` on ``io``, ``inference`` on ``data``, ``evaluation`` on ``inference``, ...;
+* ``midog_d2`` never imports ``midog_dev`` (the data made for development lives beside the
+  product, is not installed with it, and what users run on MIDOG never needs it);
+* imports between the parts flow one way (``ALLOWED``): ``fileio`` depends on ``constants``
+  only, ``data`` on ``fileio``, ``inference`` on ``data``, ``evaluation`` on ``inference``, ...;
 * no import cycle between modules, lazy imports inside functions included.
 
 The checker is run on small made-up packages too, so that a rule that stopped catching
@@ -17,12 +17,15 @@ from typing import Dict, List, Set, Tuple
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "midog_d2"
+DEV_PACKAGE = PACKAGE.parent / "midog_dev"
+# Top-level packages of the checkout that the product must not import.
+NOT_IMPORTED = {"midog_dev"}
 
-# Every part that engine/ may build on; datagen/ may use engine/ too.
+# Every part that engine/ may build on; jobs/ may use engine/ too.
 _BELOW_ENGINE = {
     "constants",
     "config",
-    "io",
+    "fileio",
     "modeling",
     "data",
     "inference",
@@ -39,17 +42,17 @@ ALLOWED: Dict[str, Set[str]] = {
     "": {"constants", "config", "modeling"},
     "constants": set(),
     "config": {"constants"},
-    "io": {"constants"},
+    "fileio": {"constants"},
     "modeling": {"constants", "config"},
-    "data": {"constants", "config", "io"},
-    "inference": {"constants", "io", "data"},
-    "evaluation": {"constants", "io", "data", "inference", "checkpoint"},
-    "utils": {"constants", "io"},
+    "data": {"constants", "config", "fileio"},
+    "inference": {"constants", "fileio"},
+    "evaluation": {"constants", "fileio", "data", "checkpoint"},
+    "utils": {"constants", "fileio"},
     "solver": {"constants", "config"},
-    "checkpoint": {"constants", "io"},  # io.atomic: the one atomic writer
+    "checkpoint": {"constants", "fileio"},  # fileio.atomic: the one atomic writer
     "collect_env": {"constants", ""},  # reports the package's version and location
     "engine": _BELOW_ENGINE,
-    "datagen": _BELOW_ENGINE | {"engine"},
+    "jobs": _BELOW_ENGINE | {"engine"},
 }
 
 
@@ -148,9 +151,26 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
     return []
 
 
+def forbidden_imports(root: Path) -> List[str]:
+    """Every import (lazy ones included) of a top-level package in :data:`NOT_IMPORTED`."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        mod = module_name(root, path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: List[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for n in names:
+                if n.split(".")[0] in NOT_IMPORTED:
+                    found.append(f"{mod} imports {n}: the product never imports development data")
+    return found
+
+
 def violations(root: Path) -> List[str]:
     graph, from_init = _imports(root)
-    problems = []
+    problems = forbidden_imports(root)
     for mod, deps in sorted(graph.items()):
         part = part_of(root, mod)
         for d in sorted(from_init[mod]):
@@ -170,9 +190,7 @@ def violations(root: Path) -> List[str]:
                 continue
             if other == part:
                 continue
-            if other == "datagen":
-                problems.append(f"{mod} imports {d}: nothing outside datagen/ may import it")
-            elif part in ALLOWED and other not in ALLOWED[part]:
+            if part in ALLOWED and other not in ALLOWED[part]:
                 problems.append(
                     f"{mod} imports {d}: {part} may import only {sorted(ALLOWED[part])}"
                 )
@@ -191,7 +209,11 @@ def test_the_package_keeps_its_layers():
 def test_every_part_of_the_package_is_known():
     parts = {part_of(PACKAGE, m) for m in import_graph(PACKAGE)} - {""}
     assert parts <= set(ALLOWED), parts - set(ALLOWED)
-    assert {"io", "data", "inference", "evaluation", "engine", "datagen"} <= parts
+    assert {"fileio", "data", "inference", "evaluation", "engine", "jobs"} <= parts
+
+
+def test_the_development_data_has_no_import_cycle():
+    assert find_cycle(import_graph(DEV_PACKAGE)) == []
 
 
 def write_package(root: Path, files: Dict[str, str]) -> Path:
@@ -208,20 +230,15 @@ def write_package(root: Path, files: Dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     "files, expected",
     [
+        ({"data/a.py": "from midog_dev import canvas\n"}, "never imports development data"),
         (
-            {"data/a.py": "from ..datagen import canvas\n", "datagen/canvas.py": ""},
-            "nothing outside",
+            {"inference/p.py": "def f():\n    from midog_dev.x import y\n"},
+            "never imports development data",
         ),
+        ({"engine/t.py": "import midog_dev.demo as d\n"}, "never imports development data"),
         (
-            {
-                "inference/p.py": "def f():\n    from midog_d2.datagen.x import y\n",
-                "datagen/x.py": "y = 1\n",
-            },
-            "nothing outside",
-        ),
-        (
-            {"io/slide.py": "from ..data.mapper import M\n", "data/mapper.py": "M = 1\n"},
-            "io may import only",
+            {"fileio/slide.py": "from ..data.mapper import M\n", "data/mapper.py": "M = 1\n"},
+            "fileio may import only",
         ),
         (
             {"data/a.py": "from . import b\n", "data/b.py": "def f():\n    from .a import g\n"},
@@ -231,9 +248,9 @@ def write_package(root: Path, files: Dict[str, str]) -> Path:
             {"evaluation/e.py": "import midog_d2.engine.trainer\n", "engine/trainer.py": ""},
             "evaluation may import only",
         ),
-        ({"newpart/x.py": "from ..io import y\n", "io/y.py": ""}, "no entry in ALLOWED"),
+        ({"newpart/x.py": "from ..fileio import y\n", "fileio/y.py": ""}, "no entry in ALLOWED"),
         # the root package from inside: its __init__ imports the model and the config
-        ({"io/slide.py": "from .. import add_midog_config\n"}, "imports the package midog_d2"),
+        ({"fileio/slide.py": "from .. import add_midog_config\n"}, "imports the package midog_d2"),
         ({"data/a.py": "def f():\n    import midog_d2\n"}, "imports the package midog_d2"),
         # a module taking a name from its own package's __init__
         (
@@ -258,11 +275,58 @@ def test_the_checker_accepts_a_clean_package(tmp_path):
     pkg = write_package(
         tmp_path,
         {
-            "io/slide.py": "from ..constants import DEFAULT_MPP\n",
+            "fileio/slide.py": "from ..constants import DEFAULT_MPP\n",
             "constants.py": "DEFAULT_MPP = 0.25\n",
-            "data/mapper.py": "from ..io.slide import x\nfrom . import sampler\n",
+            "data/mapper.py": "from ..fileio.slide import x\nfrom . import sampler\n",
             "data/sampler.py": "import numpy\n",
-            "datagen/canvas.py": "from ..data import mapper\n",
+            "engine/trainer.py": "from ..data import mapper\nimport numpy\n",
         },
     )
     assert violations(pkg) == []
+
+
+def test_the_products_tests_use_no_development_data():
+    """Tests of the product get their images from ``tests/midog_fixtures.py``; only
+    ``tests/datagen/`` (the development data's own tests) imports ``midog_dev``."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        if (tests / "datagen") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(tests)}: {n}" for n in names if n.split(".")[0] in NOT_IMPORTED
+            ]
+    assert found == []
+
+
+def test_the_installed_package_ships_no_development_data(tmp_path):
+    """``pip install`` builds this wheel: ``midog_d2`` and nothing of ``midog_dev``."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # A copy of what the build reads, so that setuptools' build/ stays out of the checkout.
+    repo = tmp_path / "src"
+    for name in ("midog_d2", "midog_dev"):
+        shutil.copytree(
+            PACKAGE.parent / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(PACKAGE.parent / name, repo / name)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "wheel")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("midog_d2-*.whl")
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
+    assert "midog_d2" in tops and not tops & NOT_IMPORTED, tops

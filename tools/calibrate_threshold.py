@@ -21,9 +21,9 @@ import sys
 
 from midog_d2.checkpoint import WeightsError, save_threshold
 from midog_d2.engine import setup_cfg
+from midog_d2.engine.protocol import operating_threshold, score_dataset
 from midog_d2.engine.trainer import add_trained_model_arguments, trained_model_and_dataset
-from midog_d2.evaluation.protocol import operating_threshold, score_dataset
-from midog_d2.io import json_safe
+from midog_d2.fileio import json_safe
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from midog_d2.data import load_midog_json
-from midog_d2.io import check_images
+from midog_d2.fileio import check_images
 
 
 def main(argv=None) -> int:

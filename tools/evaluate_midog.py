@@ -7,7 +7,7 @@
 
 ``--predictions`` is Detectron2's ``coco_instances_results.json`` or MIDOG "Multiple
 points" JSON (one file, a file mapping image names/ids to point objects, or a
-directory of per-image files); see midog_d2.io.points and
+directory of per-image files); see midog_d2.fileio.points and
 docs/evaluation.md. Never-annotated images of the ground truth are not scored.
 """
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from midog_d2.evaluation import evaluate_prediction_file, format_results_table
-from midog_d2.io import json_safe
+from midog_d2.fileio import json_safe
 
 SUMMARY_KEYS = (
     "tp",

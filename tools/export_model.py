@@ -35,9 +35,9 @@ from midog_d2.checkpoint import (
     resolve_score_threshold,
 )
 from midog_d2.engine.trainer import setup_cfg, split_overrides
+from midog_d2.fileio.images import read_rgb
 from midog_d2.inference.export import ExportedDetector, export_detector
 from midog_d2.inference.predictor import model_inputs
-from midog_d2.io.images import read_rgb
 
 
 def compare(model, exported, tiles, box_tol: float, score_tol: float) -> dict:

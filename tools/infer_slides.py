@@ -43,7 +43,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
-from midog_d2.engine.slides import (
+from midog_d2.engine.trainer import setup_cfg, split_overrides
+from midog_d2.inference.export import ExportedDetector, load_export_meta
+from midog_d2.jobs.slide_job import (
     expand_inputs,
     gather_rows,
     infer_slides,
@@ -53,8 +55,6 @@ from midog_d2.engine.slides import (
     write_index,
     write_summary,
 )
-from midog_d2.engine.trainer import setup_cfg, split_overrides
-from midog_d2.inference.export import ExportedDetector, load_export_meta
 
 logger = logging.getLogger("midog_d2.infer_slides")
 

@@ -12,7 +12,7 @@ Reads every ``.tif``, ``.tiff`` and ``.mha`` in ``--input-dir`` (default the cha
 mask: ROIs are tissue; ``TEST.TISSUE.ENABLED True`` turns it on) at the threshold stored
 with the weights (``--threshold`` overrides it), and writes ``--output`` (default
 /output/mitotic-figures.json): "Points of interest" in millimetres from the image's own
-spacing, points below the threshold named "non-mitotic figure" (midog_d2.io.challenge).
+spacing, points below the threshold named "non-mitotic figure" (midog_d2.fileio.challenge).
 A job has one ROI; with several, each gets ``<stem>.mitotic-figures.json`` beside
 ``--output``. The Dockerfile at the repository's root runs this with the weights baked in.
 Exit code 1 when an ROI could not be read (the others are written).
@@ -33,9 +33,8 @@ from detectron2.utils.logger import setup_logger
 
 from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
 from midog_d2.engine import setup_cfg
-from midog_d2.inference.slides import SlidePredictor
-from midog_d2.io import atomic_write_text
-from midog_d2.io.challenge import (
+from midog_d2.fileio import atomic_write_text
+from midog_d2.fileio.challenge import (
     CHALLENGE_INPUT,
     CHALLENGE_OUTPUT,
     challenge_inputs,
@@ -44,7 +43,8 @@ from midog_d2.io.challenge import (
     output_paths,
     tiff_to_mm,
 )
-from midog_d2.io.slide import slide_resolution
+from midog_d2.fileio.slide import slide_resolution
+from midog_d2.inference.slide_predictor import SlidePredictor
 
 logger = logging.getLogger("midog_d2.midog_container")
 
@@ -81,7 +81,7 @@ def build(args: argparse.Namespace):
 
 
 def predict_roi(predictor: SlidePredictor, path: str, threshold: float, workdir: str) -> dict:
-    """The challenge JSON of one ROI (:func:`midog_d2.io.challenge.challenge_points`)."""
+    """The challenge JSON of one ROI (:func:`midog_d2.fileio.challenge.challenge_points`)."""
     if path.lower().endswith(".mha"):
         readable, _, to_mm = mha_as_tiff(path, workdir)
     else:

@@ -24,9 +24,9 @@ import sys
 from midog_d2.checkpoint import WeightsError, resolve_score_threshold
 from midog_d2.data.imposters import MINED_KEY, add_mined_annotations
 from midog_d2.engine import setup_cfg
+from midog_d2.engine.mining import mine_dataset
 from midog_d2.engine.trainer import add_trained_model_arguments, trained_model_and_dataset
-from midog_d2.inference.mining import mine_dataset
-from midog_d2.io import atomic_write_text
+from midog_d2.fileio import atomic_write_text
 
 
 def main(argv=None) -> int:

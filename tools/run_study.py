@@ -7,8 +7,8 @@
         DATASETS.MIDOG.CSV_FILE datasets/midog++/MIDOGpp_datasets_xvalidation.csv
     python tools/run_study.py --study configs/study/paper-ablation-loto.yaml --summarize
 
-A study file (``midog_d2.engine.study``) names a base config, folds, cells and seeds; every
-(seed, fold, cell) is one training run (:func:`midog_d2.engine.study.train_and_evaluate`:
+A study file (``midog_d2.jobs.study``) names a base config, folds, cells and seeds; every
+(seed, fold, cell) is one training run (:func:`midog_d2.jobs.study.train_and_evaluate`:
 train, choose the threshold on ``DATASETS.TEST[0]``, score ``DATASETS.TEST[1]`` with it),
 ``--jobs`` at a time in fresh processes. Each finished run appends a JSON line to
 ``--results`` (default ``output/study/<study>.jsonl``); started again, the study runs only
@@ -22,7 +22,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.engine.study import add_study_arguments, study_command, train_and_evaluate
+from midog_d2.jobs.study import add_study_arguments, study_command, train_and_evaluate
 
 SETS = (
     ("held_out", "**Held-out domain** (DATASETS.TEST[1], at the in-domain threshold)"),

@@ -1,5 +1,5 @@
 """MIDOG data: annotation loading, dataset registration and splits, mappers, augmentations,
-stain maths and training-image sampling. Pixels are read through :mod:`midog_d2.io`."""
+stain maths and training-image sampling. Pixels are read through :mod:`midog_d2.fileio`."""
 
 from .midog import box_centres, canonical_tumor_type, load_midog_json, set_domain_labels
 from .register import (
@@ -27,6 +27,4 @@ from .transforms import (
     RandomHEDStain,
     RandomHue,
     build_color_augmentation,
-    rgb_to_format,
-    to_chw_tensor,
 )

@@ -4,7 +4,7 @@ them as background (the bootstrapping of the MIDOG 2021/2022 winners).
 
 :func:`mine_imposters` picks the points; :func:`add_mined_annotations` writes them into a
 MIDOG-format annotation file (``tools/mine_imposters.py`` for MIDOG data;
-``midog_d2.datagen`` does the same for the real-figure crops).
+``midog_dev`` does the same for the real-figure crops).
 """
 
 import copy

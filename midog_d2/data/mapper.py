@@ -1,7 +1,7 @@
 """Dataset mappers: training patches cut from large images, and test-time image records.
 
 MIDOG images are ~7000 x 5000 px ROIs; a training sample is one ``INPUT.PATCH.SIZE``
-patch of one of them, read with :func:`midog_d2.io.slide.read_region_scaled` (only the
+patch of one of them, read with :func:`midog_d2.fileio.slide.read_region_scaled` (only the
 pixels it needs). Test-time records carry no pixels at all: the tiler reads its
 tiles itself.
 """
@@ -18,8 +18,9 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from ..constants import HARD_NEGATIVE, MITOTIC_FIGURE
-from ..io.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
-from .transforms import build_color_augmentation, rgb_to_format, to_chw_tensor
+from ..fileio.images import rgb_to_format, to_chw_tensor
+from ..fileio.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
+from .transforms import build_color_augmentation
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
 
@@ -91,7 +92,7 @@ class MidogPatchMapper(DatasetMapper):
     and follow the augmentations. Patches without cells are returned too.
 
     An image whose µm/px differs from ``model_mpp`` by more than ``mpp_tolerance``
-    is read resampled to it (:func:`midog_d2.io.read_region_scaled`): the patch
+    is read resampled to it (:func:`midog_d2.fileio.read_region_scaled`): the patch
     then covers ``patch_size / scale`` level-0 pixels (scale = image µm/px /
     ``model_mpp``) and its boxes are scaled with it; ``patch_origin`` stays in
     level-0 pixels.

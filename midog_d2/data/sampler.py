@@ -24,7 +24,7 @@ from detectron2.data import (
 from detectron2.utils import comm
 
 from ..constants import is_labelled
-from ..io import check_images
+from ..fileio import check_images
 from .mapper import MidogPatchMapper, MidogTestMapper
 
 __all__ = [

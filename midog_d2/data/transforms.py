@@ -15,10 +15,10 @@ from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 
 from detectron2.data import transforms as T
 
+from ..fileio.images import check_image_format
 from .stain import HED_FROM_RGB, RGB_FROM_HED
 
 __all__ = [
@@ -28,32 +28,11 @@ __all__ = [
     "HEDStainTransform",
     "RandomHEDStain",
     "build_color_augmentation",
-    "rgb_to_format",
-    "to_chw_tensor",
 ]
 
-_FORMATS = ("BGR", "RGB")
 # Luma weights of torchvision's rgb_to_grayscale (R, G, B).
 _GRAY_RGB = np.array([0.299, 0.587, 0.114])
 _COLOR_OPS = ("brightness", "contrast", "saturation", "hue")
-
-
-def _check_format(image_format: str) -> str:
-    if image_format not in _FORMATS:
-        raise ValueError(f"image_format must be one of {_FORMATS}, got {image_format!r}")
-    return image_format
-
-
-def rgb_to_format(rgb: np.ndarray, image_format: str) -> np.ndarray:
-    """An RGB uint8 image in ``image_format`` ("BGR" or "RGB") channel order; BGR
-    comes back as a contiguous copy (not a ::-1 view), which the colour ops read faster."""
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if _check_format(image_format) == "BGR" else rgb
-
-
-def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
-    """An (H, W, C) image as the (C, H, W) tensor Detectron2 models read (one contiguous
-    copy; flipped or channel-reversed views are taken as they are)."""
-    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def _from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -116,7 +95,7 @@ class ColorJitterTransform(_ColorOnlyTransform):
                 raise ValueError(f"hue shift must be in [-0.5, 0.5], got {value}")
             if name != "hue" and value < 0:
                 raise ValueError(f"{name} factor must be >= 0, got {value}")
-        self._set_attributes({"ops": ops, "image_format": _check_format(image_format)})
+        self._set_attributes({"ops": ops, "image_format": check_image_format(image_format)})
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         """``img``: HxWx3 uint8 (or float in [0, 255]); returns the same dtype."""
@@ -172,7 +151,7 @@ class RandomHue(T.Augmentation):
         super().__init__()
         if not 0 <= max_delta <= 0.5:
             raise ValueError(f"RandomHue max_delta must be in [0, 0.5], got {max_delta}")
-        _check_format(image_format)
+        check_image_format(image_format)
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> T.Transform:
@@ -205,7 +184,7 @@ class ColorJitter(T.Augmentation):
                 raise ValueError(f"ColorJitter {name} must be >= 0, got {value}")
         if not 0 <= hue <= 0.5:
             raise ValueError(f"ColorJitter hue must be in [0, 0.5], got {hue}")
-        _check_format(image_format)
+        check_image_format(image_format)
         self._init(locals())
 
     def _range(self, name: str) -> Tuple[float, float]:
@@ -244,7 +223,7 @@ class HEDStainTransform(_ColorOnlyTransform):
         alpha = np.asarray(alpha, dtype=np.float64).reshape(3)
         beta = np.asarray(beta, dtype=np.float64).reshape(3)
         self._set_attributes(
-            {"alpha": alpha, "beta": beta, "image_format": _check_format(image_format)}
+            {"alpha": alpha, "beta": beta, "image_format": check_image_format(image_format)}
         )
 
     def _od_affine(self) -> np.ndarray:
@@ -284,7 +263,7 @@ class RandomHEDStain(T.Augmentation):
         super().__init__()
         if sigma < 0 or bias < 0:
             raise ValueError(f"RandomHEDStain sigma and bias must be >= 0, got {sigma}, {bias}")
-        _check_format(image_format)
+        check_image_format(image_format)
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> T.Transform:

@@ -1,7 +1,7 @@
 """Training the second stage (:mod:`midog_d2.modeling.second_stage`) with the detector frozen:
 the detector's candidates on training patches, labelled by the ground truth, then a few
 hundred steps of the candidate classifier on them (``tools/train_second_stage.py``; the
-real-figure study's runs, ``midog_d2.datagen.scanner_study``)."""
+real-figure study's runs, ``midog_dev.scanner_study``)."""
 
 import itertools
 import logging

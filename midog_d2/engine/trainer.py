@@ -98,7 +98,7 @@ def _yacs_message(e: BaseException) -> str:
     return str(text) or type(e).__name__
 
 
-# Keys that the development tools (midog_d2.datagen's add_datagen_config) add to the
+# Keys that the development tools (midog_dev's add_datagen_config) add to the
 # configs they save beside a model's weights. Nothing in inference reads them, so a tool
 # that runs a trained model (tools/infer_slides.py) accepts such a saved config as it is.
 DEVELOPMENT_KEYS = ("DATASETS.REAL_FIGURES", "INPUT.CANVAS", "DATALOADER.ATYPICAL_WEIGHT")
@@ -138,7 +138,7 @@ def setup_cfg(
     ignore_development_keys: bool = False,
 ) -> CfgNode:
     """Config from ``config_file`` + ``opts`` with midog keys (and those of each
-    ``add_config`` hook, e.g. ``midog_d2.datagen.add_datagen_config``), frozen; registers
+    ``add_config`` hook, e.g. ``midog_dev.add_datagen_config``), frozen; registers
     the config's MIDOG datasets. With ``args`` (from ``default_argument_parser``) it
     also runs Detectron2's ``default_setup`` (logging, output dir, seeds).
     ``ignore_development_keys``: the file may hold :data:`DEVELOPMENT_KEYS` (the config a

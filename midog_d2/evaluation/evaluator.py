@@ -31,7 +31,7 @@ from ..constants import (
     MITOTIC_FIGURE,
     is_labelled,
 )
-from ..io.points import json_safe, points_to_json
+from ..fileio.points import json_safe, points_to_json
 from .metrics import ImagePoints, evaluate_points, points_in_region, roc_auc
 from .scoring import box_centres, image_points
 

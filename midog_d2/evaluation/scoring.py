@@ -13,7 +13,7 @@ import numpy as np
 
 from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
 from ..data.midog import box_centres, load_midog_json
-from ..io.points import detect_prediction_format, load_coco_results, load_point_predictions
+from ..fileio.points import detect_prediction_format, load_coco_results, load_point_predictions
 from .metrics import ImagePoints, evaluate_points, points_in_region
 
 # box_centres lives with the dataset dicts (midog_d2.data.midog); re-exported here.
@@ -88,7 +88,7 @@ def evaluate_prediction_file(
 
     Predictions: Detectron2 ``coco_instances_results.json`` (pixels) or MIDOG points
     (mm, converted with ``mpp``), detected by
-    :func:`~midog_d2.io.points.detect_prediction_format`. Without ``threshold``,
+    :func:`~midog_d2.fileio.points.detect_prediction_format`. Without ``threshold``,
     TP/FP/FN/F1 use every prediction, or, with ``use_point_names``, the points a MIDOG file
     names "mitotic figure" (the challenge's own rule: the submitter's threshold is carried
     in the names); with it, ``score >= threshold``. The sweep and AP always use every

@@ -15,5 +15,5 @@ from .predictor import (
     resolve_precision,
     stream_tile_detections,
 )
-from .slides import SlidePredictor, SlideReadout, SlideResult, slide_readout
+from .slide_predictor import SlidePredictor, SlideReadout, SlideResult, slide_readout
 from .tissue import mask_area_mm2, tile_tissue_fraction, tissue_mask

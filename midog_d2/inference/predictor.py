@@ -2,7 +2,7 @@
 
 One path serves every caller. :func:`predict_images` turns RGB arrays into the model's
 inputs (``INPUT.FORMAT``, CHW) and runs them in batches at a chosen precision;
-:func:`stream_tile_detections` reads a list of tiles through :mod:`midog_d2.io` ahead of
+:func:`stream_tile_detections` reads a list of tiles through :mod:`midog_d2.fileio` ahead of
 the model (worker threads; at most ``prefetch`` batches in memory), runs them through
 :func:`predict_images`, shifts the detections to level-0 pixels and merges them across
 seams as they arrive (:class:`~.merge.StreamingMerger`). :class:`TiledPredictor`
@@ -25,8 +25,8 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 
 from ..constants import DEFAULT_MPP
-from ..data.transforms import rgb_to_format, to_chw_tensor
-from ..io.slide import read_region_scaled, resample_scale
+from ..fileio.images import rgb_to_format, to_chw_tensor
+from ..fileio.slide import read_region_scaled, resample_scale
 from .grid import ScaledTile, scaled_tile_grid, tile_grid
 from .merge import StreamingMerger
 
@@ -283,7 +283,7 @@ class TiledPredictor(nn.Module):
     size), and may hold ``region`` (x0, y0, x1, y1: infer there only) and ``mpp``.
     An image whose µm/px differs from ``model_mpp`` by more than ``mpp_tolerance`` is read
     resampled to it (scale = mpp / model_mpp model pixels per level-0 pixel,
-    :func:`midog_d2.io.read_region_scaled`): tiles are ``tile_size`` model pixels
+    :func:`midog_d2.fileio.read_region_scaled`): tiles are ``tile_size`` model pixels
     (:func:`~midog_d2.inference.grid.scaled_tile_grid`), and detections are scaled back, so
     every output is in level-0 pixels. Tiles go through :func:`stream_tile_detections`
     (read ahead of the model, batched, at ``precision``), which moves detections to image
@@ -332,7 +332,7 @@ class TiledPredictor(nn.Module):
                 ``TEST.TILE.READ_WORKERS``, ``TEST.TILE.PREFETCH_BATCHES``.
             reader: ``(path, x, y, w, h, scale) -> (h, w, 3) uint8 RGB``, the window of
                 ``w`` x ``h`` model pixels from level-0 (x, y) at ``scale``; default
-                :func:`midog_d2.io.read_region_scaled`.
+                :func:`midog_d2.fileio.read_region_scaled`.
         """
         super().__init__()
         self.model = model

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from ..constants import MITOTIC_FIGURE
-from ..io.slide import slide_thumbnail
+from ..fileio.slide import slide_thumbnail
 
 __all__ = ["RING_RADIUS_UM", "draw_overlay", "draw_slide_overlay"]
 

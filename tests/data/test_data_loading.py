@@ -26,7 +26,7 @@ from midog_d2.data import (
     split_by_csv,
     split_for_domain_study,
 )
-from midog_d2.io import check_images
+from midog_d2.fileio import check_images
 
 MIDOGPP_JSON = SHARED / "data" / "MIDOGpp.json"
 MIDOGPP_CSV = SHARED / "data" / "MIDOGpp_datasets_xvalidation.csv"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, REPO, tiny_train_opts
+from midog_fixtures import write_midog_dataset
 
 from midog_d2.constants import BOX_SIZE, HARD_NEGATIVE, MITOTIC_FIGURE
 from midog_d2.data import load_midog_json
 from midog_d2.data.imposters import add_mined_annotations, mine_imposters
-from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 
 
 def test_only_confident_detections_away_from_every_cell_once_each():
@@ -80,7 +80,7 @@ def _run(tool, *args, cwd):
 
 
 def test_mine_imposters_tool_then_training_on_its_output(tmp_path):
-    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    data = write_midog_dataset(tmp_path / "data", seed=3)
     config = ["--config-file", str(CONFIGS / "dev" / "Demo-CPU-R18.yaml")]
     opts = tiny_train_opts(data, tmp_path / "round0")
     _run("train_net.py", *config, *opts, cwd=tmp_path)

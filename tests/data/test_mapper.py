@@ -188,7 +188,7 @@ def geometry_image_20x(tmp_path_factory):
 
 
 def test_patches_of_a_20x_image_are_read_at_the_models_mpp(geometry_image_20x, monkeypatch):
-    from midog_d2.io import read_region_scaled
+    from midog_d2.fileio import read_region_scaled
 
     m = mapper("RGB", model_mpp=0.25, mpp_tolerance=0.1)
     assert m.scale(geometry_image_20x["file_name"]) == 2.0

@@ -8,7 +8,7 @@ from conftest import CONFIGS
 from detectron2.config import get_cfg
 
 from midog_d2 import add_midog_config
-from midog_d2.datagen import add_datagen_config
+from midog_dev import add_datagen_config
 
 DEV_CONFIGS = CONFIGS / "dev"
 

@@ -1,4 +1,4 @@
-"""Real-figure canvases (midog_d2.datagen.canvas): geometry, blending, the control switch,
+"""Real-figure canvases (midog_dev.canvas): geometry, blending, the control switch,
 the placed-crop set, clear errors, and the shortcut control on real crops."""
 
 import os
@@ -14,11 +14,11 @@ from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
 from detectron2.structures import BoxMode
 
-from midog_d2.datagen.canvas import RealFigureCanvasMapper, build_placed_crops, control_points
-from midog_d2.datagen.compose import CanvasOptions, dihedral, feather_mask
-from midog_d2.datagen.context import EVAL_TILES, ContextTile, load_context_tiles, split_tiles
-from midog_d2.datagen.nuclei import nucleus_candidates
-from midog_d2.datagen.placed_crops import chance_rank1
+from midog_dev.canvas import RealFigureCanvasMapper, build_placed_crops, control_points
+from midog_dev.compose import CanvasOptions, dihedral, feather_mask
+from midog_dev.context import EVAL_TILES, ContextTile, load_context_tiles, split_tiles
+from midog_dev.nuclei import nucleus_candidates
+from midog_dev.placed_crops import chance_rank1
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CROPS = SHARED / "data" / "real" / "ami-br-atnorm-md"
@@ -136,8 +136,8 @@ def test_atypical_weight_draws_the_other_crops_of_a_canvas_too(crops):
 
 
 def test_real_figure_loader_sets_the_atypical_weight(tmp_path, crops, monkeypatch):
-    from midog_d2.datagen import canvas as canvas_mod
-    from midog_d2.datagen import real_figures
+    from midog_dev import canvas as canvas_mod
+    from midog_dev import real_figures
 
     seen = {}
 

@@ -1,5 +1,5 @@
 """Domains, foreground negatives, hard negatives and other labelled cells in the real-figure
-canvases (midog_d2.datagen.canvas), and the domain label on its way to the model's head."""
+canvases (midog_dev.canvas), and the domain label on its way to the model's head."""
 
 import json
 import logging
@@ -16,10 +16,10 @@ from detectron2.utils.events import EventStorage
 
 from midog_d2.constants import HARD_NEGATIVE, MITOTIC_FIGURE
 from midog_d2.data import load_midog_json, set_domain_labels
-from midog_d2.datagen import canvas as canvas_module
-from midog_d2.datagen.canvas import CanvasCrop, RealFigureCanvasMapper, compose_canvas
-from midog_d2.datagen.compose import CanvasOptions
-from midog_d2.datagen.context import ContextTile
+from midog_dev import canvas as canvas_module
+from midog_dev.canvas import CanvasCrop, RealFigureCanvasMapper, compose_canvas
+from midog_dev.compose import CanvasOptions
+from midog_dev.context import ContextTile
 
 FIGURE = (64, 64)
 NUCLEI = [(20, 22), (100, 30), (28, 100), (104, 104)]
@@ -200,7 +200,7 @@ def test_other_labelled_cells_get_boxes_where_their_window_goes(tmp_path):
 
 
 def test_training_slides_and_domains_are_selected_by_the_config():
-    from midog_d2.datagen.canvas import first_slides, select_domains
+    from midog_dev.canvas import first_slides, select_domains
 
     dicts = [{"slide": f"s{i % 5}", "scanner": ["A", "B"][i % 2], "i": i} for i in range(20)]
     assert {d["scanner"] for d in select_domains(dicts, "scanner", [" a "])} == {"A"}

@@ -1,12 +1,12 @@
-"""Composite ROIs (midog_d2.datagen.composites): placed crops scattered among tissue blocks
+"""Composite ROIs (midog_dev.composites): placed crops scattered among tissue blocks
 at a stated density, their figures where the blocks put them."""
 
 import numpy as np
 import pytest
 
-from midog_d2.datagen.canvas import PlacedCrop
-from midog_d2.datagen.composites import blocks_for_density, build_composites
-from midog_d2.datagen.context import ContextTile
+from midog_dev.canvas import PlacedCrop
+from midog_dev.composites import blocks_for_density, build_composites
+from midog_dev.context import ContextTile
 
 
 def test_placed_crops_land_at_the_density_with_their_figures():

@@ -1,4 +1,4 @@
-"""The development-data config keys (midog_d2.datagen.add_datagen_config)."""
+"""The development-data config keys (midog_dev.add_datagen_config)."""
 
 import subprocess
 import sys
@@ -11,10 +11,10 @@ from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 from detectron2.config import get_cfg
 
 from midog_d2 import add_midog_config
-from midog_d2.datagen import add_datagen_config
-from midog_d2.datagen.canvas import CanvasOptions, canvas_options_from_config
 from midog_d2.engine import setup_cfg
 from midog_d2.engine.trainer import DEVELOPMENT_KEYS
+from midog_dev import add_datagen_config
+from midog_dev.canvas import CanvasOptions, canvas_options_from_config
 
 REAL_FIGURE_CONFIGS = sorted(DEV_CONFIGS.glob("RealFigures-*.yaml"))
 
@@ -53,7 +53,7 @@ DEV_STUDY_FILES = [p for p in STUDY_FILES if p.parent == CONFIGS / "dev" / "stud
 
 @pytest.mark.parametrize("study_file", DEV_STUDY_FILES, ids=lambda p: p.name)
 def test_every_run_of_every_study_has_a_valid_config(study_file):
-    from midog_d2.engine.study import load_study
+    from midog_d2.jobs.study import load_study
 
     study = load_study(str(study_file))
     for run in study.runs():

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from midog_d2.datagen.compose import figure_centre
-from midog_d2.datagen.real_figures import (
+from midog_dev.compose import figure_centre
+from midog_dev.real_figures import (
     OTHER_ID_BASE,
     convert_real_figures,
     load_real_figures,

@@ -1,4 +1,4 @@
-"""Placed-crop metrics and baselines (midog_d2.datagen.placed_crops)."""
+"""Placed-crop metrics and baselines (midog_dev.placed_crops)."""
 
 import cv2
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
-from midog_d2.datagen.canvas import PlacedCrop
-from midog_d2.datagen.nuclei import darkest_blob
-from midog_d2.datagen.placed_crops import (
+from midog_dev.canvas import PlacedCrop
+from midog_dev.nuclei import darkest_blob
+from midog_dev.placed_crops import (
     baseline_rank1,
     chance_rank1,
     evaluate_placed,
@@ -127,8 +127,8 @@ def test_predict_points_on_the_cpu_model():
 
 
 def test_false_detections_per_mm2_count_the_crops_own_tissue_outside_every_figure():
-    from midog_d2.datagen.placed_crops import CROP_MPP, placed_curve, window_points
     from midog_d2.evaluation.prevalence import expected_f1
+    from midog_dev.placed_crops import CROP_MPP, placed_curve, window_points
 
     # Window 100 x 80 px; another labelled mitotic figure at (130, 80), a labelled
     # non-mitotic cell (an imposter) at (70, 120).

@@ -15,8 +15,9 @@ from PIL import Image
 
 from midog_d2.constants import BOX_SIZE
 from midog_d2.data import MidogPatchMapper, load_midog_json
-from midog_d2.datagen.crop_position import control_statistics, locate_figure
-from midog_d2.datagen.real_figures import (
+from midog_d2.fileio import read_region
+from midog_dev.crop_position import control_statistics, locate_figure
+from midog_dev.real_figures import (
     RealFigure,
     convert_real_figures,
     load_real_figures,
@@ -24,7 +25,6 @@ from midog_d2.datagen.real_figures import (
     split_real_figures,
     write_real_figures,
 )
-from midog_d2.io import read_region
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"

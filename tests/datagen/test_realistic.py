@@ -1,4 +1,4 @@
-"""Generated images built from real pixels (midog_d2.datagen.realistic): stain unmixing,
+"""Generated images built from real pixels (midog_dev.realistic): stain unmixing,
 composition, crop bookkeeping, and the written dataset on the real crops and tiles."""
 
 import hashlib
@@ -13,16 +13,16 @@ import tifffile
 from detectron2.structures import BoxMode
 
 from midog_d2.data import load_midog_json
-from midog_d2.datagen.compose import CanvasOptions
-from midog_d2.datagen.context import EVAL_TILES, ContextTile
-from midog_d2.datagen.realistic import (
+from midog_dev.compose import CanvasOptions
+from midog_dev.context import EVAL_TILES, ContextTile
+from midog_dev.realistic import (
     CropPool,
     RealSources,
     compose_real_tissue,
     load_real_sources,
     real_sources_from_folder,
 )
-from midog_d2.datagen.synthetic import PRESETS, SCANNERS, generate_dataset
+from midog_dev.synthetic import PRESETS, SCANNERS, generate_dataset
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REAL = SHARED / "data" / "real"
@@ -149,7 +149,7 @@ def test_tissue_shares_are_disjoint_and_heldout_tumors_get_heldout_tiles(crops):
 def real_files(tmp_path_factory):
     if not (REAL / "ami-br-atnorm-md").is_dir():
         pytest.skip("shared/data/real not available")
-    from midog_d2.datagen.real_figures import convert_real_figures
+    from midog_dev.real_figures import convert_real_figures
 
     out = tmp_path_factory.mktemp("real_figures")
     return convert_real_figures(str(REAL / "ami-br-atnorm-md"), str(out), seed=0)["files"]
@@ -210,7 +210,7 @@ def test_real_pixel_dataset_keeps_splits_apart_and_is_seeded(real_files, tmp_pat
 
 @needs_real
 def test_scanners_render_the_same_real_tissue_in_their_colours(real_files):
-    from midog_d2.datagen.realistic import render_realistic_image
+    from midog_dev.realistic import render_realistic_image
 
     means = {}
     for name in ("Hamamatsu XR", "Aperio CS2"):

@@ -1,4 +1,4 @@
-"""The leave-one-scanner-out study's runs (midog_d2.datagen.scanner_study): what every row
+"""The leave-one-scanner-out study's runs (midog_dev.scanner_study): what every row
 reports at real density, and imposter mining on the training crops."""
 
 import json
@@ -10,9 +10,9 @@ import torch
 from conftest import REPO
 from datagen_helpers import DEV_CONFIGS, make_datagen_cfg
 
-from midog_d2.datagen.real_figures import convert_real_figures, load_real_figures
-from midog_d2.datagen.scanner_study import RealFigureTrainer, evaluate_domains, mine_training_crops
 from midog_d2.evaluation.prevalence import expected_f1
+from midog_dev.real_figures import convert_real_figures, load_real_figures
+from midog_dev.scanner_study import RealFigureTrainer, evaluate_placed_domains, mine_training_crops
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CROPS = SHARED / "data" / "real" / "ami-br-midog21"
@@ -38,10 +38,10 @@ def study_cfg(tmp_path_factory):
 
 
 def test_a_study_run_reports_its_numbers_at_real_density(study_cfg):
-    """evaluate_domains (what every study row holds) on real crops and tiles."""
+    """evaluate_placed_domains (what every study row holds) on real crops and tiles."""
     torch.manual_seed(0)
     model = RealFigureTrainer.build_model(study_cfg)
-    r = evaluate_domains(study_cfg, model, limit=6)
+    r = evaluate_placed_domains(study_cfg, model, limit=6)
     assert r["density"] == 4.4 and 0.05 <= r["density_threshold"] <= 0.99
     assert r["tiles"]["area_mm2"] == pytest.approx(0.242, abs=0.001)
     for name in ("in_domain", "held_out"):
@@ -90,8 +90,8 @@ def test_pooled_false_detections_add_counts_and_tissue_over_runs(tmp_path):
     its figures, a Poisson interval around the rate, the expected F1 at 4.4/mm² from both."""
     import importlib.util
 
-    from midog_d2.engine.study import load_study
     from midog_d2.evaluation.prevalence import expected_f1, rate_interval
+    from midog_d2.jobs.study import load_study
 
     spec = importlib.util.spec_from_file_location(
         "run_scanner_study", REPO / "tools" / "dev" / "run_scanner_study.py"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from midog_d2.constants import BOX_SIZE
-from midog_d2.datagen.synthetic import (
+from midog_dev.synthetic import (
     PRESETS,
     SCANNERS,
     TUMOR_TYPES,

@@ -134,13 +134,13 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     stop the run with FloatingPointError; model_0000001.pth stays the last checkpoint and
     loads with finite weights."""
     from conftest import CONFIGS, tiny_train_opts
+    from midog_fixtures import write_midog_dataset
 
     from detectron2.engine import HookBase
 
-    from midog_d2.datagen.synthetic import PRESETS, generate_dataset
     from midog_d2.engine import MidogTrainer, setup_cfg
 
-    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    data = write_midog_dataset(tmp_path / "data", seed=3)
     cfg = setup_cfg(
         str(CONFIGS / "dev" / "Demo-CPU-R18.yaml"),
         tiny_train_opts(

@@ -16,8 +16,7 @@ import time
 import pytest
 import torch
 from conftest import CONFIGS, REPO, tiny_train_opts
-
-from midog_d2.datagen.synthetic import PRESETS, generate_dataset
+from midog_fixtures import write_midog_dataset
 
 MAX_ITER, PERIOD = 40, 4
 
@@ -63,7 +62,7 @@ def _wait_for_checkpoint(proc, out, iteration, timeout=300.0):
 
 @pytest.mark.slow
 def test_sigkill_at_many_moments_then_resume(tmp_path):
-    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    data = write_midog_dataset(tmp_path / "data", seed=3)
     out = tmp_path / "run"
     report = []
     # Kill points: during start-up, then right at / shortly after the checkpoint of a given

@@ -14,8 +14,8 @@ import tifffile
 from conftest import CONFIGS, save_firing_model
 
 from midog_d2.checkpoint import save_threshold
-from midog_d2.io.challenge import mha_as_tiff
-from midog_d2.io.points import parse_points_json
+from midog_d2.fileio.challenge import mha_as_tiff
+from midog_d2.fileio.points import parse_points_json
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -9,14 +9,13 @@ import sys
 import pytest
 import torch
 from conftest import CONFIGS, REPO, make_cfg, tiny_train_opts
-
-from midog_d2.datagen.synthetic import PRESETS, generate_dataset
+from midog_fixtures import write_midog_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_midog")
-    return generate_dataset(out, PRESETS["tiny"], seed=3)
+    return write_midog_dataset(out, seed=3)
 
 
 def _train_net(args, cwd):

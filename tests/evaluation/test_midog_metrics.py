@@ -35,7 +35,7 @@ from midog_d2.evaluation import (
     sweep_thresholds,
 )
 from midog_d2.evaluation.metrics import SWEEP_THRESHOLDS
-from midog_d2.io import instances_to_points_json, load_point_predictions
+from midog_d2.fileio import instances_to_points_json, load_point_predictions
 
 sys.path.insert(0, str(REPO / "tools"))
 import evaluate_midog  # noqa: E402

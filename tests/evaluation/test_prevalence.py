@@ -15,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from midog_d2.constants import MIDOGPP_DENSITY, MIDOGPP_TUMOR_DENSITY
+from midog_d2.engine.protocol import operating_threshold
 from midog_d2.evaluation import ImagePoints, MidogEvaluator, count_matches, evaluate_points
 from midog_d2.evaluation.prevalence import (
     expected_f1,
@@ -22,7 +23,6 @@ from midog_d2.evaluation.prevalence import (
     prevalence_curve,
     searched_area_mm2,
 )
-from midog_d2.evaluation.protocol import operating_threshold
 
 MPP = 0.25
 SIDE = 400  # px: one window / tissue patch is 0.01 mm² at 0.25 µm/px

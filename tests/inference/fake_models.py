@@ -8,7 +8,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
-from midog_d2.io import resample_region
+from midog_d2.fileio import resample_region
 
 # Markers are pure blue in RGB: (0, 0, 255). The fake model sees them only if tiles
 # reach it in BGR (channel 0 = 255), so it also checks the format conversion.

@@ -43,7 +43,7 @@ def test_the_export_equals_the_model_on_real_tiles_at_any_batch_size(exported, c
     meta = load_export_meta(exported["ts"])
     assert meta["tile_size"] == 256 and meta["input_format"] == "BGR"
     assert meta["threshold"] == 0.45 and meta["precision"] == "fp32"
-    from midog_d2.io.images import read_rgb
+    from midog_d2.fileio.images import read_rgb
 
     tiles = np.stack([read_rgb(str(p))[:256, :256, ::-1] for p in TILES[6:11]])  # BGR
     batch = torch.from_numpy(tiles.copy()).permute(0, 3, 1, 2).float()

@@ -1,4 +1,4 @@
-"""Whole-slide inference (midog_d2.inference.SlidePredictor, midog_d2.engine.slides): tissue
+"""Whole-slide inference (midog_d2.inference.SlidePredictor, midog_d2.jobs.slide_job): tissue
 only, seams, µm/px, the clinical read-out, the five outputs, completion markers and resume,
 on real image files read through the project's readers and a detector whose answers are known.
 """
@@ -20,15 +20,9 @@ from fake_models import BlobDetector, make_image
 from detectron2.modeling import build_model
 
 from midog_d2.constants import MITOTIC_NAME, NON_MITOTIC_NAME
-from midog_d2.engine.slides import (
-    MARKER_SUFFIX,
-    expand_inputs,
-    infer_slides,
-    slide_outputs,
-    slide_stems,
-    write_summary,
-)
 from midog_d2.evaluation.scoring import evaluate_prediction_file
+from midog_d2.fileio import clear_cache, read_region_scaled
+from midog_d2.fileio.exports import CLASS_COLORS
 from midog_d2.inference import (
     SlidePredictor,
     TiledPredictor,
@@ -37,8 +31,14 @@ from midog_d2.inference import (
     resolve_precision,
     slide_readout,
 )
-from midog_d2.io import clear_cache, read_region_scaled
-from midog_d2.io.exports import CLASS_COLORS
+from midog_d2.jobs.slide_job import (
+    MARKER_SUFFIX,
+    expand_inputs,
+    infer_slides,
+    slide_outputs,
+    slide_stems,
+    write_summary,
+)
 
 PINK = (205, 130, 175)  # eosin-like tissue (RGB): saturated, no channel at 255
 

@@ -216,7 +216,7 @@ def test_real_model_single_tile_equals_the_model_itself(real_model_cfg, tmp_path
 
 def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
     """A small MultiTaskRetinaNet, random weights, tiled over two PNG images read through
-    midog_d2.io.read_region, scored by MidogEvaluator via inference_on_dataset."""
+    midog_d2.fileio.read_region, scored by MidogEvaluator via inference_on_dataset."""
     torch.manual_seed(0)
     model = build_model(real_model_cfg)
     rng = np.random.default_rng(1)

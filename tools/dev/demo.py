@@ -17,8 +17,13 @@ Trailing arguments are config overrides (KEY VALUE ...).
 """
 
 import argparse
+import os
+import sys
 
-from midog_d2.datagen.demo import format_summary, run_demo
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from midog_dev.demo import format_summary, run_demo
 
 
 def main() -> None:

@@ -8,21 +8,24 @@
 
 The score threshold is the one with the best F1 on the placed *validation* crops; the
 figures reported are on the placed *test* crops (and the evaluation context tiles alone):
-the protocol is :func:`midog_d2.datagen.real_figure_eval.evaluate_real_figure_model`.
+the protocol is :func:`midog_dev.real_figure_eval.evaluate_real_figure_model`.
 Writes ``--output`` (JSON) and prints it.
 """
 
 import argparse
 import json
 import os
+import sys
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import torch
 
 from midog_d2.checkpoint import MidogCheckpointer
 from midog_d2.constants import DEFAULT_MPP
-from midog_d2.datagen import setup_datagen_cfg
-from midog_d2.datagen.real_figure_eval import evaluate_real_figure_model
 from midog_d2.engine import MidogTrainer
+from midog_dev import setup_datagen_cfg
+from midog_dev.real_figure_eval import evaluate_real_figure_model
 
 
 def main():

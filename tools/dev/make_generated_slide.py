@@ -13,10 +13,14 @@ tools/evaluate_midog.py).
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from midog_d2.datagen.slides import blocks_from_midog, write_generated_slide
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from midog_dev.slides import blocks_from_midog, write_generated_slide
 
 
 def main(argv=None) -> int:

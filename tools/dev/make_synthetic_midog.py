@@ -12,14 +12,18 @@ See docs/synthetic_data.md for the presets and domains.
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from midog_d2.datagen.realistic import real_sources_from_folder  # noqa: E402
-from midog_d2.datagen.synthetic import (  # noqa: E402
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from midog_dev.realistic import real_sources_from_folder  # noqa: E402
+from midog_dev.synthetic import (  # noqa: E402
     PRESETS,
     SCANNERS,
     TUMOR_TYPES,

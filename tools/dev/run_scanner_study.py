@@ -14,8 +14,8 @@
 Each finished run appends a row to ``--results`` (default ``docs/study/<study>.jsonl``); a
 study started again runs only what is missing, so kill it whenever. The crops are converted
 first when the config's split files do not exist (``--crops``, split by slide 0.6 / 0.2 /
-0.2, seed 0). Runs: :func:`midog_d2.datagen.scanner_study.train_and_score`; the runner and
-the statistics: :mod:`midog_d2.engine.study`.
+0.2, seed 0). Runs: :func:`midog_dev.scanner_study.train_and_score`; the runner and
+the statistics: :mod:`midog_d2.jobs.study`.
 """
 
 import argparse
@@ -24,12 +24,15 @@ import logging
 import os
 import sys
 
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.datagen import setup_datagen_cfg
-from midog_d2.datagen.real_figures import convert_real_figures
-from midog_d2.datagen.scanner_study import finetune_and_score, train_and_score
-from midog_d2.engine.study import add_study_arguments, study_command
+from midog_d2.jobs.study import add_study_arguments, study_command
+from midog_dev import setup_datagen_cfg
+from midog_dev.real_figures import convert_real_figures
+from midog_dev.scanner_study import finetune_and_score, train_and_score
 
 # (row key, what it holds) of the two scored sets: the study's, the fine-tuning runs'.
 SETS = {
@@ -45,7 +48,7 @@ SETS = {
 
 
 # The same runs at the mitotic density of real tissue: at the threshold chosen for 4.4
-# figures per mm² on the validation crops (midog_d2.datagen.scanner_study.score_set).
+# figures per mm² on the validation crops (midog_dev.scanner_study.score_set).
 DENSITY_METRICS = (
     ("density_recall", "recall"),
     ("density_fp_per_mm2", "false det./mm² (crops)"),

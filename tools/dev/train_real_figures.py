@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train on the real mitotic-figure crops composed into canvases (midog_d2.datagen.canvas).
+"""Train on the real mitotic-figure crops composed into canvases (midog_dev.canvas).
 
     OMP_NUM_THREADS=1 nice -n 19 python tools/dev/train_real_figures.py \
         --config-file configs/dev/RealFigures-CPU-R18.yaml
@@ -9,10 +9,16 @@
 Score a checkpoint with tools/dev/eval_real_figures.py.
 """
 
+import os
+import sys
+
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 from detectron2.engine import default_argument_parser, launch
 
-from midog_d2.datagen import setup_datagen_cfg
-from midog_d2.datagen.scanner_study import RealFigureTrainer
+from midog_dev import setup_datagen_cfg
+from midog_dev.scanner_study import RealFigureTrainer
 
 
 def main(args):

@@ -1,0 +1,87 @@
+"""The operating threshold stored beside a checkpoint (``<weights>.threshold.json``), bound
+to the weights' SHA-256 so that a threshold never outlives the weights it was chosen for."""
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from ..constants import DEFAULT_SCORE_THRESHOLD
+from ..fileio.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+THRESHOLD_SUFFIX = ".threshold.json"
+
+
+def threshold_file(weights: str) -> str:
+    """Where the operating threshold of ``weights`` is stored: beside it, ``<weights>`` +
+    ``.threshold.json``."""
+    return weights + THRESHOLD_SUFFIX
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_threshold(weights: str, threshold: float, **info: Any) -> str:
+    """Store ``threshold`` beside ``weights``, bound to the weights' SHA-256 (a JSON file,
+    written to a temporary name and renamed). ``info``: what it was chosen on (dataset,
+    F1, radius). Returns the file's path."""
+    threshold = float(threshold)
+    if not (0.0 <= threshold <= 1.0):
+        raise ValueError(f"operating threshold must be in [0, 1], got {threshold}")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights not found: {weights}")
+    record = {
+        "threshold": threshold,
+        "weights": os.path.basename(weights),
+        "weights_sha256": file_sha256(weights),
+        **info,
+    }
+    path = threshold_file(weights)
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+    return path
+
+
+def load_threshold(weights: str) -> Optional[Dict[str, Any]]:
+    """The record :func:`save_threshold` stored for ``weights``, or None when there is none
+    or it belongs to other bytes (a warning says so: the weights changed since)."""
+    path = threshold_file(weights)
+    if not weights or not os.path.isfile(path) or not os.path.isfile(weights):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        value = float(record["threshold"])
+        sha = str(record["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a threshold record ({type(e).__name__}: {e})") from None
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{path}: threshold {value} is not in [0, 1]")
+    if sha != file_sha256(weights):
+        logger.warning(
+            "%s was stored for other weights (SHA-256 differs from %s): ignored", path, weights
+        )
+        return None
+    return record
+
+
+def resolve_score_threshold(cfg) -> Tuple[float, str]:
+    """The operating threshold and where it came from: ``TEST.MIDOG.SCORE_THRESHOLD`` when
+    set (>= 0: "config"), else the one stored beside ``MODEL.WEIGHTS`` ("stored with
+    <file>"), else :data:`DEFAULT_SCORE_THRESHOLD` ("default")."""
+    value = float(cfg.TEST.MIDOG.SCORE_THRESHOLD)
+    if value >= 0:
+        return value, "config TEST.MIDOG.SCORE_THRESHOLD"
+    record = load_threshold(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
+    if record is not None:
+        return float(record["threshold"]), f"stored with {cfg.MODEL.WEIGHTS}"
+    return DEFAULT_SCORE_THRESHOLD, "default (no threshold stored with MODEL.WEIGHTS)"

@@ -1,0 +1,93 @@
+"""One study or demo run: train (or reuse a base run's detector), calibrate the operating
+threshold where a user can, score, and store the threshold beside the weights. The product's
+MIDOG study (:mod:`midog_d2.jobs.study.midog`) and the development study on real-figure
+canvases both go through :func:`train_calibrate_score`; they differ only in how a model is
+trained and what it is scored on."""
+
+import math
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from torch import nn
+
+from detectron2.config import CfgNode
+from detectron2.utils.env import seed_all_rng
+
+from ..checkpoint import MidogCheckpointer, load_model_weights, save_threshold
+from .second_stage import train_second_stage
+
+__all__ = ["begin_run", "train_detector", "fit_run", "train_calibrate_score"]
+
+# score(cfg, model) -> (scores, operating threshold or None, what the threshold file records)
+ScoreFn = Callable[[CfgNode, nn.Module], Tuple[Dict[str, Any], Optional[float], Dict[str, Any]]]
+# train(cfg) -> (model, the config it was trained with, what the run's row records)
+TrainFn = Callable[[CfgNode], Tuple[nn.Module, CfgNode, Dict[str, Any]]]
+
+
+def begin_run(cfg: CfgNode, output_dir: str) -> None:
+    """What every run does before training: its config saved as ``output_dir/config.yaml``,
+    every RNG seeded with ``cfg.SEED``."""
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
+
+
+def train_detector(cfg: CfgNode, trainer_cls) -> nn.Module:
+    """``trainer_cls(cfg)`` trained from ``MODEL.WEIGHTS`` (not resumed); its model."""
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer.model
+
+
+def fit_run(
+    cfg: CfgNode,
+    trainer_cls,
+    output_dir: str,
+    reused: Optional[str] = None,
+    train: Optional[TrainFn] = None,
+) -> Tuple[nn.Module, CfgNode, Dict[str, Any]]:
+    """The run's model: the detector of ``reused`` (a base run's weights: the cell differs
+    only after the detector) or one trained by ``train`` (default :func:`train_detector`
+    with ``trainer_cls``), then, with ``MODEL.SECOND_STAGE.ON``, its second stage trained on
+    ``trainer_cls``'s training loader. ``output_dir/model_final.pth`` holds the result.
+    Returns the model, the config it was trained with and what the run's row records
+    (``reused``, ``second_stage`` and whatever ``train`` reports)."""
+    info: Dict[str, Any] = {}
+    if reused:
+        model = trainer_cls.build_model(cfg)
+        load_model_weights(cfg, model, reused, untrained=("second_stage.",))
+        # the run's own copy, which its threshold file is bound to
+        MidogCheckpointer.from_config(cfg, model, output_dir).save("model_final")
+        info["reused"] = reused
+    elif train is not None:
+        model, cfg, trained = train(cfg)
+        info.update(trained)
+    else:
+        model = train_detector(cfg, trainer_cls)
+    if cfg.MODEL.SECOND_STAGE.ON:
+        loader = iter(trainer_cls.build_train_loader(cfg))
+        info["second_stage"] = train_second_stage(cfg, model, loader)
+        MidogCheckpointer.from_config(cfg, model, output_dir).save("model_final")
+    return model, cfg, info
+
+
+def train_calibrate_score(
+    cfg: CfgNode,
+    trainer_cls,
+    output_dir: str,
+    score: ScoreFn,
+    reused: Optional[str] = None,
+    train: Optional[TrainFn] = None,
+) -> Tuple[CfgNode, Dict[str, Any]]:
+    """:func:`begin_run`, :func:`fit_run`, then ``score``, which chooses the operating
+    threshold on data of the training domains (never on held-out data, midog.md §2); that
+    threshold is stored beside ``output_dir/model_final.pth`` with ``score``'s record.
+    Returns the config the model was trained with and the scores with the run's record."""
+    begin_run(cfg, output_dir)
+    model, cfg, info = fit_run(cfg, trainer_cls, output_dir, reused, train)
+    scores, threshold, record = score(cfg, model)
+    weights = os.path.join(output_dir, "model_final.pth")
+    if os.path.isfile(weights) and threshold is not None and math.isfinite(threshold):
+        save_threshold(weights, threshold, **record)
+    return cfg, {**scores, **info}
