@@ -172,7 +172,7 @@ def train_rate(args, cfg, model, roi_path, truth):
         )
         inst.gt_classes = torch.zeros(len(inside), dtype=torch.int64)
         image = to_chw_tensor(rgb_to_format(rgb, cfg.INPUT.FORMAT))
-        batch.append({"image": image, "instances": inst, "tumor_label": i % 2})
+        batch.append({"image": image, "instances": inst, "domain_label": i % 2})
     model.train()
     optimizer = build_optimizer(cfg, model)
     if args.device.startswith("cuda"):

@@ -78,7 +78,7 @@ def make_dict(path: str):
         "width": WIDTH,
         "height": HEIGHT,
         "tumor_type": "human breast cancer",
-        "tumor_label": 0,
+        "domain_label": 0,
         "labelled": True,
         "annotations": annotations,
     }

@@ -25,7 +25,7 @@ from midog_d2 import add_midog_config
 from midog_d2.solver import build_optimizer
 
 
-def make_batch(batch: int, size: int, num_tumors: int, device: str):
+def make_batch(batch: int, size: int, num_domains: int, device: str):
     g = torch.Generator().manual_seed(0)
     inputs = []
     for i in range(batch):
@@ -34,7 +34,9 @@ def make_batch(batch: int, size: int, num_tumors: int, device: str):
         inst.gt_boxes = Boxes(torch.cat([xy, xy + 50], dim=1))
         inst.gt_classes = torch.tensor([0, 0, 0, 1, 1, 1])
         image = torch.randint(0, 256, (3, size, size), generator=g).float()
-        inputs.append({"image": image.to(device), "instances": inst, "tumor_label": i % num_tumors})
+        inputs.append(
+            {"image": image.to(device), "instances": inst, "domain_label": i % num_domains}
+        )
     return inputs
 
 
@@ -62,7 +64,7 @@ def main() -> None:
     # Same detector weights in both: only the auxiliary heads differ.
     models["RetinaNet"].load_state_dict(models["MultiTaskRetinaNet"].state_dict(), strict=False)
     optimizers = {k: build_optimizer(cfg, m) for k, m in models.items()}
-    batch = make_batch(args.batch, args.size, len(cfg.MODEL.MULTITASK.TUMOR_TYPES), args.device)
+    batch = make_batch(args.batch, args.size, len(cfg.MODEL.MULTITASK.DOMAINS), args.device)
     times = {k: [] for k in models}
 
     def step(name: str) -> float:

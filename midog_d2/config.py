@@ -6,6 +6,10 @@ part of the pipeline that reads it; the development data's keys (real-figure cro
 canvases) are :func:`midog_dev.add_datagen_config`'s.
 """
 
+import logging
+import warnings
+from typing import List
+
 from detectron2.config import CfgNode as CN
 
 from .constants import (
@@ -15,6 +19,58 @@ from .constants import (
     SCANNER_ALIASES,
     TUMOR_TYPE_ALIASES,
 )
+
+logger = logging.getLogger(__name__)
+
+
+# Old key -> new key. Configs and command lines written for earlier versions keep working.
+RENAMED_KEYS = {
+    "MODEL.MULTITASK.TUMOR_HEAD_ON": "MODEL.MULTITASK.DOMAIN_HEAD_ON",
+    "MODEL.MULTITASK.TUMOR_LOSS_WEIGHT": "MODEL.MULTITASK.DOMAIN_LOSS_WEIGHT",
+    "MODEL.MULTITASK.TUMOR_TYPES": "MODEL.MULTITASK.DOMAINS",
+}
+
+
+def _node_and_leaf(cfg: CN, key: str):
+    *path, leaf = key.split(".")
+    node = cfg
+    for p in path:
+        node = node[p]
+    return node, leaf
+
+
+def apply_renamed_keys(cfg: CN) -> List[str]:
+    """Move the value of every deprecated key of :data:`RENAMED_KEYS` that a file or a
+    command line set to its new key (a ``FutureWarning`` names both) and clear the old
+    one; ``cfg`` must not be frozen. Returns the old keys that were set."""
+    found = []
+    for old, new in RENAMED_KEYS.items():
+        node, leaf = _node_and_leaf(cfg, old)
+        value = node[leaf]
+        if value is None:
+            continue
+        warnings.warn(f"config key {old} is deprecated: it is now {new}", FutureWarning, 2)
+        logger.warning(
+            "Config key %s is deprecated: it is now %s (value %r moved)", old, new, value
+        )
+        new_node, new_leaf = _node_and_leaf(cfg, new)
+        new_node[new_leaf] = list(value) if isinstance(value, (list, tuple)) else value
+        node[leaf] = None
+        found.append(old)
+    return found
+
+
+def check_renamed_keys(cfg: CN) -> None:
+    """A ValueError when a deprecated key is still set: ``cfg`` was merged without
+    :func:`apply_renamed_keys` (``midog_d2.engine.setup_cfg`` applies it), and the model
+    would silently ignore the value."""
+    for old, new in RENAMED_KEYS.items():
+        node, leaf = _node_and_leaf(cfg, old)
+        if node[leaf] is not None:
+            raise ValueError(
+                f"config key {old} is deprecated (now {new}) and was not moved: call "
+                "midog_d2.config.apply_renamed_keys(cfg) after merging, or set the new key"
+            )
 
 
 def add_midog_config(cfg: CN) -> None:
@@ -37,23 +93,30 @@ def _add_model_config(cfg: CN) -> None:
     _C.MODEL.MULTITASK.HIDDEN_DIM = 256
     # Number of hidden FC layers (each FC + ReLU) before the output FC layer.
     _C.MODEL.MULTITASK.NUM_HIDDEN_FC = 1
-    # Domain head (the paper's tumor-type head): cross-entropy over TUMOR_TYPES;
-    # images whose `tumor_label` is -1 (unknown / not listed) take no part in it.
-    _C.MODEL.MULTITASK.TUMOR_HEAD_ON = True
-    _C.MODEL.MULTITASK.TUMOR_LOSS_WEIGHT = 1.0
-    # Ordered domain names; the head has len(TUMOR_TYPES) outputs and the data
-    # loader maps each image's DOMAIN_FIELD value to its index here (`tumor_label`).
-    # Tumor types for MIDOG 2022 / MIDOG++; scanner names for a scanner study.
-    _C.MODEL.MULTITASK.TUMOR_TYPES = list(MIDOGPP_TUMOR_TYPES)
+    # Domain head (the paper's tumor-type head: a tumor type is one kind of domain, a
+    # scanner or a lab another): cross-entropy over DOMAINS; images whose `domain_label`
+    # is -1 (unknown / not listed) take no part in it.
+    _C.MODEL.MULTITASK.DOMAIN_HEAD_ON = True
+    _C.MODEL.MULTITASK.DOMAIN_LOSS_WEIGHT = 1.0
+    # Ordered domain names; the head has len(DOMAINS) outputs and the data loader maps
+    # each image's DOMAIN_FIELD value to its index here (`domain_label`). Tumor types for
+    # MIDOG 2022 / MIDOG++; scanner names for a scanner study.
+    _C.MODEL.MULTITASK.DOMAINS = list(MIDOGPP_TUMOR_TYPES)
     # Which field of an image is its domain: "tumor_type" (the paper), "scanner"
     # (MIDOG 2021, from the MIDOG++ CSV or the image entry), or any other key of the
-    # dataset dicts ("lab", "species"). Matched to TUMOR_TYPES case-insensitively.
+    # dataset dicts ("lab", "species"). Matched to DOMAINS case-insensitively.
     _C.MODEL.MULTITASK.DOMAIN_FIELD = "tumor_type"
     # Fine-tuning from a checkpoint (midog_d2.checkpoint.MidogCheckpointer): checkpoints
-    # record TUMOR_TYPES; loading one with another list keeps the rows of the domains in
+    # record DOMAINS; loading one with another list keeps the rows of the domains in
     # both, leaves new domains' rows freshly initialised and drops the rest. True
     # re-initialises the whole domain head instead.
     _C.MODEL.MULTITASK.REINIT_DOMAIN_HEAD = False
+    # Deprecated names of DOMAIN_HEAD_ON, DOMAIN_LOSS_WEIGHT and DOMAINS (RENAMED_KEYS),
+    # still read: None means "not set"; a value set in a file or on the command line moves
+    # to the new key with a warning (apply_renamed_keys).
+    _C.MODEL.MULTITASK.TUMOR_HEAD_ON = None
+    _C.MODEL.MULTITASK.TUMOR_LOSS_WEIGHT = None
+    _C.MODEL.MULTITASK.TUMOR_TYPES = None
     # Freeze the FPN (lateral and output convs, and the P6/P7 block) for fine-tuning; with
     # MODEL.BACKBONE.FREEZE_AT 5 (Detectron2's: the stem and all four ResNet stages) only
     # the detection and auxiliary heads train. FREEZE_AT alone freezes the ResNet only.

@@ -46,8 +46,8 @@ AP_BOX_HALF_UM = 11.25
 MITOTIC_NAME = "mitotic figure"
 NON_MITOTIC_NAME = "non-mitotic figure"
 
-# MIDOG++'s seven tumor types, in a fixed order: the tumor head's output i is
-# MODEL.MULTITASK.TUMOR_TYPES[i], which defaults to these.
+# MIDOG++'s seven tumor types, in a fixed order: the domain head's output i is
+# MODEL.MULTITASK.DOMAINS[i], which defaults to these.
 MIDOGPP_TUMOR_TYPES = (
     "human breast cancer",
     "canine lung cancer",
@@ -91,7 +91,7 @@ def name_key(name: Any) -> str:
 
 
 def domain_index(name: Any, domains: Sequence[str]) -> int:
-    """The index of ``name`` in ``domains`` (``MODEL.MULTITASK.TUMOR_TYPES``, the domain
+    """The index of ``name`` in ``domains`` (``MODEL.MULTITASK.DOMAINS``, the domain
     head's classes) by :func:`name_key`, or -1 when ``name`` is None or not listed. The one
     rule the loader's domain labels, the canvases' domain selection and the checkpointer's
     mapping of the head's rows share."""

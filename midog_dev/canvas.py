@@ -229,11 +229,11 @@ class RealFigureCanvasMapper:
     training canvas holding that crop and ``crops - 1`` others drawn from ``dataset``, plus
     ``negative_windows`` figure-free windows, in a training context tile. Returns the
     dict the model reads (``image`` CHW in ``image_format``, ``instances`` with 50 px
-    boxes of class 0, or 1 for hard negatives, ``tumor_label``). Randomness: NumPy's global
+    boxes of class 0, or 1 for hard negatives, ``domain_label``). Randomness: NumPy's global
     RNG (Detectron2 seeds it per worker).
 
     Domains: the other crops of a canvas come from the first crop's domain (its
-    ``tumor_label``, set from ``MODEL.MULTITASK.DOMAIN_FIELD``), so the canvas carries that
+    ``domain_label``, set from ``MODEL.MULTITASK.DOMAIN_FIELD``), so the canvas carries that
     label; crops of unknown domain (-1) are drawn together and give -1. With
     ``opts.empty_fraction`` a canvas holds only figure-free windows (no box unless another
     labelled cell or a hard negative lands in one): the foreground head's negatives.
@@ -278,7 +278,7 @@ class RealFigureCanvasMapper:
         self._usable = np.array([p is not None for p in self._points])
         if not self._usable.any():
             raise ValueError("RealFigureCanvasMapper: no usable crop")
-        self._labels = np.array([int(d.get("tumor_label", -1)) for d in dataset])
+        self._labels = np.array([int(d.get("domain_label", -1)) for d in dataset])
         # The other crops of a canvas are drawn like the sampler draws the first one, from
         # the first one's domain.
         self._domains: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
@@ -368,7 +368,7 @@ class RealFigureCanvasMapper:
             instances=inst,
             height=S,
             width=S,
-            tumor_label=label,
+            domain_label=label,
         )
         return out
 
@@ -505,7 +505,7 @@ def real_figure_split(cfg, split: str) -> List[Dict[str, Any]]:
     path = {"train": rf.TRAIN_JSON, "val": rf.VAL_JSON, "test": rf.TEST_JSON}[split]
     dicts = load_real_figures(path)
     mt = cfg.MODEL.MULTITASK
-    set_domain_labels(dicts, mt.DOMAIN_FIELD, mt.TUMOR_TYPES)
+    set_domain_labels(dicts, mt.DOMAIN_FIELD, mt.DOMAINS)
     return dicts
 
 
@@ -568,7 +568,7 @@ def build_real_figure_train_loader(cfg):
         len(dataset),
         n_atyp,
         weight,
-        dict(sorted(Counter(d["tumor_label"] for d in dataset).items())),
+        dict(sorted(Counter(d["domain_label"] for d in dataset).items())),
     )
     train_names, _ = context_tile_names(cfg)
     tiles = load_context_tiles(cfg.DATASETS.REAL_FIGURES.TILE_DIR, train_names)

@@ -202,8 +202,8 @@ def _register_splits(
     seed: int,
 ) -> Dict[str, List[dict]]:
     """Split the dataset by domain and register each part under ``names[split]``."""
-    tumor_types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
-    load_options = dict(load_options_from_config(cfg), tumor_types=tumor_types, csv_file=csv_file)
+    domains = list(cfg.MODEL.MULTITASK.DOMAINS)
+    load_options = dict(load_options_from_config(cfg), domains=domains, csv_file=csv_file)
     dicts = load_midog_json(json_file, image_root, **load_options)
     splits = split_for_domain_study(dicts, holdout_tumor, holdout_scanner, val_fraction, seed)
     for split, name in names.items():

@@ -15,7 +15,7 @@ the tissue part, not at the crop centre, and the darker of the two possible
 positions is taken (see :func:`locate_figure` and docs/real_figures.md).
 
 AtNorM-MD has no tumor type, slide or position per crop: ``tumor_type`` is None
-(``tumor_label`` -1), and a split can only be by crop (see :func:`split_real_figures`).
+(``domain_label`` -1), and a split can only be by crop (see :func:`split_real_figures`).
 
 The same converter reads the MIDOG 2021 crops of AMi-Br (``ami-br-midog21``): the same
 ``Normal/`` and ``Atypical/`` folders with a ``manifest.csv`` instead of the votes CSV, one
@@ -339,7 +339,7 @@ _EXTRA_ANNOTATION_KEYS = (
 def load_real_figures(json_file: str, image_root: Optional[str] = None) -> List[Dict[str, Any]]:
     """
     Detectron2 dicts of one file written by :func:`convert_real_figures`:
-    :func:`midog_d2.data.load_midog_json`'s dicts (``tumor_label`` -1) with the
+    :func:`midog_d2.data.load_midog_json`'s dicts (``domain_label`` -1) with the
     keys it does not carry put back: on each image and its annotation
     ``atypical``, ``atypical_votes``, ``n_experts``, ``expert_votes``,
     ``majority``; on the image also ``content_box``, ``letterboxed``,

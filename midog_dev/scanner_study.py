@@ -319,7 +319,7 @@ def finetune_and_score(
         "train_slides": cfg.DATASETS.REAL_FIGURES.TRAIN_SLIDES,
         "iterations": cfg.SOLVER.MAX_ITER,
         "weights": cfg.MODEL.WEIGHTS,
-        "domains": list(cfg.MODEL.MULTITASK.TUMOR_TYPES),
+        "domains": list(cfg.MODEL.MULTITASK.DOMAINS),
     }
 
 
@@ -355,7 +355,7 @@ def train_and_score(
         iterations=cfg.SOLVER.MAX_ITER,
         train_domains=list(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
         held_out_domains=[
-            d for d in mt.TUMOR_TYPES if d not in set(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS)
+            d for d in mt.DOMAINS if d not in set(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS)
         ],
         weights=os.path.join(output_dir, "model_final.pth"),
     )

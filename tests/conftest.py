@@ -101,14 +101,14 @@ def make_inputs(n: int = 2, size: int = 128, seed: int = 0, with_boxes: bool = T
             inst.gt_boxes = Boxes(torch.zeros((0, 4)))
             inst.gt_classes = torch.zeros((0,), dtype=torch.int64)
         inputs.append(
-            {"image": image, "instances": inst, "tumor_label": i, "height": size, "width": size}
+            {"image": image, "instances": inst, "domain_label": i, "height": size, "width": size}
         )
     return inputs
 
 
 def assert_model_matches_config(cfg):
     """Build the model of ``cfg`` and check it is the configured MultiTaskRetinaNet: each
-    auxiliary head present exactly when switched on, the tumor head as wide as TUMOR_TYPES."""
+    auxiliary head present exactly when switched on, the domain head as wide as DOMAINS."""
     from detectron2.modeling import build_model
 
     from midog_d2.modeling import MultiTaskRetinaNet
@@ -116,10 +116,10 @@ def assert_model_matches_config(cfg):
     model = build_model(cfg)
     assert isinstance(model, MultiTaskRetinaNet)
     mt = cfg.MODEL.MULTITASK
-    assert (model.tumor_head is not None) == mt.TUMOR_HEAD_ON
+    assert (model.domain_head is not None) == mt.DOMAIN_HEAD_ON
     assert (model.foreground_head is not None) == mt.FOREGROUND_HEAD_ON
-    if mt.TUMOR_HEAD_ON:
-        assert model.tumor_head.predictor.out_features == len(mt.TUMOR_TYPES)
+    if mt.DOMAIN_HEAD_ON:
+        assert model.domain_head.predictor.out_features == len(mt.DOMAINS)
 
 
 @pytest.fixture

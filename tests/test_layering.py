@@ -330,3 +330,14 @@ def test_the_installed_package_ships_no_development_data(tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("midog_d2-*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert "midog_d2" in tops and not tops & NOT_IMPORTED, tops
+
+
+def test_no_module_is_longer_than_600_lines():
+    """Small modules named for what they hold: a module past 600 lines holds two things."""
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for root in (PACKAGE, DEV_PACKAGE)
+        for p in root.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}

@@ -14,7 +14,7 @@ Run it with ``tools/infer_slides.py --exported model.ts`` or, without this proje
 
     import torch, torchvision  # torchvision registers the NMS the graph calls
     model = torch.jit.load("model.ts")
-    boxes, scores, classes, image_index, tumor_probs, foreground_prob = model(batch)
+    boxes, scores, classes, image_index, domain_probs, foreground_prob = model(batch)
 """
 
 import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         meta = {
             "input_format": cfg.INPUT.FORMAT,
             "num_classes": int(model.num_classes),
-            "tumor_types": list(cfg.MODEL.MULTITASK.TUMOR_TYPES),
+            "domains": list(cfg.MODEL.MULTITASK.DOMAINS),
             "model_mpp": float(cfg.INPUT.MODEL_MPP),
             "threshold": float(threshold),
             "threshold_source": source,

@@ -17,9 +17,21 @@ from .safe_load import WeightsError, load_pickle_weights, load_torch_weights
 logger = logging.getLogger(__name__)
 
 
-# The domain head's output layer, whose rows follow MODEL.MULTITASK.TUMOR_TYPES.
-DOMAIN_HEAD = "tumor_head."
-DOMAIN_ROWS = ("tumor_head.predictor.weight", "tumor_head.predictor.bias")
+# The domain head's output layer, whose rows follow MODEL.MULTITASK.DOMAINS.
+DOMAIN_HEAD = "domain_head."
+DOMAIN_ROWS = ("domain_head.predictor.weight", "domain_head.predictor.bias")
+# What the domain head's parameters were called before it was renamed (midog-d2 0.1's
+# "tumor_head"): checkpoints saved then load under the new name.
+OLD_DOMAIN_HEAD = "tumor_head."
+
+
+def rename_old_parameters(state: Dict[str, Any]) -> List[str]:
+    """Rename, in place, the parameters of ``state`` saved under an earlier name
+    (:data:`OLD_DOMAIN_HEAD` -> :data:`DOMAIN_HEAD`); returns the old names."""
+    old = [k for k in state if k.startswith(OLD_DOMAIN_HEAD)]
+    for k in old:
+        state[DOMAIN_HEAD + k[len(OLD_DOMAIN_HEAD) :]] = state.pop(k)
+    return old
 
 
 def require_complete_load(
@@ -87,7 +99,7 @@ def last_good_checkpoint(save_dir: str) -> str:
 class MidogCheckpointer(DetectionCheckpointer):
     """
     Detectron2's checkpointer that records the domain head's class names (``domains``,
-    ``MODEL.MULTITASK.TUMOR_TYPES``) in every checkpoint it saves and, loading a checkpoint
+    ``MODEL.MULTITASK.DOMAINS``) in every checkpoint it saves and, loading a checkpoint
     that records other names, maps the head's output rows by name: a domain in both keeps
     its trained row, a new domain keeps the fresh initialisation of the model being loaded
     into, a domain the model no longer lists is dropped. ``reinit_domain_head`` leaves the
@@ -117,7 +129,7 @@ class MidogCheckpointer(DetectionCheckpointer):
         return cls(
             model,
             save_dir,
-            domains=list(mt.TUMOR_TYPES) if mt.TUMOR_HEAD_ON else None,
+            domains=list(mt.DOMAINS) if mt.DOMAIN_HEAD_ON else None,
             reinit_domain_head=mt.REINIT_DOMAIN_HEAD,
             **checkpointables,
         )
@@ -241,6 +253,8 @@ class MidogCheckpointer(DetectionCheckpointer):
 
     def _load_model_mapped(self, checkpoint: Dict[str, Any]):
         state = checkpoint["model"]
+        if rename_old_parameters(state):
+            logger.info("Checkpoint's %s* parameters loaded as %s*", OLD_DOMAIN_HEAD, DOMAIN_HEAD)
         model_state = self.model.state_dict()
         has_head = any(k.startswith(DOMAIN_HEAD) for k in model_state)
         if has_head and self.reinit_domain_head:

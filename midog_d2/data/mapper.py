@@ -103,7 +103,7 @@ class MidogPatchMapper(DatasetMapper):
 
     Returns a dict with ``image`` (uint8 CHW tensor in ``image_format``),
     ``instances`` (``gt_boxes``, ``gt_classes``), ``foreground`` (1 if any box is in
-    the patch), ``tumor_label``, ``height``/``width`` (the patch size),
+    the patch), ``domain_label``, ``height``/``width`` (the patch size),
     ``file_name``, ``image_id`` and ``patch_origin`` (x, y of the patch in the image).
     """
 
@@ -274,7 +274,7 @@ class MidogPatchMapper(DatasetMapper):
             "image": to_chw_tensor(image),
             "instances": instances,
             "foreground": int(len(instances) > 0),
-            "tumor_label": int(dataset_dict.get("tumor_label", -1)),
+            "domain_label": int(dataset_dict.get("domain_label", -1)),
         }
 
 
@@ -285,7 +285,7 @@ class MidogTestMapper:
 
     Returns ``file_name``, ``image_id``, ``height``/``width`` (level 0, checked
     against the file), ``mpp`` (µm/px from the file, else ``fallback_mpp``),
-    ``tumor_type``, ``tumor_label``, ``region`` (x0, y0, x1, y1: the dict's own
+    ``tumor_type``, ``domain_label``, ``region`` (x0, y0, x1, y1: the dict's own
     ``region`` or the whole image) and ``instances`` (``gt_boxes`` in image
     coordinates, ``gt_classes`` 0/1, the boxes whose centre lies in ``region``).
     """
@@ -329,7 +329,7 @@ class MidogTestMapper:
             "width": width,
             "mpp": slide_mpp(file_name, self.fallback_mpp),
             "tumor_type": dataset_dict.get("tumor_type"),
-            "tumor_label": int(dataset_dict.get("tumor_label", -1)),
+            "domain_label": int(dataset_dict.get("domain_label", -1)),
             "region": region,
             "instances": instances,
         }

@@ -211,7 +211,7 @@ def load_midog_json(
     json_file: str,
     image_root: str = "",
     *,
-    tumor_types: Optional[Sequence[str]] = None,
+    domains: Optional[Sequence[str]] = None,
     tumor_aliases: Optional[Iterable[Sequence[str]]] = None,
     default_tumor_type: Optional[str] = None,
     csv_file: Optional[str] = None,
@@ -228,7 +228,7 @@ def load_midog_json(
     Args:
         json_file: the annotation file (COCO-like, boxes ``[x1, y1, x2, y2]``).
         image_root: folder joined to each image's ``file_name``.
-        tumor_types: ordered names; ``tumor_label`` is the index of an image's
+        domains: ordered names; ``domain_label`` is the index of an image's
             tumor type here, -1 when unknown or not listed (default: MIDOG++'s seven).
         tumor_aliases: (spelling, canonical name) pairs, case-insensitive
             (default: ``config.TUMOR_TYPE_ALIASES``).
@@ -247,14 +247,14 @@ def load_midog_json(
             many were dropped. Boxes that straddle the image border are real
             (cells cut by the ROI edge) and are kept unclipped.
         include_unlabelled: keep images that were never annotated (see below).
-        domain_field: the dict key whose value ``tumor_label`` indexes in
-            ``tumor_types`` (:func:`set_domain_labels`): "tumor_type" (MIDOG 2022),
-            or e.g. "scanner" with scanner names as ``tumor_types`` (MIDOG 2021).
+        domain_field: the dict key whose value ``domain_label`` indexes in
+            ``domains`` (:func:`set_domain_labels`): "tumor_type" (MIDOG 2022),
+            or e.g. "scanner" with scanner names as ``domains`` (MIDOG 2021).
 
     Returns:
         One dict per image, in file order: ``file_name``, ``image_id``,
         ``height``, ``width``, ``tumor_type`` (canonical name or None),
-        ``tumor_label``, ``labelled``, ``split``, ``scanner``, ``lab``,
+        ``domain_label``, ``labelled``, ``split``, ``scanner``, ``lab``,
         ``species`` (from the CSV, else the image entry's own ``scanner`` / ``lab``
         keys, else None) and ``annotations``, each with
         ``bbox`` (XYXY_ABS, float), ``bbox_mode``, ``category_id`` (0 mitotic
@@ -271,12 +271,12 @@ def load_midog_json(
     """
     if check_boxes not in _CHECK_BOXES:
         raise ValueError(f"check_boxes must be one of {_CHECK_BOXES}, got {check_boxes!r}")
-    tumor_types = list(MIDOGPP_TUMOR_TYPES if tumor_types is None else tumor_types)
+    domains = list(MIDOGPP_TUMOR_TYPES if domains is None else domains)
     tumor_aliases = list(TUMOR_TYPE_ALIASES if tumor_aliases is None else tumor_aliases)
     scanner_aliases = list(SCANNER_ALIASES if scanner_aliases is None else scanner_aliases)
 
     def canon(name):
-        return canonical_tumor_type(name, tumor_aliases, tumor_types)
+        return canonical_tumor_type(name, tumor_aliases, domains)
 
     data = _read_json(json_file)
     classes = _category_map(json_file, data["categories"])
@@ -289,12 +289,12 @@ def load_midog_json(
         csv_file,
         csv_rows,
         canon,
-        tumor_types,
+        domains,
         default_tumor_type,
         {name_key(a): b for a, b in scanner_aliases},
     )
     if domain_field != "tumor_type":
-        set_domain_labels(images.values(), domain_field, tumor_types)
+        set_domain_labels(images.values(), domain_field, domains)
     _add_annotations(json_file, data["annotations"], images, classes, check_boxes)
     dataset_dicts = list(images.values())
     for d in dataset_dicts:
@@ -322,7 +322,7 @@ def _image_records(
     csv_file: Optional[str],
     csv_rows: Dict[int, Dict[str, Any]],
     canon,
-    tumor_types: Sequence[str],
+    domains: Sequence[str],
     default_tumor_type: Optional[str],
     scanner_map: Dict[str, str],
 ) -> Dict[Any, Dict[str, Any]]:
@@ -379,7 +379,7 @@ def _image_records(
             "height": height,
             "width": width,
             "tumor_type": tumor,
-            "tumor_label": tumor_types.index(tumor) if tumor in tumor_types else -1,
+            "domain_label": domains.index(tumor) if tumor in domains else -1,
             "split": row.get("split"),
             "scanner": row.get("scanner") or _scanner(img.get("scanner"), scanner_map),
             "lab": row.get("lab") or img.get("lab"),
@@ -401,7 +401,7 @@ def set_domain_labels(
     dataset_dicts: Iterable[Dict[str, Any]], domain_field: str, domains: Sequence[str]
 ) -> Counter:
     """
-    Set each dict's ``tumor_label`` (the domain head's target) to the index in ``domains``
+    Set each dict's ``domain_label`` (the domain head's target) to the index in ``domains``
     of its ``domain_field`` value, matched case- and whitespace-insensitively; -1 when the
     value is missing or not listed (such images take no part in the head's loss).
     Returns how many dicts got each label.
@@ -411,7 +411,7 @@ def set_domain_labels(
     for d in dataset_dicts:
         value = d.get(domain_field)
         label = domain_index(value, domains)
-        d["tumor_label"] = label
+        d["domain_label"] = label
         counts[label] += 1
         seen.add(value)
     if counts and seen == {None} and domain_field != "tumor_type":

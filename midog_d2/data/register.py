@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..config import check_renamed_keys
 from ..constants import (
     CATEGORY_NAMES,
     DEFAULT_MPP,
@@ -49,7 +50,7 @@ def register_midog(
     json_file: str,
     image_root: str,
     *,
-    tumor_types: Optional[Sequence[str]] = None,
+    domains: Optional[Sequence[str]] = None,
     mpp: float = DEFAULT_MPP,
     metadata: Optional[Dict[str, Any]] = None,
     **load_options,
@@ -61,13 +62,13 @@ def register_midog(
 
     Args:
         name: dataset name.
-        json_file, image_root, tumor_types, load_options: as in :func:`load_midog_json`.
+        json_file, image_root, domains, load_options: as in :func:`load_midog_json`.
         mpp: µm per pixel assumed for the dataset's images (the evaluator's
             hit radius in pixels comes from it).
         metadata: extra metadata fields.
 
     Metadata set: ``thing_classes`` (["mitotic figure", "hard negative"]),
-    ``tumor_types``, ``evaluator_type`` ("midog"), ``mpp``, ``midog_json_file``,
+    ``domains``, ``evaluator_type`` ("midog"), ``mpp``, ``midog_json_file``,
     ``image_root``. The annotation file is deliberately *not* stored as
     ``json_file``: Detectron2's COCOEvaluator would read that key as a COCO
     ground-truth file ([x, y, w, h] boxes, every image of the file), giving
@@ -77,10 +78,10 @@ def register_midog(
     arguments it replaces the earlier registration (and logs a warning). A name
     registered by something else raises ValueError.
     """
-    tumor_types = list(MIDOGPP_TUMOR_TYPES if tumor_types is None else tumor_types)
+    domains = list(MIDOGPP_TUMOR_TYPES if domains is None else domains)
     meta = {
         "thing_classes": list(CATEGORY_NAMES),
-        "tumor_types": tumor_types,
+        "domains": domains,
         "evaluator_type": "midog",
         "mpp": float(mpp),
         "midog_json_file": json_file,
@@ -91,7 +92,7 @@ def register_midog(
         {
             "json_file": json_file,
             "image_root": image_root,
-            "tumor_types": tumor_types,
+            "domains": domains,
             "meta": meta,
             "load": load_options,
         }
@@ -106,7 +107,7 @@ def register_midog(
         MetadataCatalog.remove(name)
 
     def load():
-        return load_midog_json(json_file, image_root, tumor_types=tumor_types, **load_options)
+        return load_midog_json(json_file, image_root, domains=domains, **load_options)
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(**meta)
@@ -226,7 +227,7 @@ def split_for_domain_study(
 def load_options_from_config(cfg) -> Dict[str, Any]:
     """``load_midog_json`` keyword options (aliases, CSV, filters, box check) from
     ``cfg.DATASETS.MIDOG`` and the domain field from ``MODEL.MULTITASK.DOMAIN_FIELD``;
-    ``tumor_types`` come from ``MODEL.MULTITASK.TUMOR_TYPES``."""
+    ``domains`` come from ``MODEL.MULTITASK.DOMAINS``."""
     c = cfg.DATASETS.MIDOG
     return dict(
         tumor_aliases=[tuple(p) for p in c.TUMOR_ALIASES],
@@ -246,12 +247,13 @@ def register_from_config(cfg) -> List[str]:
     nothing when ``JSON_FILE`` is empty. The split is computed now (the JSON is
     read once); each part is registered lazily by image ids. Returns the names.
     """
+    check_renamed_keys(cfg)
     c = cfg.DATASETS.MIDOG
     if not c.JSON_FILE:
         return []
-    tumor_types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
+    domains = list(cfg.MODEL.MULTITASK.DOMAINS)
     load_options = load_options_from_config(cfg)
-    dicts = load_midog_json(c.JSON_FILE, c.IMAGE_ROOT, tumor_types=tumor_types, **load_options)
+    dicts = load_midog_json(c.JSON_FILE, c.IMAGE_ROOT, domains=domains, **load_options)
     if c.SPLIT == "csv":
         if not c.CSV_FILE:
             raise ValueError(
@@ -277,7 +279,7 @@ def register_from_config(cfg) -> List[str]:
             name,
             c.JSON_FILE,
             c.IMAGE_ROOT,
-            tumor_types=tumor_types,
+            domains=domains,
             mpp=c.FALLBACK_MPP,
             metadata={"split": c.SPLIT},
             image_ids=sorted(d["image_id"] for d in part),

@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import MidogCheckpointer, load_model_weights
-from ..config import add_midog_config
+from ..config import add_midog_config, apply_renamed_keys
 from ..data import build_midog_test_loader, build_midog_train_loader, register_from_config
 from ..evaluation import build_midog_evaluators
 from ..inference import TiledPredictor
@@ -169,6 +169,7 @@ def setup_cfg(
         cfg.merge_from_list(list(opts or []))
     except (KeyError, ValueError, TypeError, AssertionError, AttributeError) as e:
         raise ValueError(f"command-line config override: {_yacs_message(e)}") from e
+    apply_renamed_keys(cfg)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)

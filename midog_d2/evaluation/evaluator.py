@@ -65,8 +65,8 @@ class MidogEvaluator(DatasetEvaluator):
     own), ``FP_per_mm2`` at ``threshold``, ``expected_F1`` at ``density`` figures per mm²
     and ``density_threshold``/``density_F1`` (the sweep's best expected F1 there:
     :mod:`.prevalence`); ``F1/<tumor>`` and
-    ``AP50_points/<tumor>``; with the auxiliary outputs present, ``tumor_accuracy``
-    (argmax of ``tumor_probs`` vs the dict's ``tumor_label``, images with a known
+    ``AP50_points/<tumor>``; with the auxiliary outputs present, ``domain_accuracy``
+    (argmax of ``domain_probs`` vs the dict's ``domain_label``, images with a known
     label) and ``foreground_AUC`` (per tile: ``foreground_prob`` vs "a box of either
     class has its centre in the tile", labelled images). NaN marks an undefined number.
     With ``output_dir``, writes ``midog_metrics.json`` (everything, per tumor in full)
@@ -133,9 +133,9 @@ class MidogEvaluator(DatasetEvaluator):
             rec["scores"] = scores
             rec["region"] = None if inp.get("region") is None else [float(v) for v in inp["region"]]
             rec["mpp"] = inp.get("mpp")
-            rec["tumor_label"] = inp.get("tumor_label")
-            if "tumor_probs" in out:
-                rec["tumor_probs"] = out["tumor_probs"].detach().cpu().double().numpy()
+            rec["domain_label"] = inp.get("domain_label")
+            if "domain_probs" in out:
+                rec["domain_probs"] = out["domain_probs"].detach().cpu().double().numpy()
             if "foreground_prob" in out:
                 fg = out["foreground_prob"].detach().cpu().double().reshape(-1).numpy()
                 tiles = out.get("tiles")
@@ -154,11 +154,11 @@ class MidogEvaluator(DatasetEvaluator):
         return DEFAULT_MPP
 
     def _collect(self, records: List[Dict[str, Any]]):
-        """Per record: the scored points (:func:`~.scoring.image_points`), the tumor head's
+        """Per record: the scored points (:func:`~.scoring.image_points`), the domain head's
         hits, the foreground head's (score, label) per tile and the challenge JSON."""
         dicts = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
         images: List[ImagePoints] = []
-        tumor_hits, fg_scores, fg_labels, points_json = [], [], [], {}
+        domain_hits, fg_scores, fg_labels, points_json = [], [], [], {}
         skipped = 0
         for rec in records:
             gt = dicts.get(rec["image_id"])
@@ -168,9 +168,9 @@ class MidogEvaluator(DatasetEvaluator):
                     f"{self._dataset_name!r}"
                 )
             mpp = self._mpp(rec, gt)
-            label = gt.get("tumor_label", rec.get("tumor_label"))
-            if "tumor_probs" in rec and label is not None and int(label) >= 0:
-                tumor_hits.append(int(np.argmax(rec["tumor_probs"])) == int(label))
+            label = gt.get("domain_label", rec.get("domain_label"))
+            if "domain_probs" in rec and label is not None and int(label) >= 0:
+                domain_hits.append(int(np.argmax(rec["domain_probs"])) == int(label))
             name = os.path.basename(str(gt.get("file_name", rec["image_id"])))
             if name in points_json:  # two files of one name in different folders
                 name = str(rec["image_id"])
@@ -187,7 +187,7 @@ class MidogEvaluator(DatasetEvaluator):
             images.append(points)
         if skipped:
             logger.info("[MidogEvaluator] %d unlabelled image(s) left out of scoring", skipped)
-        return images, tumor_hits, fg_scores, fg_labels, points_json, skipped
+        return images, domain_hits, fg_scores, fg_labels, points_json, skipped
 
     def _write(self, full: Dict[str, Any], points_json: Dict[str, Any]) -> None:
         PathManager.mkdirs(self._output_dir)
@@ -208,7 +208,7 @@ class MidogEvaluator(DatasetEvaluator):
             logger.warning("[MidogEvaluator] no predictions received")
             return {}
 
-        images, tumor_hits, fg_scores, fg_labels, points_json, skipped = self._collect(records)
+        images, domain_hits, fg_scores, fg_labels, points_json, skipped = self._collect(records)
         full = evaluate_points(
             images,
             self._radius_um,
@@ -245,12 +245,12 @@ class MidogEvaluator(DatasetEvaluator):
         for tumor, t in full["per_tumor"].items():
             res[f"F1/{tumor}"] = t["f1"]
             res[f"AP50_points/{tumor}"] = t["ap50"]
-        if tumor_hits:
-            res["tumor_accuracy"] = float(np.mean(tumor_hits))
+        if domain_hits:
+            res["domain_accuracy"] = float(np.mean(domain_hits))
         if fg_scores:
             res["foreground_AUC"] = roc_auc(fg_scores, fg_labels)
             full["foreground_tiles"] = len(fg_scores)
-        full.update({k: res[k] for k in ("tumor_accuracy", "foreground_AUC") if k in res})
+        full.update({k: res[k] for k in ("domain_accuracy", "foreground_AUC") if k in res})
         full.update(
             radius_um=self._radius_um, unlabelled_images_skipped=skipped, dataset=self._dataset_name
         )

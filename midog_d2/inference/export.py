@@ -14,7 +14,7 @@ graph (``_extra_files``), and :class:`ExportedDetector` checks them when it load
 Outputs of ``forward(images)`` (``images``: (N, 3, H, W) float, 0-255, in the model's
 ``INPUT.FORMAT``): ``boxes`` (M, 4) in pixels, ``scores`` (M,), ``classes`` (M,),
 ``image_index`` (M,) (which image each detection belongs to, by decreasing score within
-an image), ``tumor_probs`` (N, T) and ``foreground_prob`` (N,) (empty when the head is
+an image), ``domain_probs`` (N, T) and ``foreground_prob`` (N,) (empty when the head is
 off). The foreground gate and the second stage are not part of an export.
 """
 
@@ -118,14 +118,14 @@ class ExportableDetector(nn.Module):
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         aux = m._aux_forward(feature_dict)
         empty = torch.zeros(n, 0, device=images.device)
-        tumor = aux["tumor"].softmax(dim=1) if "tumor" in aux else empty
+        domain = aux["domain"].softmax(dim=1) if "domain" in aux else empty
         fg = aux["foreground"][:, 0].sigmoid() if "foreground" in aux else empty[:, 0]
         return (
             boxes[nonempty],
             scores[nonempty],
             classes[nonempty],
             image[nonempty],
-            tumor,
+            domain,
             fg,
         )
 
@@ -167,7 +167,7 @@ def load_export_meta(path: str) -> Dict[str, Any]:
 
 class ExportedDetector(nn.Module):
     """An export (:func:`export_detector`) where the pipeline expects a Detectron2 model:
-    a list of ``{"image": (3, h, w)}`` in, a list of ``{"instances", "tumor_probs",
+    a list of ``{"image": (3, h, w)}`` in, a list of ``{"instances", "domain_probs",
     "foreground_prob"}`` out. Images smaller than the export's tile are padded with the
     pixel mean (zero once normalised, as Detectron2 pads) and their boxes clipped back to
     them; larger ones are an error. Loading it runs TorchScript: load only exports you
@@ -194,7 +194,7 @@ class ExportedDetector(nn.Module):
         for i, x in enumerate(batched_inputs):
             h, w = sizes[i]
             batch[i, :, :h, :w] = x["image"].to(batch.device, batch.dtype)
-        boxes, scores, classes, image, tumor, fg = self.graph(batch)
+        boxes, scores, classes, image, domain, fg = self.graph(batch)
         out = []
         for i, (h, w) in enumerate(sizes):
             sel = image == i
@@ -207,8 +207,8 @@ class ExportedDetector(nn.Module):
             inst.scores = scores[sel][keep]
             inst.pred_classes = classes[sel][keep]
             o: Dict[str, Any] = {"instances": inst}
-            if tumor.shape[1]:
-                o["tumor_probs"] = tumor[i]
+            if domain.shape[1]:
+                o["domain_probs"] = domain[i]
             if fg.shape[0]:
                 o["foreground_prob"] = fg[i]
             out.append(o)

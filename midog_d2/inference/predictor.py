@@ -151,7 +151,7 @@ def _to_float32(out: Dict[str, Any]) -> Dict[str, Any]:
 class TileStream:
     """What :func:`stream_tile_detections` yields once per batch: the detections final so
     far (level-0 ``boxes`` (N, 4), ``scores``, ``classes``), the batch's tiles and the
-    model's per-tile outputs other than ``instances`` (e.g. ``tumor_probs``)."""
+    model's per-tile outputs other than ``instances`` (e.g. ``domain_probs``)."""
 
     boxes: np.ndarray
     scores: np.ndarray
@@ -295,7 +295,7 @@ class TiledPredictor(nn.Module):
     Output per image: ``instances`` (image_size = (height, width); ``pred_boxes``,
     ``scores``, ``pred_classes``, by decreasing score, level-0 pixels), ``tiles`` (T, 4)
     level-0 tile boxes, ``scale`` (model pixels per level-0 pixel) and, when the model
-    gives them, ``tumor_probs`` (mean over tiles) and ``foreground_prob`` (T,), one per
+    gives them, ``domain_probs`` (mean over tiles) and ``foreground_prob`` (T,), one per
     tile.
     """
 
@@ -413,15 +413,15 @@ class TiledPredictor(nn.Module):
         tiles = scaled_tile_grid(region, self.tile_size, self.overlap, scale)
 
         boxes, scores, classes = [], [], []
-        tumor_sum, fg = None, []
+        domain_sum, fg = None, []
         for part in self.stream(path, tiles, scale, mpp):
             boxes.append(part.boxes)
             scores.append(part.scores)
             classes.append(part.classes)
             for extra in part.extras:
-                if "tumor_probs" in extra:
-                    p = extra["tumor_probs"].detach().cpu().double()
-                    tumor_sum = p if tumor_sum is None else tumor_sum + p
+                if "domain_probs" in extra:
+                    p = extra["domain_probs"].detach().cpu().double()
+                    domain_sum = p if domain_sum is None else domain_sum + p
                 if "foreground_prob" in extra:
                     fg.append(float(extra["foreground_prob"]))
         b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
@@ -439,8 +439,8 @@ class TiledPredictor(nn.Module):
             "tiles": torch.tensor(tile_boxes, dtype=torch.float32),
             "scale": scale,
         }
-        if tumor_sum is not None:
-            out["tumor_probs"] = (tumor_sum / len(tiles)).float()
+        if domain_sum is not None:
+            out["domain_probs"] = (domain_sum / len(tiles)).float()
         if fg:
             out["foreground_prob"] = torch.tensor(fg, dtype=torch.float32)
         return out

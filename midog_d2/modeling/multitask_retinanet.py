@@ -1,4 +1,5 @@
-"""RetinaNet with the paper's two auxiliary heads (tumor type, patch foreground)."""
+"""RetinaNet with the paper's two auxiliary heads: the domain (the paper's tumor type) and patch
+foreground."""
 
 from typing import Dict, List, Optional, Sequence
 
@@ -14,6 +15,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from ..config import check_renamed_keys
 from .aux_heads import AuxiliaryClassifier
 from .second_stage import CandidateClassifier, combine_scores, crop_patches
 
@@ -34,13 +36,13 @@ def _aux_input_shape(backbone, name: str):
 class MultiTaskRetinaNet(RetinaNet):
     """
     RetinaNet plus two fully-connected auxiliary heads on one FPN level (p7 by
-    default): a tumor-type classifier (cross-entropy, unknown labels ignored) and
-    a patch-foreground classifier (sigmoid focal loss). With both heads off it is
+    default): a domain classifier (the paper's tumor type; cross-entropy, unknown labels
+    ignored) and a patch-foreground classifier (sigmoid focal loss). With both heads off it is
     Detectron2's RetinaNet: same parameters, losses and detections.
 
     Extra inputs read in training, per image dict:
 
-    * ``tumor_label`` (int): index into ``MODEL.MULTITASK.TUMOR_TYPES``, -1 if unknown.
+    * ``domain_label`` (int): index into ``MODEL.MULTITASK.DOMAINS``, -1 if unknown.
     * ``foreground`` (int/bool, optional): patch target; when absent it is
       "``instances`` is not empty", counted before hard negatives are removed.
 
@@ -48,7 +50,7 @@ class MultiTaskRetinaNet(RetinaNet):
     has the mitotic-figure class only) feed the foreground target and are then
     removed, so the detector learns them as background.
 
-    Extra outputs in inference, per image: ``tumor_probs`` (Tensor[T]) and
+    Extra outputs in inference, per image: ``domain_probs`` (Tensor[T]) and
     ``foreground_prob`` (0-dim Tensor), for the heads that are on. With the foreground gate
     on, detection scores are P(figure here | figure-like patch) x P(figure-like patch): the
     score times the input's ``foreground_prob``.
@@ -59,8 +61,8 @@ class MultiTaskRetinaNet(RetinaNet):
         self,
         *,
         aux_in_feature: str = "p7",
-        tumor_head: Optional[AuxiliaryClassifier] = None,
-        tumor_loss_weight: float = 1.0,
+        domain_head: Optional[AuxiliaryClassifier] = None,
+        domain_loss_weight: float = 1.0,
         foreground_head: Optional[AuxiliaryClassifier] = None,
         foreground_loss_weight: float = 1.0,
         foreground_focal_alpha: float = 0.25,
@@ -74,8 +76,8 @@ class MultiTaskRetinaNet(RetinaNet):
         """
         Args:
             aux_in_feature: backbone output read by the auxiliary heads.
-            tumor_head, foreground_head: the heads, or None to switch one off.
-            tumor_loss_weight, foreground_loss_weight: multipliers of their losses.
+            domain_head, foreground_head: the heads, or None to switch one off.
+            domain_loss_weight, foreground_loss_weight: multipliers of their losses.
             foreground_focal_alpha, foreground_focal_gamma: focal-loss parameters
                 of the foreground head.
             freeze_fpn: no gradient for the backbone's parameters outside its bottom-up
@@ -101,11 +103,11 @@ class MultiTaskRetinaNet(RetinaNet):
             second_stage.requires_grad_(False)
         self.second_stage = second_stage
         self.candidate_threshold = candidate_threshold
-        if tumor_head is not None or foreground_head is not None:
+        if domain_head is not None or foreground_head is not None:
             _aux_input_shape(self.backbone, aux_in_feature)
         self.aux_in_feature = aux_in_feature
-        self.tumor_head = tumor_head
-        self.tumor_loss_weight = tumor_loss_weight
+        self.domain_head = domain_head
+        self.domain_loss_weight = domain_loss_weight
         self.foreground_head = foreground_head
         self.foreground_loss_weight = foreground_loss_weight
         self.foreground_focal_alpha = foreground_focal_alpha
@@ -121,19 +123,20 @@ class MultiTaskRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        check_renamed_keys(cfg)
         ret = super().from_config(cfg)
         mt = cfg.MODEL.MULTITASK
         ret["aux_in_feature"] = mt.IN_FEATURE
-        if mt.TUMOR_HEAD_ON:
+        if mt.DOMAIN_HEAD_ON:
             shape = _aux_input_shape(ret["backbone"], mt.IN_FEATURE)
-            ret["tumor_head"] = AuxiliaryClassifier(
-                shape, mt.HIDDEN_DIM, mt.NUM_HIDDEN_FC, len(mt.TUMOR_TYPES)
+            ret["domain_head"] = AuxiliaryClassifier(
+                shape, mt.HIDDEN_DIM, mt.NUM_HIDDEN_FC, len(mt.DOMAINS)
             )
         if mt.FOREGROUND_HEAD_ON:
             shape = _aux_input_shape(ret["backbone"], mt.IN_FEATURE)
             ret["foreground_head"] = AuxiliaryClassifier(shape, mt.HIDDEN_DIM, mt.NUM_HIDDEN_FC, 1)
         ret.update(
-            tumor_loss_weight=mt.TUMOR_LOSS_WEIGHT,
+            domain_loss_weight=mt.DOMAIN_LOSS_WEIGHT,
             foreground_loss_weight=mt.FOREGROUND_LOSS_WEIGHT,
             foreground_focal_alpha=mt.FOREGROUND_FOCAL_ALPHA,
             foreground_focal_gamma=mt.FOREGROUND_FOCAL_GAMMA,
@@ -176,8 +179,8 @@ class MultiTaskRetinaNet(RetinaNet):
             height = input_per_image.get("height", image_size[0])
             width = input_per_image.get("width", image_size[1])
             out = {"instances": detector_postprocess(results_per_image, height, width)}
-            if "tumor" in aux_logits:
-                out["tumor_probs"] = aux_logits["tumor"][i].softmax(dim=0)
+            if "domain" in aux_logits:
+                out["domain_probs"] = aux_logits["domain"][i].softmax(dim=0)
             if "foreground" in aux_logits:
                 out["foreground_prob"] = aux_logits["foreground"][i, 0].sigmoid()
                 if self.foreground_gate:
@@ -204,8 +207,8 @@ class MultiTaskRetinaNet(RetinaNet):
 
     def _aux_forward(self, feature_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         out = {}
-        if self.tumor_head is not None:
-            out["tumor"] = self.tumor_head(feature_dict[self.aux_in_feature])
+        if self.domain_head is not None:
+            out["domain"] = self.domain_head(feature_dict[self.aux_in_feature])
         if self.foreground_head is not None:
             out["foreground"] = self.foreground_head(feature_dict[self.aux_in_feature])
         return out
@@ -229,14 +232,14 @@ class MultiTaskRetinaNet(RetinaNet):
         """Losses of the heads that are on; accuracies go to the event storage."""
         losses = {}
         storage = get_event_storage()
-        if "tumor" in aux_logits:
-            logits = aux_logits["tumor"]
+        if "domain" in aux_logits:
+            logits = aux_logits["domain"]
             labels = torch.tensor(
-                [int(x.get("tumor_label", -1)) for x in batched_inputs], device=self.device
+                [int(x.get("domain_label", -1)) for x in batched_inputs], device=self.device
             )
             if bool(((labels < -1) | (labels >= logits.shape[1])).any()):
                 raise ValueError(
-                    f"tumor_label must be -1 or in [0, {logits.shape[1]}), got {labels.tolist()}"
+                    f"domain_label must be -1 or in [0, {logits.shape[1]}), got {labels.tolist()}"
                 )
             valid = labels >= 0
             # Sum / count keeps every image's weight equal and, with no labelled image
@@ -244,10 +247,10 @@ class MultiTaskRetinaNet(RetinaNet):
             # without find_unused_parameters requires.
             loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
             loss = loss / max(int(valid.sum()), 1) + 0.0 * logits.sum()
-            losses["loss_tumor"] = self.tumor_loss_weight * loss
+            losses["loss_domain"] = self.domain_loss_weight * loss
             if bool(valid.any()):
                 acc = (logits[valid].argmax(dim=1) == labels[valid]).float().mean()
-                storage.put_scalar("multitask/tumor_accuracy", acc.item())
+                storage.put_scalar("multitask/domain_accuracy", acc.item())
         if "foreground" in aux_logits:
             logits = aux_logits["foreground"][:, 0]
             loss = sigmoid_focal_loss_jit(

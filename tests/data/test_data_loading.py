@@ -110,7 +110,7 @@ def test_real_midogpp_counts(real_all, real_labelled):
     assert classes == {0: 11937, 1: 14349}
     assert len({d["tumor_type"] for d in real_all}) == 7
     assert {d["tumor_type"] for d in real_all} == set(MIDOGPP_TUMOR_TYPES)
-    assert all(d["tumor_label"] == MIDOGPP_TUMOR_TYPES.index(d["tumor_type"]) for d in real_all)
+    assert all(d["domain_label"] == MIDOGPP_TUMOR_TYPES.index(d["tumor_type"]) for d in real_all)
     assert len({a["annotation_id"] for d in real_all for a in d["annotations"]}) == 26286
 
     straddling = 0
@@ -153,7 +153,7 @@ def test_real_csv_join_and_aliases(real_all):
     # The JSON's "canine lymphosarcoma" is the CSV's "canine lymphoma" (an alias), 55 images.
     lymphoma = [d for d in real_all if d["tumor_type"] == "canine lymphoma"]
     assert len(lymphoma) == 55
-    assert all(d["tumor_label"] == MIDOGPP_TUMOR_TYPES.index("canine lymphoma") for d in lymphoma)
+    assert all(d["domain_label"] == MIDOGPP_TUMOR_TYPES.index("canine lymphoma") for d in lymphoma)
 
 
 def test_real_raw_scanner_spelling_kept_without_alias():
@@ -177,11 +177,11 @@ def test_real_without_alias_the_csv_disagrees():
 def test_real_narrower_tumor_types_and_filters():
     if not MIDOGPP_JSON.is_file():
         pytest.skip("shared/data/MIDOGpp.json not available")
-    types = list(make_cfg().MODEL.MULTITASK.TUMOR_TYPES)  # the paper's six, no soft tissue sarcoma
-    dicts = load_midog_json(str(MIDOGPP_JSON), "", tumor_types=types)
+    types = list(make_cfg().MODEL.MULTITASK.DOMAINS)  # the paper's six, no soft tissue sarcoma
+    dicts = load_midog_json(str(MIDOGPP_JSON), "", domains=types)
     sarcoma = [d for d in dicts if d["tumor_type"] == "canine soft tissue sarcoma"]
-    assert len(sarcoma) == 100 and all(d["tumor_label"] == -1 for d in sarcoma)
-    assert all(d["tumor_label"] == types.index(d["tumor_type"]) for d in dicts if d not in sarcoma)
+    assert len(sarcoma) == 100 and all(d["domain_label"] == -1 for d in sarcoma)
+    assert all(d["domain_label"] == types.index(d["tumor_type"]) for d in dicts if d not in sarcoma)
 
     only = load_midog_json(str(MIDOGPP_JSON), "", tumor_filter=["Canine Lymphosarcoma"])
     assert len(only) == 55 and {d["tumor_type"] for d in only} == {"canine lymphoma"}
@@ -201,8 +201,8 @@ def test_small_file_fields(tmp_path):
     d1, d2 = load_midog_json(path, str(tmp_path / "img"))
     assert d1["file_name"] == str(tmp_path / "img" / "a.tiff")
     assert (d1["image_id"], d1["width"], d1["height"]) == (1, 500, 400)
-    assert (d1["tumor_type"], d1["tumor_label"]) == ("canine lymphoma", 2)
-    assert (d2["tumor_type"], d2["tumor_label"]) == ("human melanoma", 6)
+    assert (d1["tumor_type"], d1["domain_label"]) == ("canine lymphoma", 2)
+    assert (d2["tumor_type"], d2["domain_label"]) == ("human melanoma", 6)
     assert d1["annotations"] == [
         {
             "bbox": [100.0, 100.0, 150.0, 150.0],
@@ -226,10 +226,10 @@ def test_midog2021_style_names_and_default_tumor(tmp_path):
     categories = [{"id": 1, "name": "Mitose"}, {"id": 2, "name": "Hard negative"}]
     path = write_json(tmp_path, images, annotations, categories)
     (d,) = load_midog_json(path, "")
-    assert (d["tumor_type"], d["tumor_label"]) == (None, -1)
+    assert (d["tumor_type"], d["domain_label"]) == (None, -1)
     assert [a["category_id"] for a in d["annotations"]] == [0, 1]
     (d,) = load_midog_json(path, "", default_tumor_type="breast cancer")
-    assert (d["tumor_type"], d["tumor_label"]) == ("human breast cancer", 0)
+    assert (d["tumor_type"], d["domain_label"]) == ("human breast cancer", 0)
     # Other hard-negative spellings, reversed ids: matched by name, not by id.
     categories = [{"id": 1, "name": "IMPOSTOR"}, {"id": 2, "name": "mitotic figure"}]
     (d,) = load_midog_json(write_json(tmp_path, images, annotations, categories, name="b.json"), "")
@@ -445,7 +445,7 @@ def test_register_midog_idempotent(tmp_path):
     meta = MetadataCatalog.get("midog_test_small")
     assert meta.thing_classes == ["mitotic figure", "hard negative"]
     assert meta.evaluator_type == "midog" and meta.mpp == 0.23
-    assert meta.tumor_types == list(MIDOGPP_TUMOR_TYPES)
+    assert meta.domains == list(MIDOGPP_TUMOR_TYPES)
     assert meta.midog_json_file == path and meta.image_root == str(tmp_path)
     assert not hasattr(meta, "json_file")  # see register_midog: COCOEvaluator would misread it
     assert [d["image_id"] for d in DatasetCatalog.get("midog_test_small")] == [1, 2]
@@ -511,10 +511,10 @@ def test_register_from_config():
     assert all(d["split"] == "train" for d in train + val) and all(
         d["split"] == "test" for d in test
     )
-    types = list(cfg.MODEL.MULTITASK.TUMOR_TYPES)
-    assert MetadataCatalog.get("midog_train").tumor_types == types
+    types = list(cfg.MODEL.MULTITASK.DOMAINS)
+    assert MetadataCatalog.get("midog_train").domains == types
     assert all(
-        d["tumor_label"] == (types.index(d["tumor_type"]) if d["tumor_type"] in types else -1)
+        d["domain_label"] == (types.index(d["tumor_type"]) if d["tumor_type"] in types else -1)
         for d in train
     )
 

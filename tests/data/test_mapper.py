@@ -50,7 +50,7 @@ def anno(box, category_id):
 
 
 def make_dict(
-    file_name, width, height, annotations, tumor_type="human breast cancer", tumor_label=0, **extra
+    file_name, width, height, annotations, tumor_type="human breast cancer", domain_label=0, **extra
 ):
     return {
         "file_name": file_name,
@@ -58,7 +58,7 @@ def make_dict(
         "width": width,
         "height": height,
         "tumor_type": tumor_type,
-        "tumor_label": tumor_label,
+        "domain_label": domain_label,
         "labelled": True,
         "annotations": annotations,
         **extra,
@@ -149,7 +149,7 @@ def test_patch_dict_fields(geometry_image):
     out = MidogPatchMapper(cfg, is_train=True)(geometry_image)
     assert out["image"].dtype == torch.uint8 and tuple(out["image"].shape) == (3, S, S)
     assert out["file_name"] == geometry_image["file_name"] and out["image_id"] == 7
-    assert out["tumor_label"] == 0 and out["height"] == out["width"] == S
+    assert out["domain_label"] == 0 and out["height"] == out["width"] == S
     assert out["instances"].image_size == (S, S)
     assert out["foreground"] == int(len(out["instances"]) > 0)
     assert "annotations" not in out
@@ -566,7 +566,7 @@ def test_test_mapper_reads_no_pixels_and_keeps_the_region(sampling_image, monkey
     out = m(sampling_image)
     assert (out["width"], out["height"]) == (2048, 1536) and out["region"] == (0, 0, 2048, 1536)
     assert out["mpp"] == pytest.approx(0.25)
-    assert out["tumor_type"] == "human breast cancer" and out["tumor_label"] == 0
+    assert out["tumor_type"] == "human breast cancer" and out["domain_label"] == 0
     assert len(out["instances"]) == len(sampling_image["annotations"])
     assert "image" not in out
 

@@ -113,7 +113,7 @@ def test_mapper_boxes_sit_on_the_figures(crops):
         assert out["image"].shape == (3, 256, 256) and out["image"].dtype == torch.uint8
         inst = out["instances"]
         assert 1 <= len(inst) <= 3 and inst.gt_classes.tolist() == [0] * len(inst)
-        assert out["tumor_label"] == -1 and "annotations" not in out
+        assert out["domain_label"] == -1 and "annotations" not in out
         grey = _grey(out["image"].numpy().transpose(1, 2, 0))
         for x, y in inst.gt_boxes.get_centers().numpy():
             # the near-black figure disc is under every box centre, never a mid-grey nucleus

@@ -80,10 +80,10 @@ def _tile():
 
 
 def test_set_domain_labels_matches_names_and_leaves_the_rest_unknown(domain_crops):
-    assert [d["tumor_label"] for d in domain_crops] == [0, 0, 2, 2, -1, -1]
+    assert [d["domain_label"] for d in domain_crops] == [0, 0, 2, 2, -1, -1]
     d = [{"scanner": " aperio  cs2 "}, {"scanner": None}, {}]
     assert set_domain_labels(d, "scanner", SCANNERS) == {2: 1, -1: 2}
-    assert [x["tumor_label"] for x in d] == [2, -1, -1]
+    assert [x["domain_label"] for x in d] == [2, -1, -1]
 
 
 def test_a_domain_field_no_image_has_is_reported(caplog):
@@ -110,12 +110,12 @@ def test_load_midog_json_labels_the_configured_field(tmp_path):
     dicts = load_midog_json(
         str(tmp_path / "m.json"),
         csv_file=str(tmp_path / "m.csv"),
-        tumor_types=SCANNERS,
+        domains=SCANNERS,
         domain_field="scanner",
     )
-    assert [d["tumor_label"] for d in dicts] == [0, 2, -1]
+    assert [d["domain_label"] for d in dicts] == [0, 2, -1]
     by_type = load_midog_json(str(tmp_path / "m.json"), csv_file=str(tmp_path / "m.csv"))
-    assert [d["tumor_label"] for d in by_type] == [0, 0, 0]  # default: the tumor type
+    assert [d["domain_label"] for d in by_type] == [0, 0, 0]  # default: the tumor type
 
 
 def test_a_canvas_draws_its_crops_from_one_domain_and_carries_its_label(domain_crops, monkeypatch):
@@ -132,9 +132,9 @@ def test_a_canvas_draws_its_crops_from_one_domain_and_carries_its_label(domain_c
     image_of = {id(im): i for i, im in enumerate(mapper._images)}
     for d in domain_crops * 3:
         out = mapper(d)
-        assert out["tumor_label"] == d["tumor_label"]
-        labels = {domain_crops[image_of[i]]["tumor_label"] for i in seen[-1]}
-        assert labels == {d["tumor_label"]}, (d["scanner"], labels)
+        assert out["domain_label"] == d["domain_label"]
+        labels = {domain_crops[image_of[i]]["domain_label"] for i in seen[-1]}
+        assert labels == {d["domain_label"]}, (d["scanner"], labels)
 
 
 def test_the_domain_label_reaches_the_head_and_unknown_ones_are_ignored(domain_crops):
@@ -146,12 +146,12 @@ def test_the_domain_label_reaches_the_head_and_unknown_ones_are_ignored(domain_c
     np.random.seed(0)
     known = [mapper(domain_crops[0]), mapper(domain_crops[2])]
     unknown = [mapper(domain_crops[4]), mapper(domain_crops[5])]
-    assert [x["tumor_label"] for x in known + unknown] == [0, 2, -1, -1]
+    assert [x["domain_label"] for x in known + unknown] == [0, 2, -1, -1]
     model.train()
     with EventStorage():
-        loss_known = model(known)["loss_tumor"]
-        loss_unknown = model(unknown)["loss_tumor"]
-        logits = model.tumor_head(model.backbone(model.preprocess_image(known).tensor)["p7"])
+        loss_known = model(known)["loss_domain"]
+        loss_unknown = model(unknown)["loss_domain"]
+        logits = model.domain_head(model.backbone(model.preprocess_image(known).tensor)["p7"])
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]))
     assert loss_known.item() == pytest.approx(expected.item(), rel=1e-4)
     assert loss_unknown.item() == 0.0

@@ -66,7 +66,7 @@ def test_every_run_of_every_study_has_a_valid_config(study_file):
             cfg = make_datagen_cfg(Path(study.config_file), *fold, *opts)
             mt = cfg.MODEL.MULTITASK
             assert mt.FOREGROUND_HEAD_ON == ("fg" in name.split("+")), name
-            assert mt.TUMOR_HEAD_ON == ("dom" in name.split("+")), name
+            assert mt.DOMAIN_HEAD_ON == ("dom" in name.split("+")), name
             assert cfg.INPUT.COLOR_JITTER.ENABLED == ("cj" in name.split("+")), name
             assert cfg.INPUT.HED.ENABLED == ("hed" in name.split("+")), name
             assert (cfg.INPUT.CANVAS.HARD_NEGATIVE_FRACTION > 0) == ("hnm" in name.split("+"))
@@ -111,7 +111,7 @@ def test_a_development_models_saved_config_runs_infer_slides(tmp_path):
     with pytest.raises(ValueError, match="Non-existent config key: "):
         setup_cfg(str(saved))
     product = setup_cfg(str(saved), ignore_development_keys=True)
-    assert product.MODEL.MULTITASK.TUMOR_TYPES == cfg.MODEL.MULTITASK.TUMOR_TYPES
+    assert product.MODEL.MULTITASK.DOMAINS == cfg.MODEL.MULTITASK.DOMAINS
     bad = tmp_path / "typo.yaml"
     bad.write_text(cfg.dump() + "NOT_A_KEY: 1\n")
     with pytest.raises(ValueError, match="NOT_A_KEY"):

@@ -19,9 +19,9 @@ def test_the_loader_the_canvases_and_the_checkpointer_match_names_alike():
     assert [domain_index(n, DOMAINS) for n in SPELLINGS] == WANT
     dicts = [{"scanner": n} for n in SPELLINGS]
     set_domain_labels(dicts, "scanner", DOMAINS)
-    assert [d["tumor_label"] for d in dicts] == WANT
+    assert [d["domain_label"] for d in dicts] == WANT
     kept = select_domains(dicts, "scanner", DOMAINS)
-    assert [d["tumor_label"] for d in kept] == [w for w in WANT if w >= 0]
+    assert [d["domain_label"] for d in kept] == [w for w in WANT if w >= 0]
     assert [d["scanner"] for d in select_domains(dicts, "scanner", DOMAINS, keep=False)] == [
         "Leica GT450",
         None,

@@ -173,7 +173,7 @@ def test_loader_and_patch_mapper_read_the_output(real_written):
     plain = load_midog_json(test_json, str(REAL))
     assert [d["file_name"] for d in plain] == [d["file_name"] for d in dicts]
     for d in dicts:
-        assert d["tumor_label"] == -1 and d["tumor_type"] is None and d["split"] == "test"
+        assert d["domain_label"] == -1 and d["tumor_type"] is None and d["split"] == "test"
         assert len(d["annotations"]) == 1 and d["annotations"][0]["category_id"] == 0
         assert d["annotations"][0]["atypical"] == d["atypical"] == ("/Atypical/" in d["file_name"])
     d = next(d for d in dicts if d["atypical"])
@@ -193,7 +193,9 @@ def test_loader_and_patch_mapper_read_the_output(real_written):
     )
     out = mapper(d)
     x0, y0 = out["patch_origin"]
-    assert out["image"].shape == (3, 96, 96) and out["tumor_label"] == -1 and out["foreground"] == 1
+    assert (
+        out["image"].shape == (3, 96, 96) and out["domain_label"] == -1 and out["foreground"] == 1
+    )
     assert np.array_equal(
         out["image"].numpy().transpose(1, 2, 0), expected[y0 : y0 + 96, x0 : x0 + 96]
     )

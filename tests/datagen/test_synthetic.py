@@ -167,7 +167,7 @@ def test_project_loader_reads_the_dataset(dataset):
             and d["scanner"] == rec["scanner"]
             and d["split"] == rec["split"]
         )
-        assert d["tumor_label"] >= 0
+        assert d["domain_label"] >= 0
         got = sorted((a["category_id"], tuple(a["bbox"])) for a in d["annotations"])
         want = sorted(
             (

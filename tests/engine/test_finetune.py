@@ -19,11 +19,11 @@ from midog_d2.checkpoint import MidogCheckpointer, load_threshold, save_threshol
 from midog_d2.solver import build_optimizer
 
 R18 = CONFIGS / "dev" / "Demo-CPU-R18.yaml"
-ROWS = ("tumor_head.predictor.weight", "tumor_head.predictor.bias")
+ROWS = ("domain_head.predictor.weight", "domain_head.predictor.bias")
 
 
 def _model(types, seed, *opts):
-    cfg = make_cfg(R18, "MODEL.MULTITASK.TUMOR_TYPES", str(list(types)), *opts)
+    cfg = make_cfg(R18, "MODEL.MULTITASK.DOMAINS", str(list(types)), *opts)
     torch.manual_seed(seed)
     return cfg, build_model(cfg)
 
@@ -56,7 +56,7 @@ def test_reinit_domain_head_loads_all_but_the_head(tmp_path):
     )
     assert incompatible.missing_keys == []
     for k, v in target.state_dict().items():
-        want = fresh[k] if k.startswith("tumor_head.") else source.state_dict()[k]
+        want = fresh[k] if k.startswith("domain_head.") else source.state_dict()[k]
         assert torch.equal(v, want), k
 
 
@@ -76,7 +76,7 @@ def test_a_checkpoint_without_domain_names_loads_as_detectron2_loads_it(tmp_path
         (
             ("MODEL.BACKBONE.FREEZE_AT", "5", "MODEL.FPN.FREEZE", "True"),
             ("backbone.",),
-            ("head.", "tumor_head.", "foreground_head."),
+            ("head.", "domain_head.", "foreground_head."),
         ),
     ],
 )
@@ -145,7 +145,7 @@ def test_finetune_to_a_new_tumor_type_end_to_end(tmp_path):
     _train_net(
         "--config-file", str(R18), *common,
         "DATASETS.MIDOG.TUMOR_FILTER", "['human breast cancer']",
-        "MODEL.MULTITASK.TUMOR_TYPES", "['human breast cancer']",
+        "MODEL.MULTITASK.DOMAINS", "['human breast cancer']",
         "DATASETS.TEST", "()",  # the test image is of the new type
         "OUTPUT_DIR", str(src_dir),
         cwd=tmp_path,
@@ -157,7 +157,7 @@ def test_finetune_to_a_new_tumor_type_end_to_end(tmp_path):
     ft_opts = [
         *common,
         "DATASETS.MIDOG.TUMOR_FILTER", "['human neuroendocrine tumor']",
-        "MODEL.MULTITASK.TUMOR_TYPES", new_types,
+        "MODEL.MULTITASK.DOMAINS", new_types,
         "OUTPUT_DIR", str(ft_dir),
     ]  # fmt: skip
     _train_net(

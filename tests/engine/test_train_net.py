@@ -34,7 +34,7 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
     assert checkpoint.is_file()
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert state["iteration"] == 2
-    assert any(k.startswith("tumor_head.") for k in state["model"])
+    assert any(k.startswith("domain_head.") for k in state["model"])
     # Periodic evaluation at iteration 2 fed the best-checkpoint hook (TEST.BEST_CHECKPOINT_METRIC).
     assert (out / "model_best.pth").is_file()
     metrics_file = out / "inference" / "midog_test" / "midog_metrics.json"
@@ -48,7 +48,7 @@ def test_train_then_eval_only_reproduces_metrics(tiny_dataset, tmp_path):
         assert again[key] == trained[key], key
     # Detectron2's metrics.json holds the training losses, auxiliary ones included.
     events = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert any("loss_tumor" in e and "loss_foreground" in e for e in events)
+    assert any("loss_domain" in e and "loss_foreground" in e for e in events)
 
 
 def test_two_cpu_processes_train_one_checkpoint_and_gather_evaluation(tiny_dataset, tmp_path):

@@ -304,7 +304,7 @@ def dataset():
             "height": 1000,
             "width": 1000,
             "tumor_type": "A",
-            "tumor_label": 0,
+            "domain_label": 0,
             "labelled": True,
             "annotations": [ann(100, 100, 0), ann(300, 300, 0), ann(500, 500, 1)],
         },
@@ -314,7 +314,7 @@ def dataset():
             "height": 1000,
             "width": 1000,
             "tumor_type": "B",
-            "tumor_label": 1,
+            "domain_label": 1,
             "labelled": True,
             "annotations": [ann(200, 200, 0)],
         },
@@ -324,7 +324,7 @@ def dataset():
             "height": 1000,
             "width": 1000,
             "tumor_type": "B",
-            "tumor_label": 1,
+            "domain_label": 1,
             "labelled": False,
             "annotations": [],
         },
@@ -360,12 +360,12 @@ def outputs_for(tiles=True):
                 [0.9, 0.8, 0.4, 0.95],
                 [0, 0, 0, 1],
             ),
-            "tumor_probs": torch.tensor([0.7, 0.3]),
+            "domain_probs": torch.tensor([0.7, 0.3]),
         },
         # A hit exactly at the radius (30 px).
-        {"instances": inst([(200, 230)], [0.6], [0]), "tumor_probs": torch.tensor([0.6, 0.4])},
+        {"instances": inst([(200, 230)], [0.6], [0]), "domain_probs": torch.tensor([0.6, 0.4])},
         # Unlabelled image: not scored.
-        {"instances": inst([(50, 50)], [0.99], [0]), "tumor_probs": torch.tensor([0.2, 0.8])},
+        {"instances": inst([(50, 50)], [0.99], [0]), "domain_probs": torch.tensor([0.2, 0.8])},
     ]
     if tiles:
         tile_sets = [
@@ -402,7 +402,7 @@ def test_midog_evaluator_hand_worked(dataset, tmp_path, cfg):
     assert res["F1/A"] == pytest.approx(0.5) and res["F1/B"] == pytest.approx(1.0)
     # Ranked TP, FP, TP (IoU exactly 0.5 at 30 px), TP of 3 ground-truth points.
     assert res["AP50_points"] == pytest.approx((34 + 67 * 0.75) / 101)
-    assert res["tumor_accuracy"] == pytest.approx(2 / 3)
+    assert res["domain_accuracy"] == pytest.approx(2 / 3)
     # Tiles of labelled images: positives 0.9, 0.3, 0.95 (hard negative only), negatives 0.5, 0.1.
     assert res["foreground_AUC"] == pytest.approx(5 / 6)
     metrics = json.loads((tmp_path / "midog_metrics.json").read_text())

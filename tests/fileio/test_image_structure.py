@@ -171,7 +171,7 @@ def test_training_refuses_a_bad_image_before_its_first_step(tmp_path):
         {"file_name": good, "image_id": 3, "width": 500, "height": 512, "annotations": ann},
     ]
     for d in dicts:
-        d.update(labelled=True, tumor_label=0)
+        d.update(labelled=True, domain_label=0)
     cfg = make_cfg(CONFIGS / "dev" / "Demo-CPU-R18.yaml", "DATALOADER.NUM_WORKERS", 0)
     with pytest.raises(ValueError, match=r"1 training image\(s\) cannot be used: .*bad\.tiff"):
         build_midog_train_loader(cfg, dataset=dicts[:2])

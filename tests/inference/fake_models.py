@@ -19,7 +19,7 @@ class BlobDetector(nn.Module):
     """Deterministic stand-in for a detector: one 50 x 50 box per blue blob visible in
     the input, centred on the visible part (so a blob cut by the tile edge is found
     off-centre, as a real detector might), score 0.9 - 0.1 * (blob cut), class 0.
-    foreground_prob = "any blob", tumor_probs = [0.9, 0.1] with a blob, else [0.1, 0.9]."""
+    foreground_prob = "any blob", domain_probs = [0.9, 0.1] with a blob, else [0.1, 0.9]."""
 
     def __init__(self):
         super().__init__()
@@ -49,7 +49,7 @@ class BlobDetector(nn.Module):
             outs.append(
                 {
                     "instances": inst,
-                    "tumor_probs": torch.tensor([0.9, 0.1] if n > 1 else [0.1, 0.9]),
+                    "domain_probs": torch.tensor([0.9, 0.1] if n > 1 else [0.1, 0.9]),
                     "foreground_prob": torch.tensor(float(n > 1)),
                 }
             )

@@ -60,7 +60,7 @@ def test_the_export_equals_the_model_on_real_tiles_at_any_batch_size(exported, c
                 assert int(sel.sum()) == len(inst) > 0
                 torch.testing.assert_close(boxes[sel], inst.pred_boxes.tensor, atol=0.01, rtol=0)
                 torch.testing.assert_close(scores[sel], inst.scores, atol=1e-4, rtol=0)
-                torch.testing.assert_close(tumor[i], ref[i]["tumor_probs"], atol=1e-5, rtol=0)
+                torch.testing.assert_close(tumor[i], ref[i]["domain_probs"], atol=1e-5, rtol=0)
                 torch.testing.assert_close(fg[i], ref[i]["foreground_prob"], atol=1e-5, rtol=0)
 
 

@@ -116,7 +116,7 @@ def test_tiles_are_read_batch_by_batch_in_the_models_format():
     ]
     assert fg.tolist() == expected and 1 <= sum(expected) < 12
     n_fg = sum(expected)
-    assert out["tumor_probs"].tolist() == pytest.approx(
+    assert out["domain_probs"].tolist() == pytest.approx(
         [(0.9 * n_fg + 0.1 * (12 - n_fg)) / 12, (0.1 * n_fg + 0.9 * (12 - n_fg)) / 12]
     )
     assert centres(out["instances"]) == [[700.0, 700.0]]
@@ -210,7 +210,7 @@ def test_real_model_single_tile_equals_the_model_itself(real_model_cfg, tmp_path
         out["instances"].pred_boxes.tensor, ref["instances"].pred_boxes.tensor[order]
     )
     assert torch.allclose(out["instances"].scores, ref["instances"].scores[order])
-    assert torch.allclose(out["tumor_probs"], ref["tumor_probs"])
+    assert torch.allclose(out["domain_probs"], ref["domain_probs"])
     assert out["foreground_prob"].tolist() == pytest.approx([float(ref["foreground_prob"])])
 
 
@@ -232,7 +232,7 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
                 "height": h,
                 "width": w,
                 "tumor_type": "human breast cancer",
-                "tumor_label": 0,
+                "domain_label": 0,
                 "labelled": True,
                 "annotations": [{"bbox": [100, 100, 150, 150], "bbox_mode": 0, "category_id": 0}],
             }
@@ -265,12 +265,12 @@ def test_real_model_under_inference_on_dataset(real_model_cfg, tmp_path):
         assert (res["TP"], res["FP"], res["FN"]) == (expected["tp"], expected["fp"], expected["fn"])
         assert res["best_F1"] == pytest.approx(expected["best_f1"])
         assert 0.0 <= res["foreground_AUC"] <= 1.0 or np.isnan(res["foreground_AUC"])
-        assert res["tumor_accuracy"] in (0.0, 0.5, 1.0)
+        assert res["domain_accuracy"] in (0.0, 0.5, 1.0)
         out = outs[0]
         assert out["instances"].image_size == (300, 400)
         assert len(out["tiles"]) == 4 and out["foreground_prob"].shape == (4,)
-        assert out["tumor_probs"].shape == (6,) and float(
-            out["tumor_probs"].sum()
+        assert out["domain_probs"].shape == (6,) and float(
+            out["domain_probs"].sum()
         ) == pytest.approx(1.0, abs=1e-5)
         b = out["instances"].pred_boxes.tensor
         c = (b[:, :2] + b[:, 2:]) / 2

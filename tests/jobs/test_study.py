@@ -40,7 +40,7 @@ def write_study(tmp_path, seeds="[0, 1]", extra=""):
               f1: [DATASETS.REAL_FIGURES.TRAIN_DOMAINS, "['x', 'y']"]
               f2: [DATASETS.REAL_FIGURES.TRAIN_DOMAINS, "['y', 'z']"]
             cells:
-              a: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False"]
+              a: [MODEL.MULTITASK.DOMAIN_HEAD_ON, "False"]
               b: []
             baseline: a
             effects:
@@ -62,7 +62,7 @@ def test_runs_are_seed_major_with_the_fold_and_cell_overrides(tmp_path):
     assert runs[0].opts == (
         "DATASETS.REAL_FIGURES.TRAIN_DOMAINS",
         "['x', 'y']",
-        "MODEL.MULTITASK.TUMOR_HEAD_ON",
+        "MODEL.MULTITASK.DOMAIN_HEAD_ON",
         "False",
         "SEED",
         "0",
@@ -278,7 +278,7 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
                             DATASETS.TRAIN, "('midog_train',)",
                             DATASETS.TEST, "('midog_val', 'midog_test')"]
             cells:
-              none: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False", MODEL.MULTITASK.FOREGROUND_HEAD_ON, "False"]
+              none: [MODEL.MULTITASK.DOMAIN_HEAD_ON, "False", MODEL.MULTITASK.FOREGROUND_HEAD_ON, "False"]
               both: []
               both+gate: [MODEL.MULTITASK.FOREGROUND_GATE, "True"]
             baseline: none

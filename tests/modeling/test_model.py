@@ -44,7 +44,7 @@ def test_ablation_configs_cover_the_papers_table():
         cells.add(
             (
                 cfg.MODEL.MULTITASK.FOREGROUND_HEAD_ON,
-                cfg.MODEL.MULTITASK.TUMOR_HEAD_ON,
+                cfg.MODEL.MULTITASK.DOMAIN_HEAD_ON,
                 cfg.INPUT.COLOR_JITTER.ENABLED,
             )
         )
@@ -67,25 +67,25 @@ def test_training_forward_returns_all_losses_finite(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     losses, storage = train_losses(model, make_inputs())
-    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_tumor", "loss_foreground"}
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_domain", "loss_foreground"}
     for name, value in losses.items():
         assert value.dim() == 0 and torch.isfinite(value), name
     # Accuracies are logged, not returned as losses (DefaultTrainer sums the dict).
     logged = storage.latest()
-    assert "multitask/tumor_accuracy" in logged and "multitask/foreground_accuracy" in logged
+    assert "multitask/domain_accuracy" in logged and "multitask/foreground_accuracy" in logged
 
 
 def test_aux_losses_reach_heads_and_backbone(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     losses, _ = train_losses(model, make_inputs())
-    (losses["loss_tumor"] + losses["loss_foreground"]).backward()
+    (losses["loss_domain"] + losses["loss_foreground"]).backward()
 
     def grad_norm(module):
         grads = [p.grad.abs().sum() for p in module.parameters() if p.grad is not None]
         return float(sum(grads)) if grads else 0.0
 
-    assert grad_norm(model.tumor_head) > 0
+    assert grad_norm(model.domain_head) > 0
     assert grad_norm(model.foreground_head) > 0
     # p7 comes from res5 through FPN's P6/P7 block: both must learn from the heads.
     assert grad_norm(model.backbone.top_block) > 0
@@ -98,25 +98,25 @@ def test_aux_losses_reach_heads_and_backbone(cfg):
 def test_each_switch_removes_its_head_and_loss(tumor_on, fg_on):
     cfg = make_cfg()
     cfg.merge_from_list(
-        ["MODEL.MULTITASK.TUMOR_HEAD_ON", tumor_on, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", fg_on]
+        ["MODEL.MULTITASK.DOMAIN_HEAD_ON", tumor_on, "MODEL.MULTITASK.FOREGROUND_HEAD_ON", fg_on]
     )
     model = build_model(cfg)
     keys = model.state_dict().keys()
-    assert any(k.startswith("tumor_head.") for k in keys) == tumor_on
+    assert any(k.startswith("domain_head.") for k in keys) == tumor_on
     assert any(k.startswith("foreground_head.") for k in keys) == fg_on
     losses, _ = train_losses(model, make_inputs())
-    assert ("loss_tumor" in losses) == tumor_on
+    assert ("loss_domain" in losses) == tumor_on
     assert ("loss_foreground" in losses) == fg_on
     model.eval()
     with torch.no_grad():
         out = model(make_inputs(1))[0]
-    assert ("tumor_probs" in out) == tumor_on
+    assert ("domain_probs" in out) == tumor_on
     assert ("foreground_prob" in out) == fg_on
 
 
 def test_both_heads_off_is_stock_retinanet():
     opts = [
-        "MODEL.MULTITASK.TUMOR_HEAD_ON",
+        "MODEL.MULTITASK.DOMAIN_HEAD_ON",
         False,
         "MODEL.MULTITASK.FOREGROUND_HEAD_ON",
         False,
@@ -159,27 +159,27 @@ def test_unknown_tumor_labels_are_ignored(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     both = make_inputs(2)
-    both[0]["tumor_label"] = -1
+    both[0]["domain_label"] = -1
     only_labelled = [both[1]]
     loss_both, _ = train_losses(model, both)
     loss_one, _ = train_losses(model, only_labelled)
-    torch.testing.assert_close(loss_both["loss_tumor"], loss_one["loss_tumor"])
+    torch.testing.assert_close(loss_both["loss_domain"], loss_one["loss_domain"])
 
     none_labelled = make_inputs(2)
     for x in none_labelled:
-        x["tumor_label"] = -1
+        x["domain_label"] = -1
     losses, _ = train_losses(model, none_labelled)
-    assert losses["loss_tumor"].item() == 0.0
+    assert losses["loss_domain"].item() == 0.0
     # Still connected to the head, as DDP without find_unused_parameters needs.
-    losses["loss_tumor"].backward()
-    assert all(p.grad is not None for p in model.tumor_head.parameters())
+    losses["loss_domain"].backward()
+    assert all(p.grad is not None for p in model.domain_head.parameters())
 
 
 def test_out_of_range_tumor_label_is_an_error(cfg):
     model = build_model(cfg)
     inputs = make_inputs(1)
-    inputs[0]["tumor_label"] = len(cfg.MODEL.MULTITASK.TUMOR_TYPES)
-    with pytest.raises(ValueError, match="tumor_label"):
+    inputs[0]["domain_label"] = len(cfg.MODEL.MULTITASK.DOMAINS)
+    with pytest.raises(ValueError, match="domain_label"):
         train_losses(model, inputs)
 
 
@@ -218,8 +218,8 @@ def test_inference_returns_instances_and_aux_probabilities(cfg):
     assert len(outputs) == 2
     for out, size in zip(outputs, [(128, 128), (256, 256)]):
         assert out["instances"].image_size == size
-        probs = out["tumor_probs"]
-        assert probs.shape == (len(cfg.MODEL.MULTITASK.TUMOR_TYPES),)
+        probs = out["domain_probs"]
+        assert probs.shape == (len(cfg.MODEL.MULTITASK.DOMAINS),)
         torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
         assert 0.0 <= float(out["foreground_prob"]) <= 1.0
 
@@ -272,15 +272,15 @@ def test_checkpoint_with_other_tumor_count_loads_all_but_that_head(cfg, tmp_path
     source = build_model(cfg)
     DetectionCheckpointer(source, save_dir=str(tmp_path)).save("six_tumors")
     new_cfg = cfg.clone()
-    new_cfg.MODEL.MULTITASK.TUMOR_TYPES = ["tumor a", "tumor b", "tumor c"]
+    new_cfg.MODEL.MULTITASK.DOMAINS = ["tumor a", "tumor b", "tumor c"]
     target = build_model(new_cfg)
-    before = target.tumor_head.predictor.weight.clone()
+    before = target.domain_head.predictor.weight.clone()
     with caplog.at_level(logging.WARNING):
         DetectionCheckpointer(target).load(str(tmp_path / "six_tumors.pth"))
-    assert "Skip loading parameter 'tumor_head.predictor.weight'" in caplog.text
-    assert torch.equal(target.tumor_head.predictor.weight, before)
-    assert target.tumor_head.predictor.out_features == 3
+    assert "Skip loading parameter 'domain_head.predictor.weight'" in caplog.text
+    assert torch.equal(target.domain_head.predictor.weight, before)
+    assert target.domain_head.predictor.out_features == 3
     src = source.state_dict()
     for k, v in target.state_dict().items():
-        if not k.startswith("tumor_head.predictor."):
+        if not k.startswith("domain_head.predictor."):
             assert torch.equal(v, src[k]), k

@@ -9,7 +9,7 @@ and what varies::
     folds:                    # name -> config overrides (KEY VALUE list)
       heldout_xr: [DATASETS.REAL_FIGURES.TRAIN_DOMAINS, "['Hamamatsu S360', 'Aperio CS2']"]
     cells:                    # name -> config overrides
-      baseline: [MODEL.MULTITASK.TUMOR_HEAD_ON, "False"]
+      baseline: [MODEL.MULTITASK.DOMAIN_HEAD_ON, "False"]
       all: []
     baseline: baseline        # the cell whose domain gap is reported
     effects:                  # name -> [cell with the component, cell without it]
