@@ -59,7 +59,7 @@ from midog_d2.fileio import read_region, read_region_scaled
 from midog_d2.fileio.images import rgb_to_format, to_chw_tensor
 from midog_d2.inference import predict_images
 from midog_d2.solver import build_optimizer
-from midog_dev.slides import SlideBlock, write_generated_slide
+from midog_dev.generated_slides import SlideBlock, write_generated_slide
 from midog_dev.synthetic_domains import SCANNERS, TUMOR_TYPES
 from midog_dev.synthetic_render import render_image
 

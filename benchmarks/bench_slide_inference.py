@@ -7,7 +7,7 @@
         [--repeats 3] [--threads 2] [--work-dir output/bench_slides] [--skip-sahi-slide]
 
 Generates (once, kept in --work-dir) an all-tissue ROI and a pyramidal slide with 40%
-tissue from the demo's generated images (``midog_dev.slides``: real tissue, real
+tissue from the demo's generated images (``midog_dev.generated_slides``: real tissue, real
 mitotic figures, their ground truth), then, with the same weights, interleaved over
 ``--repeats`` rounds:
 
@@ -57,7 +57,7 @@ from midog_d2.fileio import clear_cache, read_region_scaled
 from midog_d2.fileio import slide as slide_module
 from midog_d2.fileio import slide_dimensions
 from midog_d2.inference import SlidePredictor, predict_images, resolve_precision
-from midog_dev.slides import blocks_from_midog, write_generated_slide
+from midog_dev.generated_slides import blocks_from_midog, write_generated_slide
 
 RADIUS_UM = 7.5
 

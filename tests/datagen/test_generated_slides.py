@@ -1,4 +1,4 @@
-"""Generated whole slides (midog_dev.slides): a pyramid OpenSlide reads as a slide,
+"""Generated whole slides (midog_dev.generated_slides): a pyramid OpenSlide reads as a slide,
 tissue where the cells say, figures where the truth says, and whole-slide inference over it
 finds them all while reading only the tissue."""
 
@@ -12,7 +12,7 @@ from conftest import CONFIGS, make_cfg
 
 from midog_d2.fileio import clear_cache, read_region
 from midog_d2.inference import SlidePredictor, TiledPredictor
-from midog_dev.slides import GLASS, SlideBlock, write_generated_slide
+from midog_dev.generated_slides import GLASS, SlideBlock, write_generated_slide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
 from fake_models import BlobDetector  # noqa: E402

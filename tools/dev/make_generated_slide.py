@@ -20,7 +20,7 @@ import time
 # midog_dev (development data) is not installed with midog_d2: import the checkout's.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from midog_dev.slides import blocks_from_midog, write_generated_slide
+from midog_dev.generated_slides import blocks_from_midog, write_generated_slide
 
 
 def main(argv=None) -> int:
