@@ -29,7 +29,7 @@ them), then
 
 ``--cpu-smoke`` runs every step on the CPU with an R-18 model, a 1,536 x 1,024 ROI, a
 4,096 x 4,096 slide, 3 training steps at batch 2 and bf16 for fp16 (fp16 needs CUDA): it
-proves the script runs where no GPU is (tests/benchmarks run it), its figures are not GPU
+proves the script runs where no GPU is (tests/inference/test_bench_gpu.py runs it), its figures are not GPU
 figures. Writes one JSON (``--out``) and prints it.
 """
 

@@ -14,6 +14,7 @@ import pickle
 import torch
 
 from midog_d2.checkpoint import torchvision_to_d2_checkpoint
+from midog_d2.fileio.atomic import atomic_write
 
 
 def main() -> None:
@@ -32,8 +33,7 @@ def main() -> None:
         ckpt = torchvision_to_d2_checkpoint(obj)
     except ValueError as e:
         raise SystemExit(f"{args.input}: {e}")
-    with open(args.output, "wb") as f:
-        pickle.dump(ckpt, f)
+    atomic_write(args.output, lambda f: pickle.dump(ckpt, f), "wb")
     print(f"Wrote {len(ckpt['model'])} tensors to {args.output}")
 
 

@@ -14,6 +14,7 @@ from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint import MidogCheckpointer, load_model_weights, save_threshold
+from ..fileio.atomic import atomic_write_text
 from .second_stage import train_second_stage
 
 __all__ = ["begin_run", "train_detector", "fit_run", "train_calibrate_score"]
@@ -27,8 +28,7 @@ TrainFn = Callable[[CfgNode], Tuple[nn.Module, CfgNode, Dict[str, Any]]]
 def begin_run(cfg: CfgNode, output_dir: str) -> None:
     """What every run does before training: its config saved as ``output_dir/config.yaml``,
     every RNG seeded with ``cfg.SEED``."""
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
+    atomic_write_text(os.path.join(output_dir, "config.yaml"), cfg.dump())
     seed_all_rng(cfg.SEED)
 
 

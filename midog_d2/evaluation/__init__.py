@@ -1,6 +1,6 @@
 """MIDOG scoring: point metrics (numpy), scoring at the mitotic density of real tissue, the
-scored-points builder, Detectron2 evaluators and the domain protocol (threshold chosen
-in-domain, applied to held-out domains)."""
+scored-points builder and Detectron2 evaluators. The domain protocol that uses them (threshold
+chosen in-domain, applied to held-out domains) is :mod:`midog_d2.engine.protocol`."""
 
 from .metrics import (
     ImagePoints,

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from detectron2.modeling.meta_arch.retinanet import permute_to_N_HWA_K
 
+from ..fileio.atomic import atomic_write
+
 __all__ = [
     "EXPORT_META",
     "ExportableDetector",
@@ -150,7 +152,8 @@ def export_detector(
     }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
-        torch.jit.save(traced, path, _extra_files={EXPORT_META: json.dumps(meta)})
+        extra = {EXPORT_META: json.dumps(meta)}
+        atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files=extra), "wb")
     return meta
 
 

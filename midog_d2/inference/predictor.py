@@ -6,7 +6,7 @@ inputs (``INPUT.FORMAT``, CHW) and runs them in batches at a chosen precision;
 the model (worker threads; at most ``prefetch`` batches in memory), runs them through
 :func:`predict_images`, shifts the detections to level-0 pixels and merges them across
 seams as they arrive (:class:`~.merge.StreamingMerger`). :class:`TiledPredictor`
-(evaluation) and :class:`~.slides.SlidePredictor` (whole slides, tissue only) lay their
+(evaluation) and :class:`~.slide_predictor.SlidePredictor` (whole slides, tissue only) lay their
 grids (:mod:`.grid`) and call it.
 """
 

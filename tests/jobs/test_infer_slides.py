@@ -352,7 +352,7 @@ CHROMIUM = ("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disabl
 def test_review_pages_in_a_real_browser(tmp_path, weights, slides):
     """Debian's Chromium, headless (`make test-slow` installs it): each page loads from disk
     with every image decoded, and its numbers as rendered are summary.csv's; the
-    screenshot is kept for a person to look at (docs/images/review_page.png)."""
+    screenshot is written beside the pages for a person to look at."""
     import re
     import shutil
 

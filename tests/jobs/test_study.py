@@ -281,11 +281,14 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
               none: [MODEL.MULTITASK.DOMAIN_HEAD_ON, "False", MODEL.MULTITASK.FOREGROUND_HEAD_ON, "False"]
               both: []
               both+gate: [MODEL.MULTITASK.FOREGROUND_GATE, "True"]
+              both+2nd: [MODEL.SECOND_STAGE.ON, "True", MODEL.SECOND_STAGE.CANDIDATE_BATCHES, "4",
+                         MODEL.SECOND_STAGE.MAX_ITER, "3", MODEL.SECOND_STAGE.IMS_PER_BATCH, "8"]
             baseline: none
             effects:
               heads: [both, none]
             reuse:
               both+gate: both
+              both+2nd: both
             """))
     md = tmp_path / "results.md"
     md.write_text(
@@ -310,7 +313,7 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = read_results(str(results))
-    assert sorted(row["cell"] for row in rows) == ["both", "both+gate", "none"]
+    assert sorted(row["cell"] for row in rows) == ["both", "both+2nd", "both+gate", "none"]
     # The gate's run scored the detector its base trained: the same weights, not retrained.
     base = tmp_path / "runs" / "both__heldout_net__seed0" / "model_final.pth"
     (gated,) = [row for row in rows if row["cell"] == "both+gate"]
@@ -319,6 +322,13 @@ def test_run_study_tool_on_generated_midog_data(tmp_path):
     own = tmp_path / "runs" / "both+gate__heldout_net__seed0" / "model_final.pth"
     b = torch.load(str(own), map_location="cpu", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The second stage's run: the base's detector, and its second stage trained after it
+    # (engine.runs.fit_run, the path the development study takes too).
+    (second,) = [row for row in rows if row["cell"] == "both+2nd"]
+    assert second["reused"] == str(base) and second["second_stage"]["iterations"] == 3
+    own = tmp_path / "runs" / "both+2nd__heldout_net__seed0" / "model_final.pth"
+    c = torch.load(str(own), map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(a[k], c[k]) for k in a) and any(k.startswith("second_stage.") for k in c)
     for row in rows:
         assert row["in_domain"]["num_images"] == 1 and row["held_out"]["num_images"] == 1
         assert 0 <= row["held_out"]["f1"] <= 1 and row["iterations"] == 2

@@ -155,7 +155,7 @@ def test_both_heads_off_is_stock_retinanet():
         torch.testing.assert_close(ra["instances"].scores, rb["instances"].scores)
 
 
-def test_unknown_tumor_labels_are_ignored(cfg):
+def test_unknown_domain_labels_are_ignored(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     both = make_inputs(2)
@@ -175,7 +175,7 @@ def test_unknown_tumor_labels_are_ignored(cfg):
     assert all(p.grad is not None for p in model.domain_head.parameters())
 
 
-def test_out_of_range_tumor_label_is_an_error(cfg):
+def test_out_of_range_domain_label_is_an_error(cfg):
     model = build_model(cfg)
     inputs = make_inputs(1)
     inputs[0]["domain_label"] = len(cfg.MODEL.MULTITASK.DOMAINS)
@@ -267,7 +267,7 @@ def test_checkpoint_saves_and_loads(cfg, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_checkpoint_with_other_tumor_count_loads_all_but_that_head(cfg, tmp_path, caplog):
+def test_checkpoint_with_other_domain_count_loads_all_but_that_head(cfg, tmp_path, caplog):
     torch.manual_seed(0)
     source = build_model(cfg)
     DetectionCheckpointer(source, save_dir=str(tmp_path)).save("six_tumors")

@@ -2,10 +2,10 @@
 
 import logging
 import math
-import os
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ...fileio.atomic import atomic_write_text
 from .spec import Study
 from .stats import summarize_study
 
@@ -132,16 +132,11 @@ def study_tables(
 
 def write_markdown_section(path: str, name: str, text: str) -> None:
     """Replace the text between ``<!-- BEGIN study: name -->`` and ``<!-- END study: name
-    -->`` in ``path`` (ValueError when the markers are not there); written to a temporary
-    name, then renamed."""
+    -->`` in ``path`` (ValueError when the markers are not there), written atomically."""
     with open(path, encoding="utf-8") as f:
         doc = f.read()
     begin, end = f"<!-- BEGIN study: {name} -->", f"<!-- END study: {name} -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(doc):
         raise ValueError(f"{path}: markers {begin!r} ... {end!r} not found")
-    doc = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    atomic_write_text(path, pattern.sub(lambda _: f"{begin}\n{text}{end}", doc))
