@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .runner import read_results, run_study
 from .spec import Study, StudyRun, load_study
-from .tables import METRICS, _metrics_present, study_tables, write_markdown_section
+from .tables import METRICS, metrics_present, study_tables, write_markdown_section
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def study_command(
     text = study_tables(study, rows, sets, metrics)
     for heading, group, *other_sets in more_tables:
         group_sets = other_sets[0] if other_sets else sets
-        if {m for m, _ in group} & _metrics_present(rows, group_sets):
+        if {m for m, _ in group} & metrics_present(rows, group_sets):
             text += f"\n{heading}\n" + study_tables(study, rows, group_sets, group, header=False)
     if extra_text is not None:
         text += extra_text(study, rows)

@@ -86,7 +86,7 @@ METRICS = (
 )
 
 
-def _metrics_present(rows: Sequence[Dict[str, Any]], sets: Sequence[Tuple[str, str]]) -> set:
+def metrics_present(rows: Sequence[Dict[str, Any]], sets: Sequence[Tuple[str, str]]) -> set:
     """The metric names some row holds in one of ``sets``."""
     return {m for r in rows for key, _ in sets for m in (r.get(key) or {})}
 
@@ -102,7 +102,7 @@ def study_tables(
     the baseline's domain gap and the paired effects on the first set. ``metrics``:
     (name, column label); metrics no row has are left out. ``header``: the line that says
     how many runs the tables hold."""
-    present = _metrics_present(rows, sets)
+    present = metrics_present(rows, sets)
     metrics = [(m, label) for m, label in metrics if m in present] or list(metrics)
     labels = {f"{k}.{m}": label for k, _ in sets for m, label in metrics}
     per_set = [[f"{k}.{m}" for m, _ in metrics] for k, _ in sets]
