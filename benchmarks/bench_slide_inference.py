@@ -44,7 +44,7 @@ import sys
 import time
 
 # midog_dev (development data) is not installed with midog_d2: import the checkout's.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 

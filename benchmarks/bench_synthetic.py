@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 # midog_dev (development data) is not installed with midog_d2: import the checkout's.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2
 import numpy as np
 
