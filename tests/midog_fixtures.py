@@ -18,7 +18,7 @@ import tifffile
 
 from midog_d2.constants import BOX_SIZE, MIDOG_CATEGORIES
 
-__all__ = ["TINY_DOMAINS", "SCANNER_MPP", "write_midog_dataset"]
+__all__ = ["TINY_DOMAINS", "SCANNER_MPP", "write_midog_dataset", "write_tiled_tiff"]
 
 # (tumor type, scanner, split, images): two training domains and a held-out tumor type.
 TINY_DOMAINS: Tuple[Tuple[str, str, str, int], ...] = (
@@ -65,7 +65,9 @@ def _draw(rng, size, mpp, figures, imposters) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _write_tiff(path: Path, rgb: np.ndarray, mpp: float) -> None:
+def write_tiled_tiff(path, rgb: np.ndarray, mpp: float = 0.25) -> str:
+    """A tiled (256 px), deflate-compressed RGB TIFF with its µm/px in the resolution tags,
+    as MIDOG's ROIs are (OpenSlide reads it as generic-tiff). Returns the path."""
     tifffile.imwrite(
         path,
         rgb,
@@ -76,6 +78,7 @@ def _write_tiff(path: Path, rgb: np.ndarray, mpp: float) -> None:
         resolutionunit="CENTIMETER",
         metadata=None,
     )
+    return str(path)
 
 
 def write_midog_dataset(
@@ -105,7 +108,7 @@ def write_midog_dataset(
             fig = _place(rng, figures, size, BOX_SIZE, [])
             imp = _place(rng, imposters, size, BOX_SIZE, fig)
             file_name = f"{image_id:03d}.tiff"
-            _write_tiff(out_dir / file_name, _draw(rng, size, mpp, fig, imp), mpp)
+            write_tiled_tiff(out_dir / file_name, _draw(rng, size, mpp, fig, imp), mpp)
             images.append(
                 {
                     "id": image_id,

@@ -151,21 +151,27 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
     return []
 
 
-def forbidden_imports(root: Path) -> List[str]:
-    """Every import (lazy ones included) of a top-level package in :data:`NOT_IMPORTED`."""
+def imports_of_not_imported(path: Path) -> List[str]:
+    """The imports (lazy ones included) in ``path`` of a top-level package in
+    :data:`NOT_IMPORTED`."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        mod = module_name(root, path)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names: List[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names = [node.module]
-            for n in names:
-                if n.split(".")[0] in NOT_IMPORTED:
-                    found.append(f"{mod} imports {n}: the product never imports development data")
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: List[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        found += [n for n in names if n.split(".")[0] in NOT_IMPORTED]
     return found
+
+
+def forbidden_imports(root: Path) -> List[str]:
+    """Every import of a package in :data:`NOT_IMPORTED` from the package ``root``."""
+    return [
+        f"{module_name(root, path)} imports {n}: the product never imports development data"
+        for path in sorted(root.rglob("*.py"))
+        for n in imports_of_not_imported(path)
+    ]
 
 
 def violations(root: Path) -> List[str]:
@@ -289,20 +295,12 @@ def test_the_products_tests_use_no_development_data():
     """Tests of the product get their images from ``tests/midog_fixtures.py``; only
     ``tests/datagen/`` (the development data's own tests) imports ``midog_dev``."""
     tests = Path(__file__).resolve().parent
-    found = []
-    for path in sorted(tests.rglob("*.py")):
-        if (tests / "datagen") in path.parents:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names = [node.module]
-            else:
-                continue
-            found += [
-                f"{path.relative_to(tests)}: {n}" for n in names if n.split(".")[0] in NOT_IMPORTED
-            ]
+    found = [
+        f"{path.relative_to(tests)}: {n}"
+        for path in sorted(tests.rglob("*.py"))
+        if (tests / "datagen") not in path.parents
+        for n in imports_of_not_imported(path)
+    ]
     assert found == []
 
 

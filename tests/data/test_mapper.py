@@ -4,9 +4,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from conftest import SHARED, make_cfg
+from midog_fixtures import write_tiled_tiff
 from PIL import Image
 
 from detectron2.data import transforms as T
@@ -24,21 +24,6 @@ from midog_d2.data import (
 
 BACKGROUND = (200, 190, 210)
 S = 512
-
-
-def write_tiff(path, rgb: np.ndarray, mpp: float = 0.25) -> str:
-    """A tiled (256 px), deflate-compressed TIFF with its resolution, as MIDOG's ROIs are."""
-    res = 1e4 / mpp  # pixels per cm
-    tifffile.imwrite(
-        str(path),
-        rgb,
-        tile=(256, 256),
-        photometric="rgb",
-        compression="zlib",
-        resolution=(res, res),
-        resolutionunit="CENTIMETER",
-    )
-    return str(path)
 
 
 def anno(box, category_id):
@@ -94,7 +79,7 @@ def _geometry_dict(folder, name: str, **tiff_kwargs):
     for box, _, colour in GEOM_BOXES.values():
         x1, y1, x2, y2 = box
         rgb[y1:y2, x1:x2] = colour
-    path = write_tiff(folder / name, rgb, **tiff_kwargs)
+    path = write_tiled_tiff(folder / name, rgb, **tiff_kwargs)
     return make_dict(path, 1024, 768, [anno(b, c) for b, c, _ in GEOM_BOXES.values()])
 
 
@@ -286,7 +271,7 @@ def sampling_image(tmp_path_factory):
         rgb[max(y1, 0) : y2, max(x1, 0) : x2] = (
             (120, 40, 140) if a["category_id"] == 0 else (150, 90, 160)
         )
-    path = write_tiff(tmp_path_factory.mktemp("sampling") / "sampling.tiff", rgb)
+    path = write_tiled_tiff(tmp_path_factory.mktemp("sampling") / "sampling.tiff", rgb)
     return make_dict(path, w, h, annotations)
 
 
@@ -392,7 +377,7 @@ def test_empty_patches_are_returned(sampling_image):
 def test_image_smaller_than_patch_is_padded_white(tmp_path):
     rgb = np.full((300, 400, 3), 100, np.uint8)
     d = make_dict(
-        write_tiff(tmp_path / "small.tiff", rgb), 400, 300, [anno((200, 100, 250, 150), 0)]
+        write_tiled_tiff(tmp_path / "small.tiff", rgb), 400, 300, [anno((200, 100, 250, 150), 0)]
     )
     out = mapper(p_mitotic=1.0)(d)
     assert out["patch_origin"] == (0, 0)

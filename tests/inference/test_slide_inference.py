@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 import pytest
-import tifffile
 import torch
 from conftest import CONFIGS, make_cfg
 from fake_models import BlobDetector, make_image
+from midog_fixtures import write_tiled_tiff
 
 from detectron2.modeling import build_model
 
@@ -55,21 +55,6 @@ def tissue(h, w, box=None, blobs=(), half=10, seed=0):
     region[~blue] = tex.astype(np.uint8)[~blue]
     img[y0:y1, x0:x1] = region
     return img
-
-
-def write_tif(path, rgb, mpp):
-    """A tiled RGB TIFF with its µm/px in the resolution tags (OpenSlide's generic-tiff)."""
-    tifffile.imwrite(
-        path,
-        rgb,
-        photometric="rgb",
-        tile=(256, 256),
-        compression="zlib",
-        resolution=(1e4 / mpp, 1e4 / mpp),
-        resolutionunit="CENTIMETER",
-        metadata=None,
-    )
-    return str(path)
 
 
 def slide_cfg(*opts):
@@ -120,7 +105,7 @@ def test_a_cell_across_a_seam_and_a_corner_of_four_tiles_is_reported_once(tmp_pa
     # 256-px tiles at stride 204: x, y in [204, 256) lie in four tiles. (250, 250) is cut
     # by the first tile's edges (found off-centre there) and whole in the others.
     blobs = [(250, 250), (230, 100)]
-    path = write_tif(tmp_path / "corner.tif", tissue(600, 600, blobs=blobs), 0.25)
+    path = write_tiled_tiff(tmp_path / "corner.tif", tissue(600, 600, blobs=blobs), 0.25)
     pred, model = slide_predictor(slide_cfg())
     res = pred.predict(path)
     holding = [t for t in res.read_tiles if t[0] <= 250 < t[0] + 256 and t[1] <= 250 < t[1] + 256]
@@ -137,7 +122,7 @@ def test_a_half_blank_slide_skips_that_half(tmp_path):
     # a speck on glass inside a tile that is read (the tile reaches the tissue); too small
     # for the mask, which opens away specks
     img[297:303, 1047:1053] = (0, 0, 255)
-    path = write_tif(tmp_path / "half.tif", img, 0.25)
+    path = write_tiled_tiff(tmp_path / "half.tif", img, 0.25)
     reader = Recording()
     pred, model = slide_predictor(slide_cfg(), reader)
     res = pred.predict(path)
@@ -167,7 +152,7 @@ def test_a_half_blank_slide_skips_that_half(tmp_path):
 def test_a_slide_at_half_a_micron_is_read_at_the_models_mpp(tmp_path):
     # 0.5 µm/px: the model (0.25) sees it enlarged 2x; outputs are the slide's own pixels.
     blobs = [(100, 120), (400, 300)]
-    path = write_tif(tmp_path / "x20.tif", tissue(500, 600, blobs=blobs, half=5), 0.5)
+    path = write_tiled_tiff(tmp_path / "x20.tif", tissue(500, 600, blobs=blobs, half=5), 0.5)
     reader = Recording()
     pred, _ = slide_predictor(slide_cfg(), reader)
     res = pred.predict(path)
@@ -241,7 +226,9 @@ HOTSPOT_OPTS = ("TEST.HOTSPOT.AREA_MM2", 0.0237)
 
 
 def test_counts_and_hotspot_of_a_hand_made_layout(tmp_path):
-    path = write_tif(tmp_path / "layout.tif", tissue(1200, 2000, blobs=CLUSTER + SCATTERED), 0.25)
+    path = write_tiled_tiff(
+        tmp_path / "layout.tif", tissue(1200, 2000, blobs=CLUSTER + SCATTERED), 0.25
+    )
     cfg = slide_cfg(*HOTSPOT_OPTS)
     pred, _ = slide_predictor(cfg)
     res = pred.predict(path)
@@ -265,7 +252,7 @@ def _run(cfg, inputs, out, model=None, **kw):
 
 def test_the_five_outputs_follow_their_formats(tmp_path):
     mpp = 0.23
-    path = write_tif(tmp_path / "s1.tif", tissue(1200, 2000, blobs=CLUSTER + SCATTERED), mpp)
+    path = write_tiled_tiff(tmp_path / "s1.tif", tissue(1200, 2000, blobs=CLUSTER + SCATTERED), mpp)
     out = tmp_path / "out"
     (row,), _ = _run(slide_cfg(*HOTSPOT_OPTS), [path], out)
     assert row["status"] == "done" and row["count"] == 8 and row["hotspot_count"] == 5
@@ -349,7 +336,7 @@ def test_rerun_skips_complete_slides_and_redoes_incomplete_ones(tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()
     paths = [
-        write_tif(folder / f"{n}.tif", tissue(400, 500, blobs=[(100 + 50 * k, 200)]), 0.25)
+        write_tiled_tiff(folder / f"{n}.tif", tissue(400, 500, blobs=[(100 + 50 * k, 200)]), 0.25)
         for k, n in enumerate("abc")
     ]
     out = tmp_path / "out"
@@ -387,7 +374,7 @@ def test_rerun_skips_complete_slides_and_redoes_incomplete_ones(tmp_path):
 def test_a_corrupt_slide_is_reported_and_the_others_go_on(tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()
-    good = write_tif(folder / "good.tif", tissue(400, 500, blobs=[(200, 200)]), 0.25)
+    good = write_tiled_tiff(folder / "good.tif", tissue(400, 500, blobs=[(200, 200)]), 0.25)
     bad = folder / "bad.svs"
     bad.write_bytes(b"II*\x00" + os.urandom(2000))
     png = folder / "plain.png"
@@ -410,8 +397,8 @@ def test_a_corrupt_slide_is_reported_and_the_others_go_on(tmp_path):
 
 def test_inputs_files_folders_globs_and_their_errors(tmp_path):
     (tmp_path / "d").mkdir()
-    a = write_tif(tmp_path / "d" / "a.tif", tissue(64, 64), 0.25)
-    b = write_tif(tmp_path / "b.svs", tissue(64, 64), 0.25)
+    a = write_tiled_tiff(tmp_path / "d" / "a.tif", tissue(64, 64), 0.25)
+    b = write_tiled_tiff(tmp_path / "b.svs", tissue(64, 64), 0.25)
     (tmp_path / "d" / "notes.txt").write_text("x")
     assert expand_inputs([str(tmp_path / "d"), b, str(tmp_path / "*.svs")]) == [a, b]
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
@@ -421,7 +408,7 @@ def test_inputs_files_folders_globs_and_their_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no slide in it"):
         expand_inputs([str(tmp_path / "empty")])
-    c = write_tif(tmp_path / "a.tiff", tissue(64, 64), 0.25)
+    c = write_tiled_tiff(tmp_path / "a.tiff", tissue(64, 64), 0.25)
     with pytest.raises(ValueError, match="both write outputs named 'a'"):
         slide_stems([a, c])
 
