@@ -21,12 +21,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from midog_d2.checkpoint import MidogCheckpointer, save_threshold
+from midog_d2.checkpoint import MidogCheckpointer
 from midog_d2.constants import MIDOGPP_DENSITY
 from midog_d2.data import box_centres
 from midog_d2.data.imposters import add_mined_annotations, mine_imposters
 from midog_d2.engine import MidogTrainer
-from midog_d2.engine.runs import begin_run, train_calibrate_score, train_detector
+from midog_d2.engine.runs import train_calibrate_score, train_detector
 from midog_d2.evaluation import ap50_points, points_in_region
 from midog_d2.jobs.study import reused_weights
 
@@ -294,21 +294,23 @@ def finetune_and_score(
     :func:`evaluate_placed_domains` with the new domain's validation slides choosing the
     threshold: ``new`` are its test slides, ``old`` the other domains' test slides."""
     cfg = _start_run(config_file, run, output_dir, threads, extra_opts)
-    begin_run(cfg, output_dir)
-    if cfg.SOLVER.MAX_ITER > 0:
-        model = _train(cfg)
-        n_crops = len(real_figure_train_set(cfg))
-    else:
+    trains = cfg.SOLVER.MAX_ITER > 0
+
+    def train(cfg):
+        if trains:
+            return _train(cfg), cfg, {}
         model = RealFigureTrainer.build_model(cfg)
         MidogCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
-        n_crops = 0
-    scores = evaluate_placed_domains(cfg, model, seed=0, size=eval_size)
-    if cfg.SOLVER.MAX_ITER > 0:  # zero-shot leaves the source's own record alone
-        save_threshold(
-            os.path.join(output_dir, "model_final.pth"),
-            scores["density_threshold"],
-            **_threshold_record(cfg, scores),
-        )
+        return model, cfg, {}
+
+    def score(cfg, model):
+        scores = evaluate_placed_domains(cfg, model, seed=0, size=eval_size)
+        # zero-shot leaves the source's own record alone
+        threshold = scores["density_threshold"] if trains else None
+        return scores, threshold, _threshold_record(cfg, scores)
+
+    cfg, scores = train_calibrate_score(cfg, RealFigureTrainer, output_dir, score, train=train)
+    n_crops = len(real_figure_train_set(cfg)) if trains else 0
     return {
         "threshold": scores["threshold"],
         "val_f1": scores["val_f1"],
