@@ -14,6 +14,8 @@ setup(
         "Domain-robust mitotic-figure detection (MIDOG) with a multi-task RetinaNet on Detectron2"
     ),
     packages=find_packages(include=["midog_d2", "midog_d2.*"]),
+    # The shipped reference model (docs/model_card.md): fp16 weights, threshold, config.
+    package_data={"midog_d2": ["model_zoo/*/*"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

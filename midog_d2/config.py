@@ -203,6 +203,10 @@ def _add_dataset_config(cfg: CN) -> None:
     _C.DATASETS.MIDOG.VAL_FRACTION = 0.1
     # Seed of that validation split (same seed + same data = same split).
     _C.DATASETS.MIDOG.SEED = 0
+    # Whole MIDOG-style files registered as datasets of their own, without a split:
+    # [[name, json_file, image_root], ...] (e.g. composite ROIs, a lab's own regions), to
+    # name in DATASETS.TEST or tools/calibrate_threshold.py. Independent of JSON_FILE.
+    _C.DATASETS.MIDOG.EXTRA = []
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -275,6 +279,10 @@ def _add_test_config(cfg: CN) -> None:
     # validation set's own density, i.e. its plain best-F1 threshold (right when the
     # validation images are whole ROIs of the tissue you will count in).
     _C.TEST.MIDOG.OPERATING_DENSITY = MIDOGPP_DENSITY
+    # Whole-ROI validation set on which tools/train_net.py, once training (and the second
+    # stage) is done, chooses and stores the operating threshold of model_final.pth, as
+    # tools/calibrate_threshold.py would; "" leaves it to that tool. Never a test set.
+    _C.TEST.MIDOG.CALIBRATION_DATASET = ""
     # Metric (as the event storage names it) whose best value keeps
     # OUTPUT_DIR/model_best.pth during training, e.g. "midog/F1" or "bbox/AP50"
     # (with several DATASETS.TEST: "<dataset>/midog/F1"); "" disables it.
@@ -299,7 +307,7 @@ def _add_test_config(cfg: CN) -> None:
     # (AVX512-BF16/AMX), fp32 on other CPUs and on CUDA until measured there. Evaluation
     # reads "auto" as fp32, so that reported metrics are fp32's.
     _C.TEST.TILE.PRECISION = "auto"
-    # Whole-slide inference puts the model's weights in channels-last memory format
+    # Whole-slide inference and train_net.py --eval-only put the weights in channels-last format
     # (oneDNN's fast layout on the CPU: measured 1.4x faster; the same arithmetic).
     # Evaluation during training leaves the training model as it is.
     _C.TEST.TILE.CHANNELS_LAST = True

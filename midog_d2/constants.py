@@ -12,6 +12,11 @@ from typing import Any, Sequence
 MITOTIC_FIGURE = 0
 HARD_NEGATIVE = 1
 CATEGORY_NAMES = ("mitotic figure", "hard negative")
+# A don't-care zone (an evaluation set's label, never a model class): a detection within the
+# scoring radius of one, and of no mitotic figure, is neither true nor false. Training drops
+# these annotations. Written to MIDOG-style files as category 3, "don't care".
+DONT_CARE = 2
+DONT_CARE_NAME = "don't care"
 
 # Category names met in MIDOG releases (matched case-insensitively) -> class id.
 CATEGORY_ALIASES = {
@@ -23,6 +28,9 @@ CATEGORY_ALIASES = {
     "hard negative": HARD_NEGATIVE,
     "impostor": HARD_NEGATIVE,
     "imposter": HARD_NEGATIVE,
+    "don't care": DONT_CARE,
+    "dont care": DONT_CARE,
+    "ignore": DONT_CARE,
 }
 
 # The categories as MIDOG++'s annotation file writes them (ids 1 and 2).
@@ -30,6 +38,8 @@ MIDOG_CATEGORIES = (
     {"id": 1, "name": "mitotic figure"},
     {"id": 2, "name": "not mitotic figure"},
 )
+# What files with don't-care zones add to MIDOG_CATEGORIES.
+DONT_CARE_CATEGORY = {"id": 3, "name": DONT_CARE_NAME}
 
 # Every MIDOG box is BOX_SIZE x BOX_SIZE px around its cell.
 BOX_SIZE = 50

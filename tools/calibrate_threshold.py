@@ -19,11 +19,10 @@ import argparse
 import json
 import sys
 
-from midog_d2.checkpoint import WeightsError, save_threshold
+from midog_d2.checkpoint import WeightsError
 from midog_d2.engine import setup_cfg
-from midog_d2.engine.protocol import operating_threshold, score_dataset
+from midog_d2.engine.protocol import calibrate
 from midog_d2.engine.trainer import add_trained_model_arguments, trained_model_and_dataset
-from midog_d2.fileio import json_safe
 
 
 def main(argv=None) -> int:
@@ -40,25 +39,7 @@ def main(argv=None) -> int:
     except (ValueError, WeightsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    midog = score_dataset(cfg, model, dataset, args.output_dir or None)["midog"]
-    threshold, rule = operating_threshold(midog)
-    info = {
-        "rule": rule,
-        "density": midog.get("density"),
-        "expected_f1": midog.get("density_F1"),
-        "best_f1_threshold": midog["best_threshold"],
-        "best_f1": midog["best_F1"],
-        "figures_per_mm2": midog.get("figures_per_mm2"),
-    }
-    path = save_threshold(
-        cfg.MODEL.WEIGHTS,
-        threshold,
-        dataset=dataset,
-        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
-        num_images=midog.get("num_images"),
-        **json_safe(info),
-    )
-    print(json.dumps(json_safe({"threshold": threshold, **info, "file": path})))
+    print(json.dumps(calibrate(cfg, model, dataset, cfg.MODEL.WEIGHTS, args.output_dir or None)))
     return 0
 
 

@@ -3,6 +3,11 @@
 
     python tools/infer_slides.py --config-file CFG --input PATH [PATH ...] --output DIR \\
         MODEL.WEIGHTS output/model_final.pth [KEY VALUE ...]
+    python tools/infer_slides.py --input PATH --output DIR   # the shipped reference model
+
+Without ``--config-file`` (and ``--exported``) the model that ships with the project runs
+(``midog-d2://reference/``: its config, fp16 weights and stored threshold; what it is and is
+not good for: docs/model_card.md), and the log says so.
 
 Inputs are files, folders (their slides, not recursing) or glob patterns: any OpenSlide
 format, tiled TIFF ROIs, PNG/JPEG. Per slide DIR gets ``<stem>.midog.json`` (challenge
@@ -42,7 +47,14 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
+from midog_d2.checkpoint import (
+    REFERENCE_WEIGHTS,
+    WeightsError,
+    load_model_weights,
+    local_path,
+    reference_model,
+    resolve_score_threshold,
+)
 from midog_d2.engine.trainer import setup_cfg, split_overrides
 from midog_d2.inference.export import ExportedDetector, load_export_meta
 from midog_d2.jobs.slide_job import (
@@ -63,7 +75,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config-file", required=True, metavar="FILE")
+    ap.add_argument(
+        "--config-file",
+        default=None,
+        metavar="FILE",
+        help="the model's config (default: the shipped reference model, docs/model_card.md)",
+    )
     ap.add_argument("--input", required=True, nargs="+", help="slide files, folders or globs")
     ap.add_argument("--output", required=True, help="output folder")
     ap.add_argument(
@@ -137,10 +154,19 @@ def check_args(args: argparse.Namespace):
         )
     try:
         cfg = _cfg(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    if not args.config_file:
+        print(
+            f"no --config-file: running the shipped reference model {REFERENCE_WEIGHTS} "
+            "(docs/model_card.md says what it is and is not good for)",
+            file=sys.stderr,
+        )
     if not cfg.MODEL.WEIGHTS and not args.exported:
-        raise SystemExit("error: MODEL.WEIGHTS is empty: name the trained weights to run")
+        raise SystemExit(
+            "error: MODEL.WEIGHTS is empty: name the trained weights to run (or leave out "
+            "--config-file to run the shipped reference model)"
+        )
     try:
         inputs = expand_inputs(args.input)
         slide_stems(inputs)
@@ -165,8 +191,23 @@ def check_args(args: argparse.Namespace):
     return cfg, inputs, sha
 
 
+def _config_file(args: argparse.Namespace) -> str:
+    """``--config-file``, or the shipped reference model's (FileNotFoundError when the
+    checkout lacks it)."""
+    if args.config_file:
+        return args.config_file
+    if args.exported:
+        raise ValueError("--exported needs the --config-file it was exported from")
+    return reference_model()[0]
+
+
 def _cfg(args: argparse.Namespace):
-    return setup_cfg(args.config_file, _opts(args), ignore_development_keys=True)
+    cfg = setup_cfg(_config_file(args), _opts(args), ignore_development_keys=True)
+    if cfg.MODEL.WEIGHTS:
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = local_path(cfg.MODEL.WEIGHTS)  # midog-d2:// -> the installed file
+        cfg.freeze()
+    return cfg
 
 
 def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
@@ -194,6 +235,8 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         model.eval()
         threshold, source = resolve_score_threshold(cfg)
     if comm.is_main_process():
+        if not args.config_file:
+            logger.info("model: the shipped reference model %s", REFERENCE_WEIGHTS)
         logger.info(
             "%d slides, %d processes; threshold %.3f (%s)", len(inputs), world, threshold, source
         )

@@ -8,6 +8,14 @@
     python tools/train_net.py --config-file ... --num-gpus 8
     python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
 
+With ``MODEL.SECOND_STAGE.ON`` one command trains the whole model: the detector, then the
+second stage on the detector's candidates in the training inputs (both saved in
+``OUTPUT_DIR/model_final.pth``), then, with ``TEST.MIDOG.CALIBRATION_DATASET`` (a whole-ROI
+validation set), the operating threshold stored beside it; ``DATASETS.TEST`` is then scored
+with both (``midog_d2.engine.runs.train_model``). ``--resume`` continues from the last
+checkpoint on the same schedule and skips what is already done.
+``tools/train_second_stage.py`` retrains a second stage alone.
+
 ``--eval-only`` refuses weights that leave part of the model unloaded (missing or
 differently shaped parameters would be scored at their random initialisation) unless
 ``--allow-partial-weights`` is given.
@@ -29,6 +37,7 @@ from midog_d2.checkpoint import (
     load_model_weights,
 )
 from midog_d2.engine import MidogTrainer, setup_cfg
+from midog_d2.engine.runs import train_model
 
 logger = logging.getLogger("midog_d2.train_net")
 
@@ -54,6 +63,8 @@ def main(args):
             load_model_weights(cfg, model, path, allow_partial=args.allow_partial_weights)
         except (WeightsError, FileNotFoundError) as e:
             raise SystemExit(f"error: --eval-only: {e}")
+        if cfg.TEST.TILE.CHANNELS_LAST:
+            model.to(memory_format=torch.channels_last)  # oneDNN's fast layout, same arithmetic
         return MidogTrainer.test(cfg, model)
     try:
         trainer = MidogTrainer(cfg)
@@ -61,9 +72,8 @@ def main(args):
         # the data's own errors name the file and the problem; the traceback goes to the log
         logger.debug("cannot build the trainer", exc_info=True)
         raise SystemExit(f"error: {e}")
-    trainer.resume_or_load(resume=args.resume)
     try:
-        return trainer.train()
+        return train_model(cfg, trainer, resume=args.resume)
     except FloatingPointError as e:
         # Detectron2 stops before the optimizer step of a non-finite loss, and the
         # checkpointer refuses non-finite weights: the last checkpoint is a good one.

@@ -1,6 +1,7 @@
 """Weights: torchvision ResNet state dicts -> Detectron2 checkpoints (:mod:`.conversion`), the
 operating threshold stored beside a checkpoint (:mod:`.threshold`), loading without executing
-code (:mod:`.safe_load`) and the checkpointer that maps the domain head by name and saves
+code (:mod:`.safe_load`), the model that ships with the project (:mod:`.shipped`,
+``midog-d2://`` paths) and the checkpointer that maps the domain head by name and saves
 crash-safely (:mod:`.checkpointer`). Every file is written through
 :mod:`midog_d2.fileio.atomic`."""
 
@@ -14,6 +15,7 @@ from .checkpointer import (
 )
 from .conversion import convert_torchvision_resnet, torchvision_to_d2_checkpoint
 from .safe_load import WeightsError, load_pickle_weights, load_torch_weights
+from .shipped import REFERENCE_CONFIG, REFERENCE_WEIGHTS, local_path, reference_model
 from .threshold import (
     THRESHOLD_SUFFIX,
     file_sha256,
@@ -32,6 +34,10 @@ __all__ = [
     "require_complete_load",
     "convert_torchvision_resnet",
     "torchvision_to_d2_checkpoint",
+    "REFERENCE_CONFIG",
+    "REFERENCE_WEIGHTS",
+    "local_path",
+    "reference_model",
     "WeightsError",
     "load_pickle_weights",
     "load_torch_weights",

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..constants import DEFAULT_SCORE_THRESHOLD
 from ..fileio.atomic import atomic_write_text
+from .shipped import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +19,8 @@ THRESHOLD_SUFFIX = ".threshold.json"
 
 def threshold_file(weights: str) -> str:
     """Where the operating threshold of ``weights`` is stored: beside it, ``<weights>`` +
-    ``.threshold.json``."""
-    return weights + THRESHOLD_SUFFIX
+    ``.threshold.json`` (a ``midog-d2://`` path resolved to the shipped file)."""
+    return local_path(weights) + THRESHOLD_SUFFIX
 
 
 def file_sha256(path: str) -> str:
@@ -36,6 +37,7 @@ def save_threshold(weights: str, threshold: float, **info: Any) -> str:
     written to a temporary name and renamed). ``info``: what it was chosen on (dataset,
     F1, radius). Returns the file's path."""
     threshold = float(threshold)
+    weights = local_path(weights)
     if not (0.0 <= threshold <= 1.0):
         raise ValueError(f"operating threshold must be in [0, 1], got {threshold}")
     if not os.path.isfile(weights):
@@ -54,6 +56,7 @@ def save_threshold(weights: str, threshold: float, **info: Any) -> str:
 def load_threshold(weights: str) -> Optional[Dict[str, Any]]:
     """The record :func:`save_threshold` stored for ``weights``, or None when there is none
     or it belongs to other bytes (a warning says so: the weights changed since)."""
+    weights = local_path(weights) if weights else weights
     path = threshold_file(weights)
     if not weights or not os.path.isfile(path) or not os.path.isfile(weights):
         return None

@@ -17,7 +17,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from ..constants import HARD_NEGATIVE, MITOTIC_FIGURE
+from ..constants import DONT_CARE, HARD_NEGATIVE, MITOTIC_FIGURE
 from ..fileio.images import rgb_to_format, to_chw_tensor
 from ..fileio.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
 from .transforms import build_color_augmentation
@@ -43,8 +43,13 @@ def build_patch_augmentation(cfg) -> List[T.Augmentation]:
 
 
 def _boxes_and_classes(dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """(N, 4) float32 XYXY_ABS boxes and (N,) int64 classes of a dataset dict."""
-    annos = [a for a in dataset_dict.get("annotations", ()) if a.get("iscrowd", 0) == 0]
+    """(N, 4) float32 XYXY_ABS boxes and (N,) int64 classes of a dataset dict; don't-care
+    zones (an evaluation label) take no part in training."""
+    annos = [
+        a
+        for a in dataset_dict.get("annotations", ())
+        if a.get("iscrowd", 0) == 0 and a.get("category_id") != DONT_CARE
+    ]
     if not annos:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     boxes = np.array(

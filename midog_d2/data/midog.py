@@ -23,6 +23,7 @@ from detectron2.structures import BoxMode
 from ..constants import (
     CATEGORY_ALIASES,
     CATEGORY_NAMES,
+    DONT_CARE_NAME,
     MIDOGPP_TUMOR_TYPES,
     SCANNER_ALIASES,
     TUMOR_TYPE_ALIASES,
@@ -185,7 +186,8 @@ def _category_map(json_file: str, categories: List[Dict[str, Any]]) -> Dict[Any,
             )
         if cls in mapping.values():
             raise ValueError(
-                f"{json_file}: two categories map to {CATEGORY_NAMES[cls]!r}: {categories!r}"
+                f"{json_file}: two categories map to "
+                f"{(CATEGORY_NAMES + (DONT_CARE_NAME,))[cls]!r}: {categories!r}"
             )
         mapping[cat["id"]] = cls
     return mapping

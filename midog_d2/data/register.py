@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import random
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -243,16 +244,29 @@ def load_options_from_config(cfg) -> Dict[str, Any]:
 def register_from_config(cfg) -> List[str]:
     """
     Register ``midog_train``, ``midog_val`` (when ``VAL_FRACTION > 0``) and
-    ``midog_test`` from ``cfg.DATASETS.MIDOG`` (see config.py for the keys);
-    nothing when ``JSON_FILE`` is empty. The split is computed now (the JSON is
+    ``midog_test`` from ``cfg.DATASETS.MIDOG`` (see config.py for the keys; none when
+    ``JSON_FILE`` is empty), and each whole file of ``EXTRA`` under its own name. The split is computed now (the JSON is
     read once); each part is registered lazily by image ids. Returns the names.
     """
     check_renamed_keys(cfg)
     c = cfg.DATASETS.MIDOG
-    if not c.JSON_FILE:
-        return []
     domains = list(cfg.MODEL.MULTITASK.DOMAINS)
     load_options = load_options_from_config(cfg)
+    extra = []
+    for entry in c.EXTRA:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+            raise ValueError(
+                f"DATASETS.MIDOG.EXTRA: each entry is [name, json_file, image_root], got {entry!r}"
+            )
+        name, json_file, image_root = (str(v) for v in entry)
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"DATASETS.MIDOG.EXTRA {name!r}: {json_file} not found")
+        register_midog(
+            name, json_file, image_root, domains=domains, mpp=c.FALLBACK_MPP, **load_options
+        )
+        extra.append(name)
+    if not c.JSON_FILE:
+        return extra
     dicts = load_midog_json(c.JSON_FILE, c.IMAGE_ROOT, domains=domains, **load_options)
     if c.SPLIT == "csv":
         if not c.CSV_FILE:
@@ -291,4 +305,4 @@ def register_from_config(cfg) -> List[str]:
         c.JSON_FILE,
         ", ".join(f"{n} {len(p)} images" for n, p in parts.items()),
     )
-    return list(parts)
+    return list(parts) + extra

@@ -12,11 +12,13 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.evaluation import inference_on_dataset
 
+from ..checkpoint import save_threshold
 from ..data.sampler import build_midog_test_loader
 from ..evaluation.evaluator import build_midog_evaluators
+from ..fileio import json_safe
 from ..inference.predictor import TiledPredictor
 
-__all__ = ["operating_threshold", "score_dataset", "evaluate_domains"]
+__all__ = ["operating_threshold", "score_dataset", "evaluate_domains", "calibrate"]
 
 
 def operating_threshold(midog: Dict[str, float]) -> Tuple[float, str]:
@@ -47,6 +49,40 @@ def score_dataset(
     loader = build_midog_test_loader(cfg, dataset_name)
     evaluator = build_midog_evaluators(cfg, dataset_name, output_dir)
     return inference_on_dataset(TiledPredictor(cfg, model, evaluation=True), loader, evaluator)
+
+
+def calibrate(
+    cfg: CfgNode,
+    model: nn.Module,
+    dataset_name: str,
+    weights: str,
+    output_dir: Optional[str] = None,
+) -> Dict[str, object]:
+    """Score ``model`` (whose weights are the file ``weights``) on whole images of the
+    validation set ``dataset_name``, choose its operating threshold
+    (:func:`operating_threshold`) and store it beside ``weights`` (bound to their SHA-256).
+    Returns the threshold, the record's fields and the file written."""
+    midog = score_dataset(cfg, model, dataset_name, output_dir)["midog"]
+    threshold, rule = operating_threshold(midog)
+    info = {
+        "rule": rule,
+        "density": midog.get("density"),
+        "expected_f1": midog.get("density_F1"),
+        "best_f1_threshold": midog["best_threshold"],
+        "best_f1": midog["best_F1"],
+        "figures_per_mm2": midog.get("figures_per_mm2"),
+        "recall": midog.get("recall"),
+        "fp_per_mm2": midog.get("FP_per_mm2"),
+    }
+    path = save_threshold(
+        weights,
+        threshold,
+        dataset=dataset_name,
+        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
+        num_images=midog.get("num_images"),
+        **json_safe(info),
+    )
+    return json_safe({"threshold": threshold, **info, "file": path})
 
 
 def evaluate_domains(cfg: CfgNode, model: nn.Module, output_dir: str) -> Dict[str, dict]:

@@ -13,11 +13,12 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import MidogCheckpointer, load_model_weights, save_threshold
+from ..checkpoint import MidogCheckpointer, load_model_weights, load_threshold, save_threshold
 from ..fileio.atomic import atomic_write_text
+from .protocol import calibrate
 from .second_stage import train_second_stage
 
-__all__ = ["begin_run", "train_detector", "fit_run", "train_calibrate_score"]
+__all__ = ["begin_run", "train_detector", "fit_run", "train_calibrate_score", "train_model"]
 
 # score(cfg, model) -> (scores, operating threshold or None, what the threshold file records)
 ScoreFn = Callable[[CfgNode, nn.Module], Tuple[Dict[str, Any], Optional[float], Dict[str, Any]]]
@@ -91,3 +92,58 @@ def train_calibrate_score(
     if os.path.isfile(weights) and threshold is not None and math.isfinite(threshold):
         save_threshold(weights, threshold, **record)
     return cfg, {**scores, **info}
+
+
+def train_model(cfg: CfgNode, trainer, resume: bool = False) -> Dict[str, Any]:
+    """The whole model in one command (``tools/train_net.py``): the detector trained by
+    ``trainer`` (a :class:`~.trainer.MidogTrainer` of ``cfg``; resumed from ``OUTPUT_DIR``'s last checkpoint with ``resume``, on the
+    same schedule), then, with ``MODEL.SECOND_STAGE.ON``, the second stage trained on the
+    detector's candidates in the trainer's training inputs and saved with it in
+    ``OUTPUT_DIR/model_final.pth``, then, with ``TEST.MIDOG.CALIBRATION_DATASET``, that
+    checkpoint's operating threshold chosen and stored beside it. A resumed run whose
+    second stage and threshold are done does neither again. Returns the detector's last
+    evaluation results, ``second_stage`` (its training figures), ``calibration`` and, when
+    either changed the model's scores and ``DATASETS.TEST`` is set, ``final`` (the scores
+    of the finished model at its threshold)."""
+    from detectron2.utils import comm
+
+    trainer_cls = type(trainer)
+    trainer.resume_or_load(resume=resume)
+    out: Dict[str, Any] = {"detector": trainer.train() or {}}
+    if not comm.is_main_process():
+        return out
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    marker = os.path.join(cfg.OUTPUT_DIR, "second_stage.json")
+    changed = False
+    if cfg.MODEL.SECOND_STAGE.ON:
+        import json
+
+        if resume and os.path.isfile(marker) and os.path.isfile(final):
+            with open(marker, encoding="utf-8") as f:
+                out["second_stage"] = json.load(f)
+        else:
+            seed_all_rng(cfg.SEED)  # the candidates (the loader's draws) repeat
+            out["second_stage"] = train_second_stage(
+                cfg, model, iter(trainer_cls.build_train_loader(cfg))
+            )
+            # The trainer's checkpointer: the iteration (and optimizer) travel with it, so that
+            # --resume finds the schedule done instead of starting it over.
+            trainer.checkpointer.save("model_final", iteration=trainer.max_iter - 1)
+            atomic_write_text(marker, json.dumps(out["second_stage"], indent=1))
+            changed = True
+    dataset = cfg.TEST.MIDOG.CALIBRATION_DATASET
+    if dataset and os.path.isfile(final):
+        if changed or load_threshold(final) is None:
+            model.eval()
+            out["calibration"] = calibrate(cfg, model, dataset, final)
+            changed = True
+        else:
+            out["calibration"] = load_threshold(final)
+    if changed and cfg.DATASETS.TEST:
+        tested = cfg.clone()
+        tested.defrost()
+        tested.MODEL.WEIGHTS = final
+        model.eval()
+        out["final"] = trainer_cls.test(tested, model)
+    return out

@@ -2,6 +2,9 @@
 
 * A detection is a point (its box centre). Ground truth is the mitotic figures only:
   hard negatives play no part.
+* Don't-care zones (``ImagePoints.ignore``, an evaluation set's label, e.g. the other figures
+  of tumor tissue tiled into composite ROIs): a detection within the radius of one and of no
+  mitotic figure is removed before matching, so it is neither true nor false.
 * Matching is greedy in ground-truth order: each ground-truth point takes the nearest
   prediction within ``radius`` (distance <= radius, ties broken by prediction index)
   that no earlier ground-truth point took. Unmatched predictions are false positives
@@ -65,6 +68,7 @@ class ImagePoints:
             "mitotic figure"); None means all of them.
         area_mm2: the tissue area (mm²) searched for the detections, for false
             detections per mm² (:mod:`.prevalence`); None when not known.
+        ignore: (K, 2) centres of don't-care zones (see :meth:`scored`).
     """
 
     gt: np.ndarray
@@ -75,6 +79,7 @@ class ImagePoints:
     image_id: Any = None
     selected: Optional[np.ndarray] = None
     area_mm2: Optional[float] = None
+    ignore: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.gt = np.asarray(self.gt, dtype=np.float64).reshape(-1, 2)
@@ -94,8 +99,38 @@ class ImagePoints:
         if self.area_mm2 is not None and not (np.isfinite(self.area_mm2) and self.area_mm2 >= 0):
             raise ValueError(f"image {self.image_id!r}: area must be >= 0 mm², got {self.area_mm2}")
 
+        self.ignore = (
+            None
+            if self.ignore is None or len(self.ignore) == 0
+            else np.asarray(self.ignore, dtype=np.float64).reshape(-1, 2)
+        )
+
     def radius_px(self, radius_um: float) -> float:
         return radius_um / self.mpp
+
+    def scored(self, radius_um: float) -> "ImagePoints":
+        """The image as it is scored: without the detections within ``radius_um`` of a
+        don't-care zone and of no mitotic figure (itself when it has no zone)."""
+        if self.ignore is None or len(self.pred) == 0:
+            return self
+        r2 = self.radius_px(radius_um) ** 2
+
+        def near(points: np.ndarray) -> np.ndarray:
+            if len(points) == 0:
+                return np.zeros(len(self.pred), dtype=bool)
+            return (((self.pred[:, None, :] - points[None, :, :]) ** 2).sum(-1) <= r2).any(1)
+
+        keep = ~near(self.ignore) | near(self.gt)
+        return ImagePoints(
+            gt=self.gt,
+            pred=self.pred[keep],
+            scores=self.scores[keep],
+            mpp=self.mpp,
+            tumor=self.tumor,
+            image_id=self.image_id,
+            selected=None if self.selected is None else self.selected[keep],
+            area_mm2=self.area_mm2,
+        )
 
 
 def _candidates(gt: np.ndarray, pred: np.ndarray, radius: float) -> List[np.ndarray]:
@@ -155,6 +190,7 @@ def count_matches(
 ) -> Tuple[int, int, int]:
     """(TP, FP, FN) of one image; predictions count when ``score >= threshold`` (all,
     or ``image.selected``, when ``threshold`` is None)."""
+    image = image.scored(radius_um)
     alive = _alive(image, threshold)
     cand = _candidates(image.gt, image.pred, image.radius_px(radius_um))
     tp = int((_greedy(cand, alive) >= 0).sum())
@@ -187,6 +223,7 @@ def sweep_thresholds(
     fp = np.zeros(len(thresholds), dtype=np.int64)
     fn = np.zeros(len(thresholds), dtype=np.int64)
     for image in images:
+        image = image.scored(radius_um)
         sorted_scores = np.sort(image.scores)
         n_alive = len(sorted_scores) - np.searchsorted(sorted_scores, thresholds, side="left")
         cand = _candidates(image.gt, image.pred, image.radius_px(radius_um))
@@ -372,6 +409,7 @@ def evaluate_points(
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     density = MIDOGPP_DENSITY if density is None else float(density)
+    images = [i.scored(radius_um) for i in images]
 
     def summarize(group: Sequence[ImagePoints]) -> Dict[str, Any]:
         counts = np.zeros(3, dtype=np.int64)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, MITOTIC_FIGURE, is_labelled
+from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, DONT_CARE, MITOTIC_FIGURE, is_labelled
 from ..data.midog import box_centres, load_midog_json
 from ..fileio.points import detect_prediction_format, load_coco_results, load_point_predictions
 from .metrics import ImagePoints, evaluate_points, points_in_region
@@ -39,7 +39,7 @@ def image_points(
 ) -> Optional[ImagePoints]:
     """
     The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
-    dataset dict) and the detections ``pred`` (P, 2) / ``scores`` (P,) in level-0 pixels,
+    dataset dict), its don't-care zones and the detections ``pred`` (P, 2) / ``scores`` (P,) in level-0 pixels,
     both restricted to ``region`` (x0, y0, x1, y1) when given. Its searched area is the
     region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout).
     None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
@@ -56,6 +56,7 @@ def image_points(
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gt = gt_points(record)
+    ignore = box_centres(record, DONT_CARE)
     keep = points_in_region(pred, region)
     return ImagePoints(
         gt=gt[points_in_region(gt, region)],
@@ -66,6 +67,7 @@ def image_points(
         image_id=record.get("image_id") if image_id is None else image_id,
         selected=None if selected is None else np.asarray(selected, dtype=bool)[keep],
         area_mm2=None if area_px is None else area_px * (mpp * 1e-3) ** 2,
+        ignore=ignore[points_in_region(ignore, region)],
     )
 
 

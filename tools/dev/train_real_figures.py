@@ -6,7 +6,10 @@
     # the shortcut control: the same training with the box on a random other nucleus
     ... --config-file configs/dev/RealFigures-CPU-R18.yaml INPUT.CANVAS.CONTROL True \
         OUTPUT_DIR output/real_figures_cpu_r18_control
-Score a checkpoint with tools/dev/eval_real_figures.py.
+Score a checkpoint with tools/dev/eval_real_figures.py. As tools/train_net.py
+(midog_d2.engine.runs.train_model): with MODEL.SECOND_STAGE.ON the second stage follows, and
+with TEST.MIDOG.CALIBRATION_DATASET (e.g. a fold's validation composites, registered by
+DATASETS.MIDOG.EXTRA) the threshold is chosen there; --resume continues a long training.
 """
 
 import os
@@ -17,15 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from detectron2.engine import default_argument_parser, launch
 
+from midog_d2.engine.runs import train_model
 from midog_dev import setup_datagen_cfg
 from midog_dev.scanner_study import RealFigureTrainer
 
 
 def main(args):
     cfg = setup_datagen_cfg(args.config_file, args.opts, args)
-    trainer = RealFigureTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train_model(cfg, RealFigureTrainer(cfg), resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Score a trained model on a fold's composite ROIs (tools/dev/build_composites.py) the way a
+slide is read: whole 2048-px regions at MIDOG++'s median density, through the product's
+evaluation path (``midog_d2.engine.protocol.score_dataset``: the TiledPredictor and
+MidogEvaluator that ``train_net.py --eval-only`` runs), the threshold chosen on the fold's
+validation composites (``calibrate``, as ``tools/calibrate_threshold.py``) and carried to the
+test sets:
+
+    .venv/bin/python tools/dev/score_composites.py --run output/curve/bn_cs2_seed0 \\
+        --weights model_0000999.pth --fold heldout_cs2 --out docs/study/curve.jsonl --label 1k
+
+Appends one JSON row: per set F1 counted directly (with a bootstrap interval over ROIs),
+recall (Wilson interval), precision, false detections per mm² with their Poisson interval,
+split by context and tumor tissue, AP50, the seconds and Mpx/s of inference; the stored
+threshold record is written beside the weights. ``--sets`` picks the test sets,
+``--max-rois`` scores the first ROIs of each only (a quicker point, said so in the row).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+# midog_dev (development data) is not installed with midog_d2: import the checkout's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from detectron2.data import DatasetCatalog  # noqa: E402
+
+from midog_d2.checkpoint import load_model_weights, load_threshold  # noqa: E402
+from midog_d2.data.register import register_midog  # noqa: E402
+from midog_d2.engine import MidogTrainer  # noqa: E402
+from midog_d2.engine.protocol import calibrate, score_dataset  # noqa: E402
+from midog_d2.evaluation import ImagePoints  # noqa: E402
+from midog_d2.evaluation.metrics import greedy_match  # noqa: E402
+from midog_d2.evaluation.prevalence import rate_interval  # noqa: E402
+from midog_d2.evaluation.scoring import image_points  # noqa: E402
+from midog_dev import setup_datagen_cfg  # noqa: E402
+
+
+def wilson(k: int, n: int, z: float = 1.96):
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def per_roi(dataset: str, points_file: str, threshold: float, radius_um: float, limit: int):
+    """Per ROI: TP, FP, FN, FP in tumor tissue, area, tumor area (mm²)."""
+    with open(points_file, encoding="utf-8") as f:
+        points = json.load(f)
+    rows = []
+    for d in DatasetCatalog.get(dataset)[: limit or None]:
+        mpp = 0.25
+        pts = points.get(os.path.basename(d["file_name"]), {}).get("points", [])
+        xy = np.array([p["point"][:2] for p in pts]).reshape(-1, 2) * 1000.0 / mpp
+        sc = np.array([p["probability"] for p in pts])
+        img = image_points(d, xy, sc, mpp).scored(radius_um)
+        alive = img.scores >= threshold
+        match = greedy_match(img.gt, np.where(alive[:, None], img.pred, np.inf), radius_um / mpp)
+        fp_mask = alive.copy()
+        fp_mask[match[match >= 0]] = False
+        wins = np.array(d.get("tumor_windows") or np.zeros((0, 4))).reshape(-1, 4)
+        fpx = img.pred[fp_mask]
+        in_tumor = np.zeros(len(fpx), dtype=bool)
+        for x0, y0, x1, y1 in wins:
+            in_tumor |= (fpx[:, 0] >= x0) & (fpx[:, 0] < x1) & (fpx[:, 1] >= y0) & (fpx[:, 1] < y1)
+        px2 = (mpp * 1e-3) ** 2
+        tumor_area = float(((wins[:, 2] - wins[:, 0]) * (wins[:, 3] - wins[:, 1])).sum()) * px2
+        tp = int((match >= 0).sum())
+        rows.append([tp, int(fp_mask.sum()), len(img.gt) - tp, int(in_tumor.sum()),
+                     img.area_mm2, tumor_area])  # fmt: skip
+    return np.array(rows, dtype=np.float64)
+
+
+def summarize(rows: np.ndarray, rng) -> dict:
+    tp, fp, fn, fp_t, area, t_area = rows.sum(axis=0)
+    c_area = area - t_area
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    boot = []
+    for _ in range(2000):
+        s = rows[rng.integers(len(rows), size=len(rows))].sum(axis=0)
+        boot.append(2 * s[0] / max(2 * s[0] + s[1] + s[2], 1))
+    rate = rate_interval(int(fp), float(area))
+    return {
+        "rois": len(rows),
+        "figures": int(tp + fn),
+        "area_mm2": round(float(area), 3),
+        "F1": f1,
+        "F1_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "recall": tp / max(tp + fn, 1),
+        "recall_ci95": list(wilson(int(tp), int(tp + fn))),
+        "precision": tp / max(tp + fp, 1),
+        "TP": int(tp),
+        "FP": int(fp),
+        "FN": int(fn),
+        "FP_per_mm2": rate[0],
+        "FP_per_mm2_ci95": [rate[1], rate[2]],
+        "FP_per_mm2_tumor": float(fp_t / t_area) if t_area else float("nan"),
+        "FP_per_mm2_context": float((fp - fp_t) / c_area) if c_area else float("nan"),
+        "tumor_area_mm2": round(float(t_area), 3),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--weights", default="model_final.pth")
+    ap.add_argument("--config-file", default="", help="default: the run's config.yaml")
+    ap.add_argument("--fold", required=True)
+    ap.add_argument("--composites", default="datasets/composites")
+    ap.add_argument("--sets", nargs="+", default=["held_out", "in_domain"])
+    ap.add_argument("--max-rois", type=int, default=0, help="score the first ROIs of each set")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", default="", help="JSONL file the row is appended to")
+    ap.add_argument("opts", nargs="*", help="config overrides (e.g. TEST.TILE.SIZE 2048)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    weights = os.path.join(args.run, args.weights)
+    cfg = setup_datagen_cfg(
+        args.config_file or os.path.join(args.run, "config.yaml"),
+        ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+         *args.opts],
+    )  # fmt: skip
+    model = MidogTrainer.build_model(cfg)
+    load_model_weights(cfg, model, weights)
+    model.eval()
+    if cfg.TEST.TILE.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    folder = os.path.join(args.composites, args.fold)
+    names = {}
+    for s in ["val", *args.sets]:
+        name = f"composites_{args.fold}_{s}"
+        json_file = os.path.join(folder, f"{s}.json")
+        if args.max_rois:
+            with open(json_file, encoding="utf-8") as f:
+                doc = json.load(f)
+            keep = {im["id"] for im in doc["images"][: args.max_rois]}
+            register_midog(name, json_file, folder, image_ids=sorted(keep))
+        else:
+            register_midog(name, json_file, folder)
+        names[s] = name
+    row = {"run": args.run, "weights": args.weights, "label": args.label, "fold": args.fold,
+           "max_rois": args.max_rois, "opts": args.opts, "sets": {}}  # fmt: skip
+    record = load_threshold(weights)
+    t = time.perf_counter()
+    if record is None or record.get("dataset") != names["val"]:
+        record = calibrate(cfg, model, names["val"], weights)
+    row["calibration"] = {k: record.get(k) for k in ("threshold", "rule", "expected_f1",
+                          "best_f1_threshold", "recall", "fp_per_mm2")}  # fmt: skip
+    row["calibration"]["seconds"] = round(time.perf_counter() - t, 1)
+    threshold = float(record["threshold"])
+    rng = np.random.default_rng(0)
+    for s in args.sets:
+        out_dir = os.path.join(args.run, "composites", args.label or "eval", s)
+        t = time.perf_counter()
+        res = score_dataset(cfg, model, names[s], out_dir, threshold)["midog"]
+        sec = time.perf_counter() - t
+        rows = per_roi(names[s], os.path.join(out_dir, "midog_points.json"), threshold,
+                       cfg.TEST.MIDOG.RADIUS_UM, args.max_rois)  # fmt: skip
+        summary = summarize(rows, rng)
+        assert summary["TP"] == res["TP"] and summary["FP"] == res["FP"], (summary, res)
+        px = summary["area_mm2"] / (0.25e-3) ** 2
+        summary.update(AP50=res["AP50_points"], best_F1=res["best_F1"], seconds=round(sec, 1),
+                       mpx_per_s=round(px / 1e6 / sec, 3))  # fmt: skip
+        row["sets"][s] = summary
+        print(f"{s}: F1 {summary['F1']:.3f} {np.round(summary['F1_ci95'], 3).tolist()} recall "
+              f"{summary['recall']:.3f} FP/mm² {summary['FP_per_mm2']:.2f} (tumor "
+              f"{summary['FP_per_mm2_tumor']:.2f}, context {summary['FP_per_mm2_context']:.2f}) "
+              f"at {threshold:.2f}; {sec:.0f} s, {summary['mpx_per_s']:.2f} Mpx/s", flush=True)  # fmt: skip
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
