@@ -311,6 +311,9 @@ def _add_test_config(cfg: CN) -> None:
     # (oneDNN's fast layout on the CPU: measured 1.4x faster; the same arithmetic).
     # Evaluation during training leaves the training model as it is.
     _C.TEST.TILE.CHANNELS_LAST = True
+    # The same runs fold BatchNorm into the convolution before it (the same scores to float
+    # rounding, one pass over each feature map less; GroupNorm models are left as they are).
+    _C.TEST.TILE.FOLD_BATCHNORM = True
     # Threads reading and decoding tiles ahead of the model, and how many batches they
     # may read ahead (memory: (1 + PREFETCH_BATCHES) * BATCH_SIZE tiles).
     _C.TEST.TILE.READ_WORKERS = 2

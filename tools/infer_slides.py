@@ -141,6 +141,8 @@ def _opts(args: argparse.Namespace) -> list:
 
 def check_args(args: argparse.Namespace):
     """The config, the slides and the weights' SHA-256, or SystemExit with one sentence."""
+    if args.exported and not args.config_file:
+        raise SystemExit("error: --exported needs the --config-file it was exported from")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise SystemExit(f"error: --threshold must be in [0, 1], got {args.threshold}")
     if args.num_gpus < 1:
@@ -194,11 +196,7 @@ def check_args(args: argparse.Namespace):
 def _config_file(args: argparse.Namespace) -> str:
     """``--config-file``, or the shipped reference model's (FileNotFoundError when the
     checkout lacks it)."""
-    if args.config_file:
-        return args.config_file
-    if args.exported:
-        raise ValueError("--exported needs the --config-file it was exported from")
-    return reference_model()[0]
+    return args.config_file or reference_model()[0]
 
 
 def _cfg(args: argparse.Namespace):

@@ -38,6 +38,7 @@ from midog_d2.checkpoint import (
 )
 from midog_d2.engine import MidogTrainer, setup_cfg
 from midog_d2.engine.runs import train_model
+from midog_d2.inference import prepare_for_inference
 
 logger = logging.getLogger("midog_d2.train_net")
 
@@ -63,8 +64,7 @@ def main(args):
             load_model_weights(cfg, model, path, allow_partial=args.allow_partial_weights)
         except (WeightsError, FileNotFoundError) as e:
             raise SystemExit(f"error: --eval-only: {e}")
-        if cfg.TEST.TILE.CHANNELS_LAST:
-            model.to(memory_format=torch.channels_last)  # oneDNN's fast layout, same arithmetic
+        prepare_for_inference(model, cfg)  # BatchNorm folded, channels-last: same scores
         return MidogTrainer.test(cfg, model)
     try:
         trainer = MidogTrainer(cfg)

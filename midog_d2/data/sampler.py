@@ -17,13 +17,14 @@ import torch
 from torch.utils.data.sampler import Sampler
 
 from detectron2.data import (
+    DatasetCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.utils import comm
 
-from ..constants import is_labelled
+from ..constants import DONT_CARE, is_labelled
 from ..fileio import check_images
 from .mapper import MidogPatchMapper, MidogTestMapper
 
@@ -215,5 +216,18 @@ def build_midog_train_loader(
 
 def build_midog_test_loader(cfg, dataset_name: str):
     """Detectron2's test loader over ``dataset_name``, each dict mapped by
-    :class:`MidogTestMapper` to a record without pixels (the tiler reads them)."""
-    return build_detection_test_loader(cfg, dataset_name, mapper=MidogTestMapper(cfg))
+    :class:`MidogTestMapper` to a record without pixels (the tiler reads them). Its records
+    leave out don't-care zones, a class no model has (Detectron2 checks every class against
+    the model's); the evaluators read them, with the rest of the ground truth, from the
+    catalog."""
+    dicts = [
+        (
+            dict(d, annotations=[a for a in d["annotations"] if a.get("category_id") != DONT_CARE])
+            if "annotations" in d
+            else d
+        )
+        for d in DatasetCatalog.get(dataset_name)
+    ]
+    return build_detection_test_loader(
+        dataset=dicts, mapper=MidogTestMapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
+    )

@@ -71,8 +71,6 @@ def calibrate(
         "best_f1_threshold": midog["best_threshold"],
         "best_f1": midog["best_F1"],
         "figures_per_mm2": midog.get("figures_per_mm2"),
-        "recall": midog.get("recall"),
-        "fp_per_mm2": midog.get("FP_per_mm2"),
     }
     path = save_threshold(
         weights,

@@ -5,6 +5,7 @@ depend on the input it is read in (:mod:`.parity`)."""
 
 from .grid import scaled_tile_grid, tile_grid
 from .clinical import HPF10_MM2, Hotspot, find_hotspot, hotspot_window_px, mitotic_density
+from .fold import fold_batchnorm, prepare_for_inference
 from .merge import StreamingMerger, suppress_close_points
 from .parity import parity_summary, scores_across_sizes, window_around
 from .predictor import (

@@ -26,6 +26,7 @@ from ..fileio.slide import (
     slide_thumbnail,
 )
 from .clinical import HPF10_MM2, Hotspot, find_hotspot, mitotic_density
+from .fold import fold_batchnorm as fold
 from .grid import ScaledTile, scaled_tile_grid
 from .predictor import TiledPredictor
 from .tissue import TISSUE_METHODS, tile_tissue_fraction, tissue_mask
@@ -146,6 +147,7 @@ class SlidePredictor:
         fallback_mpp: Optional[float] = None,
         mpp: Optional[float] = None,
         channels_last: bool = False,
+        fold_batchnorm: bool = False,
     ):
         """
         Args:
@@ -160,6 +162,8 @@ class SlidePredictor:
                 (``TEST.SLIDE_MPP``; None: each file's own).
             channels_last: put the model's weights in channels-last memory format
                 (``TEST.TILE.CHANNELS_LAST``; changes the model passed in, in place).
+            fold_batchnorm: fold BatchNorm into the convolutions of a model in eval mode
+                (``TEST.TILE.FOLD_BATCHNORM``; in place, :func:`~.fold.fold_batchnorm`).
         """
         if tissue_method not in TISSUE_METHODS:
             raise ValueError(
@@ -180,6 +184,8 @@ class SlidePredictor:
         self.drop_outside_tissue = bool(drop_outside_tissue)
         self.fallback_mpp = fallback_mpp
         self.mpp = mpp
+        if fold_batchnorm and not tiled.model.training:
+            fold(tiled.model)
         if channels_last:
             tiled.model.to(memory_format=torch.channels_last)
 
@@ -197,6 +203,7 @@ class SlidePredictor:
             "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP or None,
             "mpp": cfg.TEST.SLIDE_MPP or None,
             "channels_last": cfg.TEST.TILE.CHANNELS_LAST,
+            "fold_batchnorm": cfg.TEST.TILE.FOLD_BATCHNORM,
         }
 
     def tiles(self, path: str) -> Tuple[List[ScaledTile], int, Dict[str, Any]]:

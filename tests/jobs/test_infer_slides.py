@@ -415,3 +415,21 @@ def test_the_jobs_time_left_counts_the_tiles_left_and_the_slides_not_started(mon
     job.slide_started(30)  # the mean of 10 and 30 tiles for the last slide
     assert job.eta_s() == pytest.approx(30 + 20)
     assert progress.fmt_eta(3725) == "1:02:05" and progress.fmt_eta(65) == "1:05"
+
+
+def test_without_a_config_the_shipped_model_runs_and_says_so(tmp_path, slides, capsys):
+    from midog_d2.checkpoint import REFERENCE_WEIGHTS, load_threshold
+
+    out = tmp_path / "out"
+    rc = run_tool(
+        "--input", slides / "roi.tif", "--output", out, "--no-progress",
+        "MODEL.DEVICE", "cpu", "TEST.TISSUE.THUMBNAIL_SIZE", "256",
+    )  # fmt: skip
+    assert rc == 0
+    assert f"running the shipped reference model {REFERENCE_WEIGHTS}" in capsys.readouterr().err
+    assert f"the shipped reference model {REFERENCE_WEIGHTS}" in (out / "log.txt").read_text()
+    row = read_summary(out)["roi.tif"]
+    assert row["status"] == "done"
+    assert float(row["threshold"]) == pytest.approx(load_threshold(REFERENCE_WEIGHTS)["threshold"])
+    with pytest.raises(SystemExit, match="needs the --config-file"):
+        run_tool("--input", slides, "--output", tmp_path / "o", "--exported", tmp_path / "x.pt")

@@ -284,3 +284,39 @@ def test_checkpoint_with_other_domain_count_loads_all_but_that_head(cfg, tmp_pat
     for k, v in target.state_dict().items():
         if not k.startswith("domain_head.predictor."):
             assert torch.equal(v, src[k]), k
+
+
+def test_folding_batchnorm_keeps_the_detections():
+    """Reference R-18 BatchNorm model with running statistics that are not the identity:
+    folded for inference, the same detections to float rounding; a training model is refused."""
+    import copy
+
+    from midog_d2.inference.fold import fold_batchnorm
+
+    cfg = make_cfg(CONFIGS / "Reference-R18-BN.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_batchnorm(model)
+    for m in model.modules():  # statistics as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            if m.affine:  # the head's per-level norms carry their affine part elsewhere
+                m.weight.data.uniform_(0.5, 1.5)
+    model.head.cls_score.bias.data.fill_(-1.0)
+    model.eval()
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) > 20
+    assert not any(isinstance(getattr(m, "norm", None), torch.nn.BatchNorm2d)
+                   for m in folded.backbone.modules())  # fmt: skip
+    inputs = make_inputs(2, 256)
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        fa, fb = model.backbone(images.tensor), folded.backbone(images.tensor)
+        for k in fa:  # every FPN level
+            assert torch.allclose(fa[k], fb[k], rtol=1e-4, atol=1e-4), k
+        la = model.head([fa[k] for k in model.head_in_features])
+        lb = folded.head([fb[k] for k in folded.head_in_features])
+        for x, y in zip(la[0] + la[1], lb[0] + lb[1]):  # class logits and box deltas
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-4)

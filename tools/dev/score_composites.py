@@ -39,6 +39,7 @@ from midog_d2.evaluation import ImagePoints  # noqa: E402
 from midog_d2.evaluation.metrics import greedy_match  # noqa: E402
 from midog_d2.evaluation.prevalence import rate_interval  # noqa: E402
 from midog_d2.evaluation.scoring import image_points  # noqa: E402
+from midog_d2.inference import prepare_for_inference  # noqa: E402
 from midog_dev import setup_datagen_cfg  # noqa: E402
 
 
@@ -52,10 +53,14 @@ def wilson(k: int, n: int, z: float = 1.96):
     return c - h, c + h
 
 
-def per_roi(dataset: str, points_file: str, threshold: float, radius_um: float, limit: int):
+def per_roi(
+    dataset: str, json_file: str, points_file: str, threshold: float, radius_um: float, limit: int
+):
     """Per ROI: TP, FP, FN, FP in tumor tissue, area, tumor area (mm²)."""
     with open(points_file, encoding="utf-8") as f:
         points = json.load(f)
+    with open(json_file, encoding="utf-8") as f:
+        windows = {im["file_name"]: im.get("tumor_windows", []) for im in json.load(f)["images"]}
     rows = []
     for d in DatasetCatalog.get(dataset)[: limit or None]:
         mpp = 0.25
@@ -67,7 +72,8 @@ def per_roi(dataset: str, points_file: str, threshold: float, radius_um: float, 
         match = greedy_match(img.gt, np.where(alive[:, None], img.pred, np.inf), radius_um / mpp)
         fp_mask = alive.copy()
         fp_mask[match[match >= 0]] = False
-        wins = np.array(d.get("tumor_windows") or np.zeros((0, 4))).reshape(-1, 4)
+        wins = np.array(windows[os.path.basename(d["file_name"])] or np.zeros((0, 4)))
+        wins = wins.reshape(-1, 4)
         fpx = img.pred[fp_mask]
         in_tumor = np.zeros(len(fpx), dtype=bool)
         for x0, y0, x1, y1 in wins:
@@ -122,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rois", type=int, default=0, help="score the first ROIs of each set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--label", default="")
+    ap.add_argument("--output-dir", default="", help="evaluator files (default: the run's)")
     ap.add_argument("--out", default="", help="JSONL file the row is appended to")
     ap.add_argument("opts", nargs="*", help="config overrides (e.g. TEST.TILE.SIZE 2048)")
     args = ap.parse_args(argv)
@@ -134,9 +141,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     model = MidogTrainer.build_model(cfg)
     load_model_weights(cfg, model, weights)
-    model.eval()
-    if cfg.TEST.TILE.CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last)
+    prepare_for_inference(model, cfg)
     folder = os.path.join(args.composites, args.fold)
     names = {}
     for s in ["val", *args.sets]:
@@ -149,24 +154,24 @@ def main(argv=None) -> int:
             register_midog(name, json_file, folder, image_ids=sorted(keep))
         else:
             register_midog(name, json_file, folder)
-        names[s] = name
+        names[s] = (name, json_file)
     row = {"run": args.run, "weights": args.weights, "label": args.label, "fold": args.fold,
            "max_rois": args.max_rois, "opts": args.opts, "sets": {}}  # fmt: skip
     record = load_threshold(weights)
     t = time.perf_counter()
-    if record is None or record.get("dataset") != names["val"]:
-        record = calibrate(cfg, model, names["val"], weights)
+    if record is None or record.get("dataset") != names["val"][0]:
+        record = calibrate(cfg, model, names["val"][0], weights)
     row["calibration"] = {k: record.get(k) for k in ("threshold", "rule", "expected_f1",
-                          "best_f1_threshold", "recall", "fp_per_mm2")}  # fmt: skip
+                          "best_f1_threshold", "num_images")}  # fmt: skip
     row["calibration"]["seconds"] = round(time.perf_counter() - t, 1)
     threshold = float(record["threshold"])
     rng = np.random.default_rng(0)
     for s in args.sets:
-        out_dir = os.path.join(args.run, "composites", args.label or "eval", s)
+        out_dir = os.path.join(args.output_dir or args.run, "composites", args.label or "eval", s)
         t = time.perf_counter()
-        res = score_dataset(cfg, model, names[s], out_dir, threshold)["midog"]
+        res = score_dataset(cfg, model, names[s][0], out_dir, threshold)["midog"]
         sec = time.perf_counter() - t
-        rows = per_roi(names[s], os.path.join(out_dir, "midog_points.json"), threshold,
+        rows = per_roi(*names[s], os.path.join(out_dir, "midog_points.json"), threshold,
                        cfg.TEST.MIDOG.RADIUS_UM, args.max_rois)  # fmt: skip
         summary = summarize(rows, rng)
         assert summary["TP"] == res["TP"] and summary["FP"] == res["FP"], (summary, res)

@@ -28,8 +28,9 @@ import torch  # noqa: E402
 from midog_d2.checkpoint import load_model_weights, load_torch_weights  # noqa: E402
 from midog_d2.checkpoint.shipped import SHIPPED_PREFIX, SHIPPED_ROOT  # noqa: E402
 from midog_d2.engine import MidogTrainer, setup_cfg  # noqa: E402
-from midog_d2.engine.protocol import calibrate  # noqa: E402
+from midog_d2.engine.protocol import calibrate
 from midog_d2.fileio.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from midog_d2.inference import prepare_for_inference  # noqa: E402
 
 
 def half_state(path: str) -> dict:
@@ -57,6 +58,12 @@ def main(argv=None) -> int:
         help="the whole-ROI validation set the threshold is chosen on",
     )
     ap.add_argument("--max-mb", type=float, default=30.0)
+    ap.add_argument(
+        "--eval-tile",
+        type=int,
+        default=0,
+        help="tile size of the calibration run only (a BatchNorm model scores alike in any)",
+    )
     ap.add_argument("opts", nargs="*", help="config overrides for the shipped config")
     args = ap.parse_args(argv)
     out = os.path.join(SHIPPED_ROOT, args.name)
@@ -84,14 +91,20 @@ def main(argv=None) -> int:
     run_cfg.MODEL.DEVICE = "cpu"
     run_cfg.MODEL.WEIGHTS = weights
     run_cfg.DATASETS.MIDOG.EXTRA = [[name, json_file, root]]
+    run_cfg.DATALOADER.NUM_WORKERS = 0
+    if args.eval_tile:
+        # the same cap on detections per mm² of input as the config's tiles have
+        scale = (args.eval_tile / run_cfg.TEST.TILE.SIZE) ** 2
+        run_cfg.TEST.DETECTIONS_PER_IMAGE = int(round(run_cfg.TEST.DETECTIONS_PER_IMAGE * scale))
+        run_cfg.TEST.TILE.SIZE = args.eval_tile
+        run_cfg.TEST.TILE.BATCH_SIZE = 1
     run_cfg.freeze()
     from midog_d2.data.register import register_from_config
 
     register_from_config(run_cfg)
     model = MidogTrainer.build_model(run_cfg)
     load_model_weights(run_cfg, model, weights)
-    model.eval()
-    model.to(memory_format=torch.channels_last)
+    prepare_for_inference(model, run_cfg)
     record = calibrate(run_cfg, model, name, weights)
     print(json.dumps({"weights": weights, "mb": round(size_mb, 2), **record}, indent=1))
     return 0
