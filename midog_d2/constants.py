@@ -13,8 +13,9 @@ MITOTIC_FIGURE = 0
 HARD_NEGATIVE = 1
 CATEGORY_NAMES = ("mitotic figure", "hard negative")
 # A don't-care zone (an evaluation set's label, never a model class): a detection within the
-# scoring radius of one, and of no mitotic figure, is neither true nor false. Training drops
-# these annotations. Written to MIDOG-style files as category 3, "don't care".
+# scoring radius of one, and of no mitotic figure, is neither true nor false. The loaders
+# leave them out (training sees their cells as unlabelled tissue); the evaluators read them.
+# Written to MIDOG-style files as category 3, "don't care".
 DONT_CARE = 2
 DONT_CARE_NAME = "don't care"
 

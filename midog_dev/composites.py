@@ -19,7 +19,7 @@ the recall on placed crops and the false detections per mm² of the tiles.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def build_composites(
 
 def _tumor_block(
     pieces: List[PlacedCrop], block: int, piece: int
-) -> Tuple[np.ndarray, List, List, List]:
+) -> Tuple[np.ndarray, List[Tuple[float, float]], List[Tuple[int, int, int, int]]]:
     """A ``block``-px square tiled by ``(block // piece)²`` whole crops (each already blended
     into a ``piece``-px context square): image, don't-care points, tumor windows."""
     image = np.zeros((block, block, 3), np.uint8)
@@ -211,7 +211,7 @@ def write_roi_set(
     *,
     domain: str = "",
     mpp: float = CROP_MPP,
-    meta: Dict[str, Any] = None,
+    meta: Optional[Dict[str, Any]] = None,
 ) -> str:
     """``out_dir/<name>_NNNN.tiff`` (tiled, deflate, µm/px tags) and ``out_dir/<name>.json``:
     a MIDOG-style file (category 1 the counted figures, category 3 the don't-care zones;

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..constants import DEFAULT_SCORE_THRESHOLD
 from ..fileio.atomic import atomic_write_text
-from .shipped import local_path
+from .shipped import SHIPPED_PREFIX, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ def save_threshold(weights: str, threshold: float, **info: Any) -> str:
     written to a temporary name and renamed). ``info``: what it was chosen on (dataset,
     F1, radius). Returns the file's path."""
     threshold = float(threshold)
-    weights = local_path(weights)
+    if weights.startswith(SHIPPED_PREFIX):
+        raise ValueError(
+            f"{weights}: the shipped model's threshold is not rewritten in place; copy the "
+            "weights to a file of your own and calibrate that"
+        )
     if not (0.0 <= threshold <= 1.0):
         raise ValueError(f"operating threshold must be in [0, 1], got {threshold}")
     if not os.path.isfile(weights):

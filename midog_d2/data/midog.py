@@ -23,6 +23,7 @@ from detectron2.structures import BoxMode
 from ..constants import (
     CATEGORY_ALIASES,
     CATEGORY_NAMES,
+    DONT_CARE,
     DONT_CARE_NAME,
     MIDOGPP_TUMOR_TYPES,
     SCANNER_ALIASES,
@@ -33,6 +34,7 @@ from ..constants import (
 
 __all__ = [
     "box_centres",
+    "without_dont_care",
     "load_midog_json",
     "canonical_tumor_type",
     "set_domain_labels",
@@ -41,6 +43,21 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHECK_BOXES = ("error", "skip")
+
+
+def without_dont_care(dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Shallow copies of dataset dicts without their don't-care zones (class
+    :data:`~midog_d2.constants.DONT_CARE`), for Detectron2's loaders, which check every class
+    against the model's: training takes the zones as unlabelled tissue, and evaluation reads
+    them from the catalog."""
+    return [
+        (
+            dict(d, annotations=[a for a in d["annotations"] if a.get("category_id") != DONT_CARE])
+            if any(a.get("category_id") == DONT_CARE for a in d.get("annotations", ()))
+            else d
+        )
+        for d in dicts
+    ]
 
 
 def box_centres(record: Dict[str, Any], category_id: Optional[int] = None) -> np.ndarray:

@@ -245,8 +245,10 @@ def register_from_config(cfg) -> List[str]:
     """
     Register ``midog_train``, ``midog_val`` (when ``VAL_FRACTION > 0``) and
     ``midog_test`` from ``cfg.DATASETS.MIDOG`` (see config.py for the keys; none when
-    ``JSON_FILE`` is empty), and each whole file of ``EXTRA`` under its own name. The split is computed now (the JSON is
-    read once); each part is registered lazily by image ids. Returns the names.
+    ``JSON_FILE`` is empty), and each whole file of ``EXTRA`` under its own name (with the
+    aliases and box check, not the CSV or the tumor filter, which belong to ``JSON_FILE``).
+    The split is computed now (the JSON is read once); each part is registered lazily by
+    image ids. Returns the names.
     """
     check_renamed_keys(cfg)
     c = cfg.DATASETS.MIDOG
@@ -261,9 +263,8 @@ def register_from_config(cfg) -> List[str]:
         name, json_file, image_root = (str(v) for v in entry)
         if not os.path.isfile(json_file):
             raise FileNotFoundError(f"DATASETS.MIDOG.EXTRA {name!r}: {json_file} not found")
-        register_midog(
-            name, json_file, image_root, domains=domains, mpp=c.FALLBACK_MPP, **load_options
-        )
+        own = {k: v for k, v in load_options.items() if k not in ("csv_file", "tumor_filter")}
+        register_midog(name, json_file, image_root, domains=domains, mpp=c.FALLBACK_MPP, **own)
         extra.append(name)
     if not c.JSON_FILE:
         return extra

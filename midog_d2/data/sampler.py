@@ -20,13 +20,14 @@ from detectron2.data import (
     DatasetCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
-    get_detection_dataset_dicts,
 )
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.utils import comm
 
-from ..constants import DONT_CARE, is_labelled
+from ..constants import is_labelled
 from ..fileio import check_images
 from .mapper import MidogPatchMapper, MidogTestMapper
+from .midog import without_dont_care
 
 __all__ = [
     "MidogTrainingSampler",
@@ -168,16 +169,16 @@ def build_midog_train_loader(
         names = tuple(cfg.DATASETS.TRAIN)
         if not names:
             raise ValueError("DATASETS.TRAIN is empty: name the training dataset(s)")
-        try:
-            dataset = get_detection_dataset_dicts(
-                names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-            )
-        except AssertionError as e:  # Detectron2 asserts on an empty dataset
+        empty = [n for n in names if not DatasetCatalog.get(n)]
+        if empty:
             raise ValueError(
-                f"the training set {names} holds no images ({e}); check DATASETS.MIDOG."
+                f"the training set {empty} holds no images; check DATASETS.MIDOG."
                 "JSON_FILE, its split (DATASETS.MIDOG.SPLIT, CSV_FILE) and the tumor-type "
                 "filter"
-            ) from None
+            )
+        dataset = without_dont_care([d for n in names for d in DatasetCatalog.get(n)])
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dataset = filter_images_with_only_crowd_annotations(dataset)
     dataset = labelled_images(dataset)
     if not dataset:
         raise ValueError(
@@ -220,14 +221,7 @@ def build_midog_test_loader(cfg, dataset_name: str):
     leave out don't-care zones, a class no model has (Detectron2 checks every class against
     the model's); the evaluators read them, with the rest of the ground truth, from the
     catalog."""
-    dicts = [
-        (
-            dict(d, annotations=[a for a in d["annotations"] if a.get("category_id") != DONT_CARE])
-            if "annotations" in d
-            else d
-        )
-        for d in DatasetCatalog.get(dataset_name)
-    ]
+    dicts = without_dont_care(DatasetCatalog.get(dataset_name))
     return build_detection_test_loader(
         dataset=dicts, mapper=MidogTestMapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
     )

@@ -18,7 +18,13 @@ from ..evaluation.evaluator import build_midog_evaluators
 from ..fileio import json_safe
 from ..inference.predictor import TiledPredictor
 
-__all__ = ["operating_threshold", "score_dataset", "evaluate_domains", "calibrate"]
+__all__ = [
+    "operating_threshold",
+    "score_dataset",
+    "evaluate_domains",
+    "calibrate",
+    "store_calibration",
+]
 
 
 def operating_threshold(midog: Dict[str, float]) -> Tuple[float, str]:
@@ -59,10 +65,17 @@ def calibrate(
     output_dir: Optional[str] = None,
 ) -> Dict[str, object]:
     """Score ``model`` (whose weights are the file ``weights``) on whole images of the
-    validation set ``dataset_name``, choose its operating threshold
-    (:func:`operating_threshold`) and store it beside ``weights`` (bound to their SHA-256).
-    Returns the threshold, the record's fields and the file written."""
+    validation set ``dataset_name`` and :func:`store_calibration` (one process)."""
     midog = score_dataset(cfg, model, dataset_name, output_dir)["midog"]
+    return store_calibration(cfg, midog, dataset_name, weights)
+
+
+def store_calibration(
+    cfg: CfgNode, midog: Dict[str, float], dataset_name: str, weights: str
+) -> Dict[str, object]:
+    """The operating threshold a validation set's MIDOG scores choose
+    (:func:`operating_threshold`), stored beside ``weights`` (bound to their SHA-256). Returns
+    the threshold, the record's fields and the file written."""
     threshold, rule = operating_threshold(midog)
     info = {
         "rule": rule,

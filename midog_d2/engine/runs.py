@@ -4,6 +4,7 @@ MIDOG study (:mod:`midog_d2.jobs.study.midog`) and the development study on real
 canvases both go through :func:`train_calibrate_score`; they differ only in how a model is
 trained and what it is scored on."""
 
+import json
 import math
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -11,11 +12,19 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from torch import nn
 
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import MidogCheckpointer, load_model_weights, load_threshold, save_threshold
+from ..checkpoint import (
+    MidogCheckpointer,
+    file_sha256,
+    load_model_weights,
+    load_threshold,
+    save_threshold,
+)
 from ..fileio.atomic import atomic_write_text
-from .protocol import calibrate
+from .protocol import score_dataset, store_calibration
 from .second_stage import train_second_stage
 
 __all__ = ["begin_run", "train_detector", "fit_run", "train_calibrate_score", "train_model"]
@@ -95,51 +104,73 @@ def train_calibrate_score(
 
 
 def train_model(cfg: CfgNode, trainer, resume: bool = False) -> Dict[str, Any]:
-    """The whole model in one command (``tools/train_net.py``): the detector trained by
-    ``trainer`` (a :class:`~.trainer.MidogTrainer` of ``cfg``; resumed from ``OUTPUT_DIR``'s last checkpoint with ``resume``, on the
-    same schedule), then, with ``MODEL.SECOND_STAGE.ON``, the second stage trained on the
-    detector's candidates in the trainer's training inputs and saved with it in
-    ``OUTPUT_DIR/model_final.pth``, then, with ``TEST.MIDOG.CALIBRATION_DATASET``, that
-    checkpoint's operating threshold chosen and stored beside it. A resumed run whose
-    second stage and threshold are done does neither again. Returns the detector's last
-    evaluation results, ``second_stage`` (its training figures), ``calibration`` and, when
-    either changed the model's scores and ``DATASETS.TEST`` is set, ``final`` (the scores
-    of the finished model at its threshold)."""
-    from detectron2.utils import comm
+    """The whole model in one command (``tools/train_net.py``).
 
+    1. The detector, trained by ``trainer`` (a :class:`~.trainer.MidogTrainer` of ``cfg``;
+       with ``resume``, from ``OUTPUT_DIR``'s last checkpoint on the same schedule, and not
+       at all when that checkpoint ends the schedule).
+    2. With ``MODEL.SECOND_STAGE.ON``, the second stage, trained on the detector's candidates
+       in the trainer's training inputs and saved with it in ``OUTPUT_DIR/model_final.pth``;
+       ``second_stage.json`` records it, bound to that file's SHA-256, so that a resumed run
+       skips it only when it was trained on the detector now in the file.
+    3. With ``TEST.MIDOG.CALIBRATION_DATASET`` (checked before training), the operating
+       threshold chosen there and stored beside ``model_final.pth`` (unless one is stored
+       for these very weights).
+    4. When 2 or 3 changed the scores and ``DATASETS.TEST`` is set, the finished model
+       scored there at its threshold.
+
+    Every process takes part in evaluation (Detectron2's distributed inference); the main
+    one trains the second stage and writes the files. Returns ``second_stage`` (its
+    training figures), ``calibration`` (the threshold record) and ``final`` (4's scores)
+    where they ran."""
+    dataset = cfg.TEST.MIDOG.CALIBRATION_DATASET
+    if dataset and dataset not in DatasetCatalog.list():
+        raise ValueError(
+            f"TEST.MIDOG.CALIBRATION_DATASET {dataset!r} is not a registered dataset "
+            "(midog_val needs DATASETS.MIDOG.VAL_FRACTION > 0; a file of its own: "
+            "DATASETS.MIDOG.EXTRA)"
+        )
     trainer_cls = type(trainer)
-    trainer.resume_or_load(resume=resume)
-    out: Dict[str, Any] = {"detector": trainer.train() or {}}
-    if not comm.is_main_process():
-        return out
-    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     marker = os.path.join(cfg.OUTPUT_DIR, "second_stage.json")
+    if not resume and comm.is_main_process() and os.path.isfile(marker):
+        os.remove(marker)  # a new run: an old run's second stage says nothing about it
+    trainer.resume_or_load(resume=resume)
+    if trainer.start_iter < trainer.max_iter:
+        trainer.train()
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    out: Dict[str, Any] = {}
     changed = False
     if cfg.MODEL.SECOND_STAGE.ON:
-        import json
-
-        if resume and os.path.isfile(marker) and os.path.isfile(final):
-            with open(marker, encoding="utf-8") as f:
-                out["second_stage"] = json.load(f)
+        done = _second_stage_record(marker, final) if resume else None
+        if done is not None:
+            out["second_stage"] = done
         else:
-            seed_all_rng(cfg.SEED)  # the candidates (the loader's draws) repeat
-            out["second_stage"] = train_second_stage(
-                cfg, model, iter(trainer_cls.build_train_loader(cfg))
-            )
-            # The trainer's checkpointer: the iteration (and optimizer) travel with it, so that
-            # --resume finds the schedule done instead of starting it over.
-            trainer.checkpointer.save("model_final", iteration=trainer.max_iter - 1)
-            atomic_write_text(marker, json.dumps(out["second_stage"], indent=1))
+            if comm.is_main_process():
+                # SEED >= 0 makes the candidates (the loader's draws) repeat, as training's
+                seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
+                out["second_stage"] = train_second_stage(
+                    cfg, model, iter(trainer_cls.build_train_loader(cfg))
+                )
+                # the trainer's checkpointer: iteration and optimizer travel with the weights
+                trainer.checkpointer.save("model_final")
+                record = dict(out["second_stage"], model_final_sha256=file_sha256(final))
+                atomic_write_text(marker, json.dumps(record, indent=1))
+            comm.synchronize()
+            if not comm.is_main_process():  # the other processes take the trained stage
+                MidogCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR).load(final)
             changed = True
-    dataset = cfg.TEST.MIDOG.CALIBRATION_DATASET
     if dataset and os.path.isfile(final):
-        if changed or load_threshold(final) is None:
-            model.eval()
-            out["calibration"] = calibrate(cfg, model, dataset, final)
-            changed = True
+        stored = None if changed else load_threshold(final)
+        if stored is not None:
+            out["calibration"] = stored
         else:
-            out["calibration"] = load_threshold(final)
+            model.eval()
+            midog = score_dataset(cfg, model, dataset).get("midog", {})
+            if comm.is_main_process():
+                out["calibration"] = store_calibration(cfg, midog, dataset, final)
+            comm.synchronize()
+            changed = True
     if changed and cfg.DATASETS.TEST:
         tested = cfg.clone()
         tested.defrost()
@@ -147,3 +178,12 @@ def train_model(cfg: CfgNode, trainer, resume: bool = False) -> Dict[str, Any]:
         model.eval()
         out["final"] = trainer_cls.test(tested, model)
     return out
+
+
+def _second_stage_record(marker: str, final: str) -> Optional[Dict[str, Any]]:
+    """The second stage's record when ``final`` holds the second stage it describes."""
+    if not (os.path.isfile(marker) and os.path.isfile(final)):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        record = json.load(f)
+    return record if record.get("model_final_sha256") == file_sha256(final) else None

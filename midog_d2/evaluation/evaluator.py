@@ -27,6 +27,8 @@ from ..constants import (
     DEFAULT_MPP,
     DEFAULT_RADIUS_UM,
     DEFAULT_SCORE_THRESHOLD,
+    DONT_CARE,
+    HARD_NEGATIVE,
     MIDOGPP_DENSITY,
     MITOTIC_FIGURE,
     is_labelled,
@@ -180,7 +182,10 @@ class MidogEvaluator(DatasetEvaluator):
                 skipped += 1
                 continue
             if "foreground_prob" in rec:
-                centres = box_centres(gt)  # either class: the foreground target counts both
+                # either class (not don't-care zones): the foreground target counts both
+                centres = np.concatenate(
+                    [box_centres(gt, MITOTIC_FIGURE), box_centres(gt, HARD_NEGATIVE)]
+                )
                 for (x0, y0, x1, y1), p in zip(rec["tiles"], rec["foreground_prob"]):
                     fg_scores.append(p)
                     fg_labels.append(bool(points_in_region(centres, (x0, y0, x1, y1)).any()))
@@ -266,7 +271,9 @@ class MidogEvaluator(DatasetEvaluator):
 def register_mitotic_only(dataset_name: str) -> str:
     """Register ``<dataset_name>_mitotic_only``: the labelled images of ``dataset_name``
     with their mitotic-figure boxes only, one class ("mitotic figure"). COCO AP on it is
-    AP of the mitotic-figure class, not a mean with the hard-negative class. Returns its name."""
+    AP of the mitotic-figure class, not a mean with the hard-negative class. Don't-care zones
+    become crowd boxes (``iscrowd``), which COCOeval ignores detections on, as the MIDOG
+    metrics do. Returns its name."""
     name = f"{dataset_name}_mitotic_only"
     if name in DatasetCatalog.list():
         return name
@@ -277,6 +284,11 @@ def register_mitotic_only(dataset_name: str) -> str:
                 d,
                 annotations=[
                     a for a in d.get("annotations", []) if a["category_id"] == MITOTIC_FIGURE
+                ]
+                + [
+                    dict(a, category_id=MITOTIC_FIGURE, iscrowd=1)
+                    for a in d.get("annotations", [])
+                    if a["category_id"] == DONT_CARE
                 ],
             )
             for d in DatasetCatalog.get(dataset_name)

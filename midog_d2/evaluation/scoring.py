@@ -39,7 +39,8 @@ def image_points(
 ) -> Optional[ImagePoints]:
     """
     The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
-    dataset dict), its don't-care zones and the detections ``pred`` (P, 2) / ``scores`` (P,) in level-0 pixels,
+    dataset dict), its don't-care zones and the detections ``pred`` (P, 2) / ``scores``
+    (P,) in level-0 pixels,
     both restricted to ``region`` (x0, y0, x1, y1) when given. Its searched area is the
     region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout).
     None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it

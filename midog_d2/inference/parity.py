@@ -13,6 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from torch import nn
 
+from ..constants import MITOTIC_FIGURE
 from .predictor import predict_images
 
 __all__ = ["window_around", "scores_across_sizes", "parity_summary"]
@@ -77,7 +78,7 @@ def scores_across_sizes(
             d = np.hypot(c[:, 0] - local[i][0], c[:, 1] - local[i][1])
             near = d <= radius_px
             if inst.has("pred_classes"):
-                near &= inst.pred_classes.numpy() == 0
+                near &= inst.pred_classes.numpy() == MITOTIC_FIGURE
             if near.any():
                 out[i, j] = float(inst.scores.double().numpy()[near].max())
     return out

@@ -304,6 +304,7 @@ def test_folding_batchnorm_keeps_the_detections():
             m.running_var.uniform_(0.5, 2.0)
             if m.affine:  # the head's per-level norms carry their affine part elsewhere
                 m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
     model.head.cls_score.bias.data.fill_(-1.0)
     model.eval()
     folded = copy.deepcopy(model)

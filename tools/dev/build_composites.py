@@ -119,8 +119,9 @@ def main(argv=None) -> int:
                 figures_per_mm2=round(figures / area, 3),
                 seconds=round(time.perf_counter() - t0, 1),
             )
+            took = time.perf_counter() - t0
             print(f"{fold}/{name}: {len(rois)} ROIs, {figures} figures in {area:.1f} mm² "
-                  f"({figures / area:.2f}/mm²), {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+                  f"({figures / area:.2f}/mm²), {took:.0f} s", flush=True)  # fmt: skip
             atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
     return 0
 

@@ -159,7 +159,11 @@ def main(argv=None) -> int:
            "max_rois": args.max_rois, "opts": args.opts, "sets": {}}  # fmt: skip
     record = load_threshold(weights)
     t = time.perf_counter()
-    if record is None or record.get("dataset") != names["val"][0]:
+    n_val = len(DatasetCatalog.get(names["val"][0]))
+    if record is None or (record.get("dataset"), record.get("num_images")) != (
+        names["val"][0],
+        n_val,
+    ):
         record = calibrate(cfg, model, names["val"][0], weights)
     row["calibration"] = {k: record.get(k) for k in ("threshold", "rule", "expected_f1",
                           "best_f1_threshold", "num_images")}  # fmt: skip
@@ -182,7 +186,7 @@ def main(argv=None) -> int:
         print(f"{s}: F1 {summary['F1']:.3f} {np.round(summary['F1_ci95'], 3).tolist()} recall "
               f"{summary['recall']:.3f} FP/mm² {summary['FP_per_mm2']:.2f} (tumor "
               f"{summary['FP_per_mm2_tumor']:.2f}, context {summary['FP_per_mm2_context']:.2f}) "
-              f"at {threshold:.2f}; {sec:.0f} s, {summary['mpx_per_s']:.2f} Mpx/s", flush=True)  # fmt: skip
+              f"at {threshold:.2f}; {sec:.0f} s, {summary['mpx_per_s']:.2f} Mpx/s")  # fmt: skip
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "a", encoding="utf-8") as f:

@@ -14,6 +14,7 @@ is measurably better (docs/model_card.md).
 """
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -21,12 +22,11 @@ import sys
 # midog_dev (development data) is not installed with midog_d2: import the checkout's.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import io  # noqa: E402
-
 import torch  # noqa: E402
 
 from midog_d2.checkpoint import load_model_weights, load_torch_weights  # noqa: E402
 from midog_d2.checkpoint.shipped import SHIPPED_PREFIX, SHIPPED_ROOT  # noqa: E402
+from midog_d2.data.register import register_from_config  # noqa: E402
 from midog_d2.engine import MidogTrainer, setup_cfg  # noqa: E402
 from midog_d2.engine.protocol import calibrate
 from midog_d2.fileio.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -99,8 +99,6 @@ def main(argv=None) -> int:
         run_cfg.TEST.TILE.SIZE = args.eval_tile
         run_cfg.TEST.TILE.BATCH_SIZE = 1
     run_cfg.freeze()
-    from midog_d2.data.register import register_from_config
-
     register_from_config(run_cfg)
     model = MidogTrainer.build_model(run_cfg)
     load_model_weights(run_cfg, model, weights)
