@@ -2,7 +2,8 @@
 """Does a cell's score depend on the input it is read in? (issue 27, part 1)
 
     python benchmarks/bench_parity.py --json datasets/composites/heldout_cs2/held_out.json \\
-        --run output/curve/gn_cs2_seed0 --run output/curve/bn_cs2_seed0 [--weights model_0000499.pth]
+        --run output/curve/bn_cs2_seed0 --weights model_0001999.pth --max-figures 60 \\
+        --input-statistics MODEL.SECOND_STAGE.ON False
 
 Each run folder's ``config.yaml`` and weights (``--weights``, default ``model_final.pth``);
 the counted mitotic figures of a composite ROI file (``tools/dev/build_composites.py``: held-out
@@ -61,6 +62,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[192, 512, 1024])
     ap.add_argument("--max-figures", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("opts", nargs="*", help="config overrides (e.g. MODEL.SECOND_STAGE.ON False)")
+    ap.add_argument(
+        "--input-statistics",
+        action="store_true",
+        help="also score each run with BatchNorm normalising by the input's own statistics "
+        "(as GroupNorm does): the same weights, the dependence on the input restored",
+    )
     ap.add_argument("--output", default="docs/bench/parity.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,22 +86,31 @@ def main(argv=None) -> int:
                 "cpu",
                 "MODEL.RETINANET.SCORE_THRESH_TEST",
                 "0.01",
+                *args.opts,
             ],
         )
         model = MidogTrainer.build_model(cfg)
         load_model_weights(cfg, model, weights)
         model.eval()
-        t = time.perf_counter()
         radius = cfg.TEST.MIDOG.RADIUS_UM / cfg.INPUT.MODEL_MPP
-        scores = scores_across_sizes(model, images, points, args.sizes, cfg.INPUT.FORMAT, radius)
-        summary = parity_summary(scores, args.sizes)
-        summary["norm"] = cfg.MODEL.RESNETS.NORM
-        summary["seconds"] = round(time.perf_counter() - t, 1)
-        report["runs"][weights] = summary
-        print(f"{weights} ({summary['norm']}): median score per size "
-              f"{[round(v, 3) for v in summary['median_score']]}; |difference| median / p90: "
-              + ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in summary.items()
-                          if "-" in k), flush=True)  # fmt: skip
+        caps = (cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, cfg.TEST.DETECTIONS_PER_IMAGE)
+        for mode in ["running"] + (["input"] if args.input_statistics else []):
+            if mode == "input":  # each input normalised by its own statistics, one at a time
+                for m in model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.train()
+            t = time.perf_counter()
+            scores = scores_across_sizes(model, images, points, args.sizes, cfg.INPUT.FORMAT,
+                                         radius, batch_size=1, caps_per_512=caps)  # fmt: skip
+            summary = parity_summary(scores, args.sizes)
+            summary["norm"] = cfg.MODEL.RESNETS.NORM
+            summary["statistics"] = mode
+            summary["seconds"] = round(time.perf_counter() - t, 1)
+            report["runs"][f"{weights} ({mode} statistics)"] = summary
+            print(f"{weights} ({summary['norm']}, {mode} statistics): median score per size "
+                  f"{[round(v, 3) for v in summary['median_score']]}; |difference| median / "
+                  "p90: " + ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in summary.items()
+                                      if "-" in k), flush=True)  # fmt: skip
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         atomic_write_text(args.output, json.dumps(report, indent=1))

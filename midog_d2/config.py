@@ -290,6 +290,9 @@ def _add_test_config(cfg: CN) -> None:
     # Whole-image inference in tiles (midog_d2.inference.TiledPredictor).
     _C.TEST.TILE = CN()
     # Tile side in pixels; tiles are read one batch at a time, never the whole image.
+    # MODEL.RETINANET.TOPK_CANDIDATES_TEST and TEST.DETECTIONS_PER_IMAGE count per 512 x 512
+    # px of tile: the tiled predictor scales them with the tile's area, so that larger tiles
+    # (faster; a BatchNorm model scores a cell alike in any) keep as many detections per mm².
     _C.TEST.TILE.SIZE = 512
     # Overlap of neighbouring tiles in pixels (stride = SIZE - OVERLAP; 52 gives the
     # reference approach's stride 460). Should be >= a cell's size (50 px) so that

@@ -169,7 +169,7 @@ def build_midog_train_loader(
         names = tuple(cfg.DATASETS.TRAIN)
         if not names:
             raise ValueError("DATASETS.TRAIN is empty: name the training dataset(s)")
-        empty = [n for n in names if not DatasetCatalog.get(n)]
+        empty = tuple(n for n in names if not DatasetCatalog.get(n))
         if empty:
             raise ValueError(
                 f"the training set {empty} holds no images; check DATASETS.MIDOG."

@@ -8,7 +8,7 @@ image around it (the same neighbourhood, more or less surroundings), and its sco
 the highest score of a detection within the matching radius.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import nn
@@ -54,34 +54,52 @@ def scores_across_sizes(
     radius_px: float,
     seed: int = 0,
     batch_size: int = 4,
+    caps_per_512: Optional[Tuple[int, int]] = None,
 ) -> np.ndarray:
     """(N, len(sizes)) scores: for each RGB uint8 image and its labelled point, the highest
     score of the model's detections within ``radius_px`` of the point (0 when none) in a
     window of each size cut around it (:func:`window_around`, seeded). The model must be in
     eval mode and keep low-scoring detections (``SCORE_THRESH_TEST``) for small differences
-    to show."""
+    to show. ``caps_per_512``: a RetinaNet's candidates and detections per 512 x 512 px,
+    scaled to each window's area as the tiled predictor does (the model's own are restored
+    after)."""
     if len(images) != len(points):
         raise ValueError(f"{len(images)} images but {len(points)} points")
     rng = np.random.default_rng(seed)
     out = np.zeros((len(images), len(sizes)), dtype=np.float64)
-    for j, size in enumerate(sizes):
-        crops, local = [], []
-        for image, (x, y) in zip(images, points):
-            x0, y0 = window_around(image.shape, (x, y), size, rng)
-            crops.append(np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size]))
-            local.append((x - x0, y - y0))
-        for i, res in enumerate(predict_images(model, crops, input_format, batch_size)):
-            inst = res["instances"].to("cpu")
-            if len(inst) == 0:
-                continue
-            c = inst.pred_boxes.get_centers().double().numpy()
-            d = np.hypot(c[:, 0] - local[i][0], c[:, 1] - local[i][1])
-            near = d <= radius_px
-            if inst.has("pred_classes"):
-                near &= inst.pred_classes.numpy() == MITOTIC_FIGURE
-            if near.any():
-                out[i, j] = float(inst.scores.double().numpy()[near].max())
+    caps = (
+        getattr(model, "test_topk_candidates", None),
+        getattr(model, "max_detections_per_image", None),
+    )
+    try:
+        for j, size in enumerate(sizes):
+            if caps_per_512 is not None and caps[1] is not None:
+                area = max(1.0, (size / 512.0) ** 2)
+                model.test_topk_candidates = int(round(caps_per_512[0] * area))
+                model.max_detections_per_image = int(round(caps_per_512[1] * area))
+            crops, local = [], []
+            for image, (x, y) in zip(images, points):
+                x0, y0 = window_around(image.shape, (x, y), size, rng)
+                crops.append(np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size]))
+                local.append((x - x0, y - y0))
+            outputs = predict_images(model, crops, input_format, batch_size)
+            out[:, j] = [_score_near(o["instances"], p, radius_px) for o, p in zip(outputs, local)]
+    finally:
+        if caps[1] is not None:
+            model.test_topk_candidates, model.max_detections_per_image = caps
     return out
+
+
+def _score_near(inst, point: Tuple[float, float], radius_px: float) -> float:
+    """The highest mitotic-figure score within ``radius_px`` of ``point`` (0 when none)."""
+    inst = inst.to("cpu")
+    if len(inst) == 0:
+        return 0.0
+    c = inst.pred_boxes.get_centers().double().numpy()
+    near = np.hypot(c[:, 0] - point[0], c[:, 1] - point[1]) <= radius_px
+    if inst.has("pred_classes"):
+        near &= inst.pred_classes.numpy() == MITOTIC_FIGURE
+    return float(inst.scores.double().numpy()[near].max()) if near.any() else 0.0
 
 
 def parity_summary(scores: np.ndarray, sizes: Sequence[int]) -> Dict[str, List[float]]:

@@ -316,6 +316,7 @@ class TiledPredictor(nn.Module):
         read_workers: int = 1,
         prefetch: int = 1,
         reader: Optional[Reader] = None,
+        caps_per_512: Optional[Tuple[int, int]] = None,
     ):
         """
         Args:
@@ -333,6 +334,11 @@ class TiledPredictor(nn.Module):
             reader: ``(path, x, y, w, h, scale) -> (h, w, 3) uint8 RGB``, the window of
                 ``w`` x ``h`` model pixels from level-0 (x, y) at ``scale``; default
                 :func:`midog_d2.fileio.read_region_scaled`.
+            caps_per_512: (candidates per level, detections) a RetinaNet keeps per 512 x 512
+                px of input (``MODEL.RETINANET.TOPK_CANDIDATES_TEST``,
+                ``TEST.DETECTIONS_PER_IMAGE``): set on ``model`` scaled to the tile's area,
+                so that a larger tile keeps as many detections per mm² and a cell's score
+                does not depend on the tile size; None leaves the model's as they are.
         """
         super().__init__()
         self.model = model
@@ -353,6 +359,12 @@ class TiledPredictor(nn.Module):
         if self.batch_size < 1:
             raise ValueError(f"TEST.TILE.BATCH_SIZE must be >= 1, got {self.batch_size}")
         tile_grid((0, 0, 1, 1), self.tile_size, self.overlap)  # validates size/overlap
+        if caps_per_512 is not None and hasattr(model, "max_detections_per_image"):
+            # Detectron2 caps both per input: at 2048 px the default 100 detections would be
+            # a sixteenth of 512-px tiles' per mm², and figures drop out (issue 27).
+            area = max(1.0, (self.tile_size / 512.0) ** 2)
+            model.test_topk_candidates = int(round(caps_per_512[0] * area))
+            model.max_detections_per_image = int(round(caps_per_512[1] * area))
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, evaluation: bool = False):
@@ -374,6 +386,10 @@ class TiledPredictor(nn.Module):
             "precision": precision,
             "read_workers": cfg.TEST.TILE.READ_WORKERS,
             "prefetch": cfg.TEST.TILE.PREFETCH_BATCHES,
+            "caps_per_512": (
+                cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+                cfg.TEST.DETECTIONS_PER_IMAGE,
+            ),
         }
 
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

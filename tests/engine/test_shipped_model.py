@@ -76,19 +76,22 @@ def test_a_path_outside_the_shipped_models_is_refused():
 
 @pytest.mark.skipif(not (SHARED / "data" / "real").is_dir(), reason="needs ../shared/data/real")
 def test_it_finds_real_mitotic_figures(shipped):
-    """Held-out real figures (the test crops of the scanner it never trained on), each in
-    the middle of a 256-px input of mirrored tissue: most are found at its threshold."""
-    cfg, model, weights = shipped
+    """Held-out real figures (crops of the scanner it never trained on), each in the middle of
+    a 256-px input of mirrored tissue: most get a detection on them, scoring higher than
+    the best detection anywhere else in the input. (Its stored threshold is chosen for whole
+    regions at 4.4 figures per mm², far stricter: docs/model_card.md.)"""
+    cfg, model, _ = shipped
     folder = SHARED / "data" / "real" / "ami-br-midog21"
     with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     crops = [folder / r["file"] for r in rows if r["scanner"] == "Aperio CS2"][:40]
     images = [np.pad(read_rgb(str(p)), ((64, 64), (64, 64), (0, 0)), mode="reflect") for p in crops]
-    threshold = load_threshold(weights)["threshold"]
-    hits = 0
+    found = 0
     for out in predict_images(model, images, cfg.INPUT.FORMAT, batch_size=8):
         inst = out["instances"]
         c = inst.pred_boxes.get_centers().numpy()
         near = np.hypot(c[:, 0] - 128, c[:, 1] - 128) <= 30
-        hits += bool((inst.scores.numpy()[near] >= threshold).any())
-    assert hits >= 0.5 * len(images), f"{hits} of {len(images)} figures found"
+        s = inst.scores.numpy()
+        on, off = s[near].max(initial=0.0), s[~near].max(initial=0.0)
+        found += bool(on >= 0.5 and on > off)
+    assert found >= 0.6 * len(images), f"{found} of {len(images)} figures found"

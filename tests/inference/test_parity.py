@@ -55,7 +55,10 @@ def test_the_shipped_model_scores_a_figure_alike_in_every_input_size():
         images.append(canvas)
         points.append((x + 64.0, y + 64.0))
     radius = cfg.TEST.MIDOG.RADIUS_UM / cfg.INPUT.MODEL_MPP
-    scores = scores_across_sizes(model, images, points, SIZES, cfg.INPUT.FORMAT, radius)
+    caps = (cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, cfg.TEST.DETECTIONS_PER_IMAGE)
+    scores = scores_across_sizes(
+        model, images, points, SIZES, cfg.INPUT.FORMAT, radius, caps_per_512=caps
+    )
     summary = parity_summary(scores, SIZES)
     assert np.median(scores[:, -1]) > 0.3, summary  # the figures are seen at all
     for pair in ("192-1024", "512-1024", "192-512"):

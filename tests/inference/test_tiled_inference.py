@@ -398,3 +398,19 @@ def test_tiled_predictor_from_config_takes_the_tile_keys():
     tp = TiledPredictor(cfg, BlobDetector().eval(), batch_size=5)
     assert (tp.tile_size, tp.overlap, tp.batch_size) == (256, 32, 5)  # keyword overrides cfg
     assert tp.model_mpp == cfg.INPUT.MODEL_MPP and tp.input_format == cfg.INPUT.FORMAT
+
+
+def test_detection_caps_follow_the_tile_area():
+    """RetinaNet keeps its candidates and detections per input: the tiled predictor sets them
+    per 512 x 512 px of tile, so a 2048-px tile keeps sixteen times the 512-px tile's (a
+    cap per input dropped figures from whole 2048-px regions, issue 27)."""
+    cfg = make_cfg()
+    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, cfg.TEST.DETECTIONS_PER_IMAGE = 1000, 100
+    model = build_model(cfg).eval()
+    for size, topk, kept in ((256, 1000, 100), (512, 1000, 100), (1024, 4000, 400)):
+        cfg.TEST.TILE.SIZE = size
+        TiledPredictor(cfg, model)
+        assert (model.test_topk_candidates, model.max_detections_per_image) == (topk, kept)
+    cfg.TEST.TILE.SIZE = 2048
+    TiledPredictor(cfg, model)
+    assert (model.test_topk_candidates, model.max_detections_per_image) == (16000, 1600)

@@ -13,7 +13,8 @@ Appends one JSON row: per set F1 counted directly (with a bootstrap interval ove
 recall (Wilson interval), precision, false detections per mm² with their Poisson interval,
 split by context and tumor tissue, AP50, the seconds and Mpx/s of inference; the stored
 threshold record is written beside the weights. ``--sets`` picks the test sets,
-``--max-rois`` scores the first ROIs of each only (a quicker point, said so in the row).
+``--max-rois`` scores the first ROIs of each test set only (a quicker point, said so in the
+row); the threshold is always chosen on the whole validation set.
 """
 
 import argparse
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     for s in ["val", *args.sets]:
         name = f"composites_{args.fold}_{s}"
         json_file = os.path.join(folder, f"{s}.json")
-        if args.max_rois:
+        if args.max_rois and s != "val":  # the threshold is always chosen on the whole set
             with open(json_file, encoding="utf-8") as f:
                 doc = json.load(f)
             keep = {im["id"] for im in doc["images"][: args.max_rois]}

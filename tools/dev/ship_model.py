@@ -92,10 +92,7 @@ def main(argv=None) -> int:
     run_cfg.MODEL.WEIGHTS = weights
     run_cfg.DATASETS.MIDOG.EXTRA = [[name, json_file, root]]
     run_cfg.DATALOADER.NUM_WORKERS = 0
-    if args.eval_tile:
-        # the same cap on detections per mm² of input as the config's tiles have
-        scale = (args.eval_tile / run_cfg.TEST.TILE.SIZE) ** 2
-        run_cfg.TEST.DETECTIONS_PER_IMAGE = int(round(run_cfg.TEST.DETECTIONS_PER_IMAGE * scale))
+    if args.eval_tile:  # the tiled predictor scales the detection caps with it
         run_cfg.TEST.TILE.SIZE = args.eval_tile
         run_cfg.TEST.TILE.BATCH_SIZE = 1
     run_cfg.freeze()
