@@ -19,7 +19,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 import midog_d2  # noqa: F401  # isort: skip

@@ -36,7 +36,6 @@ from midog_d2.checkpoint import load_model_weights, load_threshold  # noqa: E402
 from midog_d2.data.register import register_midog  # noqa: E402
 from midog_d2.engine import MidogTrainer  # noqa: E402
 from midog_d2.engine.protocol import calibrate, score_dataset  # noqa: E402
-from midog_d2.evaluation import ImagePoints  # noqa: E402
 from midog_d2.evaluation.metrics import greedy_match  # noqa: E402
 from midog_d2.evaluation.prevalence import rate_interval  # noqa: E402
 from midog_d2.evaluation.scoring import image_points  # noqa: E402
