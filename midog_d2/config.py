@@ -310,6 +310,12 @@ def _add_test_config(cfg: CN) -> None:
     # (AVX512-BF16/AMX), fp32 on other CPUs and on CUDA until measured there. Evaluation
     # reads "auto" as fp32, so that reported metrics are fp32's.
     _C.TEST.TILE.PRECISION = "auto"
+    # Flip test-time augmentation: each tile is also read flipped ("h" left-right, "v"
+    # up-down, "hv" both), and a cell scores the mean of its scores over the readings (0 in
+    # a reading that missed it), fused within MERGE_RADIUS_UM. [] (off) reads each tile once;
+    # ["h", "v", "hv"] costs four model passes a tile (docs/results.md, "Flip test-time
+    # augmentation").
+    _C.TEST.TILE.TTA_FLIPS = []
     # Whole-slide inference and train_net.py --eval-only put the weights in channels-last format
     # (oneDNN's fast layout on the CPU: measured 1.4x faster; the same arithmetic).
     # Evaluation during training leaves the training model as it is.

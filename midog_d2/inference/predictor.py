@@ -29,6 +29,7 @@ from ..fileio.images import rgb_to_format, to_chw_tensor
 from ..fileio.slide import read_region_scaled, resample_scale
 from .grid import ScaledTile, scaled_tile_grid, tile_grid
 from .merge import StreamingMerger
+from .tta import check_flips, flip_image, fuse_flipped, unflip_instances
 
 __all__ = [
     "PRECISIONS",
@@ -108,25 +109,45 @@ def predict_images(
     input_format: str,
     batch_size: int = 8,
     precision: str = "fp32",
+    flips: Sequence[str] = (),
+    fuse_radius_px: float = 0.0,
 ) -> List[Dict[str, Any]]:
     """The model's outputs (one dict per image, as the model returns them) on RGB uint8
     ``images``, ``batch_size`` at a time, without gradients, at ``precision``
     (:data:`PRECISIONS`; scores and boxes come back as float32). The model must be in
-    eval mode."""
+    eval mode.
+
+    ``flips`` (:data:`~.tta.FLIPS`) also reads each image flipped; its ``instances`` are then
+    the readings fused within ``fuse_radius_px`` (:func:`~.tta.fuse_flipped`: a cell scores
+    its mean over the readings), its other outputs those of the unflipped reading."""
     if model.training:
         raise RuntimeError("predict_images runs inference only: call model.eval() first")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    flips = check_flips(flips)
+    if flips and not fuse_radius_px > 0:
+        raise ValueError(f"flip TTA needs a fusion radius > 0 px, got {fuse_radius_px}")
     device = _device_of(model)
     precision = resolve_precision(precision, device)
     outputs: List[Dict[str, Any]] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            with autocast(precision, device):
-                batch = model(model_inputs(images[i : i + batch_size], input_format))
-            if precision != "fp32":
-                batch = [_to_float32(o) for o in batch]
-            outputs.extend(batch)
+            chunk = images[i : i + batch_size]
+            readings = []
+            for flip in [""] + flips:
+                pixels = [flip_image(x, flip) for x in chunk] if flip else chunk
+                with autocast(precision, device):
+                    batch = model(model_inputs(pixels, input_format))
+                if precision != "fp32":
+                    batch = [_to_float32(o) for o in batch]
+                readings.append(batch)
+            if flips:
+                for k, out in enumerate(readings[0]):
+                    insts = [out["instances"]] + [
+                        unflip_instances(r[k]["instances"], f) for f, r in zip(flips, readings[1:])
+                    ]
+                    out["instances"] = fuse_flipped(insts, fuse_radius_px)
+            outputs.extend(readings[0])
     return outputs
 
 
@@ -225,6 +246,7 @@ def stream_tile_detections(
     reader: Optional[Reader] = None,
     read_workers: int = 1,
     prefetch: int = 1,
+    flips: Sequence[str] = (),
 ) -> Iterator[TileStream]:
     """
     The one tile -> batch -> model -> shift -> merge path.
@@ -236,7 +258,8 @@ def stream_tile_detections(
     across seams within ``merge_radius_px`` level-0 pixels as they arrive
     (:class:`~.merge.StreamingMerger`: the result is exactly the suppression over all
     detections at once, held back only near the rows still to come). Yields one
-    :class:`TileStream` a batch, the last one with everything still held back.
+    :class:`TileStream` a batch, the last one with everything still held back. ``flips``
+    reads each tile flipped too (:func:`predict_images`; fused within the merge radius).
     """
     reader = reader or read_region_scaled
     tiles = list(tiles)
@@ -247,7 +270,9 @@ def stream_tile_detections(
     for chunk, pixels in _tile_batches(
         reader, path, tiles, scale, batch_size, read_workers, prefetch
     ):
-        outputs = predict_images(model, pixels, input_format, len(pixels), precision)
+        outputs = predict_images(
+            model, pixels, input_format, len(pixels), precision, flips, merge_radius_px * scale
+        )
         boxes, centres, scores, classes, extras = [], [], [], [], []
         for (tx, ty, tw, th), out in zip(chunk, outputs):
             inst = out["instances"].to("cpu")
@@ -317,6 +342,7 @@ class TiledPredictor(nn.Module):
         prefetch: int = 1,
         reader: Optional[Reader] = None,
         caps_per_512: Optional[Tuple[int, int]] = None,
+        flips: Sequence[str] = (),
     ):
         """
         Args:
@@ -339,6 +365,7 @@ class TiledPredictor(nn.Module):
                 ``TEST.DETECTIONS_PER_IMAGE``): set on ``model`` scaled to the tile's area,
                 so that a larger tile keeps as many detections per mm² and a cell's score
                 does not depend on the tile size; None leaves the model's as they are.
+            flips: flip test-time augmentation (``TEST.TILE.TTA_FLIPS``, :mod:`.tta`).
         """
         super().__init__()
         self.model = model
@@ -354,6 +381,11 @@ class TiledPredictor(nn.Module):
         self.precision = precision
         self.read_workers = int(read_workers)
         self.prefetch = int(prefetch)
+        self.flips = check_flips(flips)
+        if self.flips and not self.merge_radius_um > 0:
+            raise ValueError(
+                "TEST.TILE.TTA_FLIPS fuses within TEST.TILE.MERGE_RADIUS_UM: set it > 0"
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"TEST.TILE.PRECISION must be one of {PRECISIONS}, got {precision!r}")
         if self.batch_size < 1:
@@ -386,6 +418,7 @@ class TiledPredictor(nn.Module):
             "precision": precision,
             "read_workers": cfg.TEST.TILE.READ_WORKERS,
             "prefetch": cfg.TEST.TILE.PREFETCH_BATCHES,
+            "flips": cfg.TEST.TILE.TTA_FLIPS,
             "caps_per_512": (
                 cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
                 cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -414,6 +447,7 @@ class TiledPredictor(nn.Module):
             reader=self.reader,
             read_workers=self.read_workers,
             prefetch=self.prefetch,
+            flips=self.flips,
         )
 
     def predict_image(self, inp: Dict[str, Any]) -> Dict[str, Any]:

@@ -13,8 +13,10 @@ Appends one JSON row: per set F1 counted directly (with a bootstrap interval ove
 recall (Wilson interval), precision, false detections per mm² with their Poisson interval,
 split by context and tumor tissue, AP50, the seconds and Mpx/s of inference; the stored
 threshold record is written beside the weights. ``--sets`` picks the test sets,
-``--max-rois`` scores the first ROIs of each test set only (a quicker point, said so in the
-row); the threshold is always chosen on the whole validation set.
+``--max-rois`` scores the first ROIs of each test set only, ``--val-rois`` chooses the
+threshold on the first validation ROIs only (quicker points, said so in the row).
+``--second-stage DIR`` scores a learning-curve point of the whole recipe: the checkpoint's
+detector with a second stage trained on it now (saved in DIR).
 """
 
 import argparse
@@ -36,11 +38,14 @@ from midog_d2.checkpoint import load_model_weights, load_threshold  # noqa: E402
 from midog_d2.data.register import register_midog  # noqa: E402
 from midog_d2.engine import MidogTrainer  # noqa: E402
 from midog_d2.engine.protocol import calibrate, score_dataset  # noqa: E402
+from midog_d2.engine.runs import begin_run, fit_run  # noqa: E402
 from midog_d2.evaluation.metrics import greedy_match  # noqa: E402
 from midog_d2.evaluation.prevalence import rate_interval  # noqa: E402
 from midog_d2.evaluation.scoring import image_points  # noqa: E402
 from midog_d2.inference import prepare_for_inference  # noqa: E402
 from midog_dev import setup_datagen_cfg  # noqa: E402
+from midog_dev.placed_crops import evaluate_placed, predict_points  # noqa: E402
+from midog_dev.scanner_study import RealFigureTrainer, domain_evaluation_sets  # noqa: E402
 
 
 def wilson(k: int, n: int, z: float = 1.96):
@@ -126,6 +131,21 @@ def main(argv=None) -> int:
     ap.add_argument("--composites", default="datasets/composites")
     ap.add_argument("--sets", nargs="+", default=["held_out", "in_domain"])
     ap.add_argument("--max-rois", type=int, default=0, help="score the first ROIs of each set")
+    ap.add_argument(
+        "--val-rois",
+        type=int,
+        default=0,
+        help="choose the threshold on the first ROIs of the validation set only",
+    )
+    ap.add_argument(
+        "--windows",
+        action="store_true",
+        help="also score each set's scanners' test figures in 256-px windows at "
+        "the same threshold (the canvas-against-composite recall parity)",
+    )
+    ap.add_argument("--second-stage", default="",
+                    help="train the recipe's second stage on --weights' detector into this "
+                         "folder first, and score that")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--label", default="")
     ap.add_argument("--output-dir", default="", help="evaluator files (default: the run's)")
@@ -139,24 +159,37 @@ def main(argv=None) -> int:
         ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
          *args.opts],
     )  # fmt: skip
-    model = MidogTrainer.build_model(cfg)
-    load_model_weights(cfg, model, weights)
+    if args.second_stage:
+        # A learning-curve point of the whole recipe: the checkpoint's detector, frozen, and
+        # a second stage trained on its candidates, as train_model does after the last one.
+        if not cfg.MODEL.SECOND_STAGE.ON:
+            raise SystemExit("--second-stage needs MODEL.SECOND_STAGE.ON in the config")
+        os.makedirs(args.second_stage, exist_ok=True)
+        begin_run(cfg, args.second_stage)
+        model, _, _ = fit_run(cfg, RealFigureTrainer, args.second_stage, reused=weights)
+        weights = os.path.join(args.second_stage, "model_final.pth")
+    else:
+        model = MidogTrainer.build_model(cfg)
+        load_model_weights(cfg, model, weights)
+    model.eval()
     prepare_for_inference(model, cfg)
     folder = os.path.join(args.composites, args.fold)
     names = {}
     for s in ["val", *args.sets]:
         name = f"composites_{args.fold}_{s}"
         json_file = os.path.join(folder, f"{s}.json")
-        if args.max_rois and s != "val":  # the threshold is always chosen on the whole set
+        limit = args.val_rois if s == "val" else args.max_rois
+        if limit:
             with open(json_file, encoding="utf-8") as f:
                 doc = json.load(f)
-            keep = {im["id"] for im in doc["images"][: args.max_rois]}
+            keep = {im["id"] for im in doc["images"][:limit]}
             register_midog(name, json_file, folder, image_ids=sorted(keep))
         else:
             register_midog(name, json_file, folder)
         names[s] = (name, json_file)
     row = {"run": args.run, "weights": args.weights, "label": args.label, "fold": args.fold,
-           "max_rois": args.max_rois, "opts": args.opts, "sets": {}}  # fmt: skip
+           "max_rois": args.max_rois, "val_rois": args.val_rois,
+           "second_stage": bool(args.second_stage), "opts": args.opts, "sets": {}}  # fmt: skip
     record = load_threshold(weights)
     t = time.perf_counter()
     n_val = len(DatasetCatalog.get(names["val"][0]))
@@ -187,6 +220,21 @@ def main(argv=None) -> int:
               f"{summary['recall']:.3f} FP/mm² {summary['FP_per_mm2']:.2f} (tumor "
               f"{summary['FP_per_mm2_tumor']:.2f}, context {summary['FP_per_mm2_context']:.2f}) "
               f"at {threshold:.2f}; {sec:.0f} s, {summary['mpx_per_s']:.2f} Mpx/s")  # fmt: skip
+    if args.windows:
+        # The study's windows: each figure in a 256-px canvas of evaluation context. Same
+        # scanners as the composites' sets (held_out: the held-out scanner's test crops; the
+        # composites also use its validation crops).
+        placed = domain_evaluation_sets(cfg, seed=0, size=256)
+        for s in args.sets:
+            samples = placed["in_domain" if s == "in_domain" else "held_out"]
+            det = predict_points(model, [p.image for p in samples], cfg.INPUT.FORMAT)
+            g = evaluate_placed(samples, det, threshold)["all"]
+            row["sets"][s]["windows"] = {"figures": g["crops"], "recall": g["recall"],
+                                         "precision": g["precision"], "F1": g["f1"]}  # fmt: skip
+            print(
+                f"{s} in windows: recall {g['recall']:.3f} ({g['crops']} figures) against "
+                f"{row['sets'][s]['recall']:.3f} on composites, at {threshold:.2f}"
+            )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "a", encoding="utf-8") as f:
