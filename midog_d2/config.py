@@ -267,6 +267,12 @@ def _add_test_config(cfg: CN) -> None:
     # Scoring (midog.md §2): hit radius in µm and the operating score threshold.
     _C.TEST.MIDOG = CN()
     _C.TEST.MIDOG.RADIUS_UM = 7.5
+    # How far a don't-care zone (an annotation of category "don't care": a figure the set does
+    # not count, e.g. in the composite ROIs' tumor tissue) reaches: a detection this close to
+    # one, and within RADIUS_UM of no counted figure, is neither true nor false. Wider than
+    # RADIUS_UM so that off-centre detections of the same figure are not false ones
+    # (constants.DEFAULT_DONT_CARE_RADIUS_UM).
+    _C.TEST.MIDOG.DONT_CARE_RADIUS_UM = 15.0
     # -1: the threshold stored beside MODEL.WEIGHTS (tools/calibrate_threshold.py), else
     # 0.5 (logged); a value in [0, 1] overrides what the weights carry.
     _C.TEST.MIDOG.SCORE_THRESHOLD = -1.0

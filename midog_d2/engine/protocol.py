@@ -90,6 +90,7 @@ def store_calibration(
         threshold,
         dataset=dataset_name,
         radius_um=cfg.TEST.MIDOG.RADIUS_UM,
+        dont_care_radius_um=cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM,
         num_images=midog.get("num_images"),
         **json_safe(info),
     )

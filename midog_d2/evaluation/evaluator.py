@@ -24,6 +24,7 @@ from detectron2.utils.file_io import PathManager
 from ..checkpoint import resolve_score_threshold
 from ..constants import (
     AP_BOX_HALF_UM,
+    DEFAULT_DONT_CARE_RADIUS_UM,
     DEFAULT_MPP,
     DEFAULT_RADIUS_UM,
     DEFAULT_SCORE_THRESHOLD,
@@ -84,6 +85,7 @@ class MidogEvaluator(DatasetEvaluator):
         radius_um: Optional[float] = None,
         score_threshold: Optional[float] = None,
         density: Optional[float] = None,
+        dont_care_radius_um: Optional[float] = None,
         mitotic_class: int = MITOTIC_FIGURE,
         distributed: bool = True,
     ):
@@ -95,6 +97,8 @@ class MidogEvaluator(DatasetEvaluator):
             radius_um, score_threshold: override the config (defaults 7.5 and 0.5).
             density: mitotic figures per mm² for the expected F1 and ``density_threshold``
                 (default ``TEST.MIDOG.OPERATING_DENSITY``, else 4.4; 0: the set's own).
+            dont_care_radius_um: how far a don't-care zone reaches (default
+                ``TEST.MIDOG.DONT_CARE_RADIUS_UM``, else 15).
             mitotic_class: the predicted class scored as mitotic figure.
             distributed: gather from all ranks and evaluate on the main one.
         """
@@ -102,6 +106,12 @@ class MidogEvaluator(DatasetEvaluator):
             radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
         if density is None:
             density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else MIDOGPP_DENSITY
+        if dont_care_radius_um is None:
+            dont_care_radius_um = (
+                cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM
+                if cfg is not None
+                else DEFAULT_DONT_CARE_RADIUS_UM
+            )
         if score_threshold is None:
             score_threshold, source = (
                 resolve_score_threshold(cfg)
@@ -112,6 +122,7 @@ class MidogEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         self._radius_um = float(radius_um)
+        self._dont_care_radius_um = float(dont_care_radius_um)
         self._threshold = float(score_threshold)
         self._density = float(density)
         self._mitotic_class = mitotic_class
@@ -177,7 +188,14 @@ class MidogEvaluator(DatasetEvaluator):
             if name in points_json:  # two files of one name in different folders
                 name = str(rec["image_id"])
             points_json[name] = points_to_json(rec["centres"], rec["scores"], mpp, self._threshold)
-            points = image_points(gt, rec["centres"], rec["scores"], mpp, region=rec["region"])
+            points = image_points(
+                gt,
+                rec["centres"],
+                rec["scores"],
+                mpp,
+                region=rec["region"],
+                ignore_radius_um=self._dont_care_radius_um,
+            )
             if points is None:
                 skipped += 1
                 continue
@@ -257,7 +275,10 @@ class MidogEvaluator(DatasetEvaluator):
             full["foreground_tiles"] = len(fg_scores)
         full.update({k: res[k] for k in ("domain_accuracy", "foreground_AUC") if k in res})
         full.update(
-            radius_um=self._radius_um, unlabelled_images_skipped=skipped, dataset=self._dataset_name
+            radius_um=self._radius_um,
+            dont_care_radius_um=self._dont_care_radius_um,
+            unlabelled_images_skipped=skipped,
+            dataset=self._dataset_name,
         )
 
         if self._output_dir:

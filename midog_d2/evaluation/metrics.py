@@ -69,6 +69,7 @@ class ImagePoints:
         area_mm2: the tissue area (mm²) searched for the detections, for false
             detections per mm² (:mod:`.prevalence`); None when not known.
         ignore: (K, 2) centres of don't-care zones (see :meth:`scored`).
+        ignore_radius_um: a don't-care zone's radius (None: the hit radius).
     """
 
     gt: np.ndarray
@@ -80,6 +81,7 @@ class ImagePoints:
     selected: Optional[np.ndarray] = None
     area_mm2: Optional[float] = None
     ignore: Optional[np.ndarray] = None
+    ignore_radius_um: Optional[float] = None
 
     def __post_init__(self):
         self.gt = np.asarray(self.gt, dtype=np.float64).reshape(-1, 2)
@@ -109,18 +111,20 @@ class ImagePoints:
         return radius_um / self.mpp
 
     def scored(self, radius_um: float) -> "ImagePoints":
-        """The image as it is scored: without the detections within ``radius_um`` of a
-        don't-care zone and of no mitotic figure (itself when it has no zone)."""
+        """The image as it is scored: without the detections within ``ignore_radius_um``
+        (default ``radius_um``) of a don't-care zone and within ``radius_um`` of no mitotic
+        figure (itself when it has no zone)."""
         if self.ignore is None or len(self.pred) == 0:
             return self
-        r2 = self.radius_px(radius_um) ** 2
+        zone = radius_um if self.ignore_radius_um is None else self.ignore_radius_um
 
-        def near(points: np.ndarray) -> np.ndarray:
+        def near(points: np.ndarray, r_um: float) -> np.ndarray:
             if len(points) == 0:
                 return np.zeros(len(self.pred), dtype=bool)
+            r2 = self.radius_px(r_um) ** 2
             return (((self.pred[:, None, :] - points[None, :, :]) ** 2).sum(-1) <= r2).any(1)
 
-        keep = ~near(self.ignore) | near(self.gt)
+        keep = ~near(self.ignore, zone) | near(self.gt, radius_um)
         return ImagePoints(
             gt=self.gt,
             pred=self.pred[keep],

@@ -11,7 +11,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..constants import DEFAULT_MPP, DEFAULT_RADIUS_UM, DONT_CARE, MITOTIC_FIGURE, is_labelled
+from ..constants import (
+    DEFAULT_DONT_CARE_RADIUS_UM,
+    DEFAULT_MPP,
+    DEFAULT_RADIUS_UM,
+    DONT_CARE,
+    MITOTIC_FIGURE,
+    is_labelled,
+)
 from ..data.midog import box_centres, load_midog_json
 from ..fileio.points import detect_prediction_format, load_coco_results, load_point_predictions
 from .metrics import ImagePoints, evaluate_points, points_in_region
@@ -36,12 +43,14 @@ def image_points(
     region: Optional[Sequence[float]] = None,
     selected: Optional[np.ndarray] = None,
     image_id: Any = None,
+    ignore_radius_um: float = DEFAULT_DONT_CARE_RADIUS_UM,
 ) -> Optional[ImagePoints]:
     """
     The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
     dataset dict), its don't-care zones and the detections ``pred`` (P, 2) / ``scores``
     (P,) in level-0 pixels,
-    both restricted to ``region`` (x0, y0, x1, y1) when given. Its searched area is the
+    both restricted to ``region`` (x0, y0, x1, y1) when given; a don't-care zone reaches
+    ``ignore_radius_um`` (``TEST.MIDOG.DONT_CARE_RADIUS_UM``). Its searched area is the
     region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout).
     None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
     takes no part in scoring.
@@ -69,6 +78,7 @@ def image_points(
         selected=None if selected is None else np.asarray(selected, dtype=bool)[keep],
         area_mm2=None if area_px is None else area_px * (mpp * 1e-3) ** 2,
         ignore=ignore[points_in_region(ignore, region)],
+        ignore_radius_um=ignore_radius_um,
     )
 
 
@@ -81,6 +91,7 @@ def evaluate_prediction_file(
     threshold: Optional[float] = None,
     pred_category_id: Optional[int] = None,
     use_point_names: bool = False,
+    dont_care_radius_um: float = DEFAULT_DONT_CARE_RADIUS_UM,
 ) -> Dict[str, Any]:
     """Score a prediction file against a MIDOG/MIDOG++ annotation file.
 
@@ -122,7 +133,9 @@ def evaluate_prediction_file(
     images, ignored, unlabelled = [], 0, 0
     for d in dicts:
         xy, scores, selected = preds.get(d["image_id"], (np.zeros((0, 2)), np.zeros(0), None))
-        points = image_points(d, xy, scores, mpp, selected=selected)
+        points = image_points(
+            d, xy, scores, mpp, selected=selected, ignore_radius_um=dont_care_radius_um
+        )
         if points is None:
             unlabelled += 1
             ignored += len(scores)

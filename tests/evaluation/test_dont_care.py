@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_cfg
 from midog_fixtures import write_tiled_tiff
 
 from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, Instances
 
-from midog_d2.constants import DONT_CARE, MITOTIC_FIGURE
+from midog_d2.constants import DEFAULT_DONT_CARE_RADIUS_UM, DONT_CARE, MITOTIC_FIGURE
 from midog_d2.data import load_midog_json
 from midog_d2.data.mapper import _boxes_and_classes
 from midog_d2.data.register import register_from_config
@@ -105,3 +107,37 @@ def test_loaders_and_coco_evaluation_take_the_zones_as_detectron2_can(tmp_path):
     assert [a["category_id"] for a in d["annotations"]].count(DONT_CARE) == 1
     (m,) = DatasetCatalog.get(register_mitotic_only("rois_zones_loader"))
     assert [(a["category_id"], a.get("iscrowd", 0)) for a in m["annotations"]] == [(0, 0), (0, 1)]
+
+
+def test_a_zone_reaches_the_whole_figure_and_its_radius_is_a_setting(tmp_path):
+    (d,) = load_midog_json(str(_write(tmp_path)), str(tmp_path))
+    # 10 µm (40 px at 0.25 µm/px) off the zone's centre: an off-centre detection of that
+    # figure (a telophase's other half), beyond the 7.5-µm hit radius
+    pred, scores = np.array([[100.0, 100.0], [340.0, 300.0], [370.0, 300.0]]), np.ones(3)
+    by_default = image_points(d, pred, scores, 0.25)
+    assert by_default.ignore_radius_um == DEFAULT_DONT_CARE_RADIUS_UM == 15.0
+    # 40 px is within 15 µm (60 px), 70 px is not
+    assert count_matches(by_default, threshold=0.5) == (1, 1, 0)
+    narrow = image_points(d, pred, scores, 0.25, ignore_radius_um=7.5)
+    assert count_matches(narrow, threshold=0.5) == (1, 2, 0)
+    # the evaluator reads TEST.MIDOG.DONT_CARE_RADIUS_UM
+    from midog_d2.data.register import register_midog
+    from midog_d2.evaluation import MidogEvaluator
+
+    register_midog("rois_zone_radius", str(tmp_path / "rois.json"), str(tmp_path))
+    cfg = make_cfg()
+    assert cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM == 15.0
+    inst = Instances((512, 512))
+    inst.pred_boxes = Boxes(torch.tensor([[x - 25, y - 25, x + 25, y + 25] for x, y in pred]))
+    inst.scores = torch.ones(3)
+    inst.pred_classes = torch.zeros(3, dtype=torch.int64)
+    counts = {}
+    for radius in (15.0, 7.5, 20.0):
+        cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM = radius
+        ev = MidogEvaluator("rois_zone_radius", cfg, score_threshold=0.5, distributed=False)
+        ev.reset()
+        ev.process([{"image_id": 1, "height": 512, "width": 512}], [{"instances": inst}])
+        res = ev.evaluate()["midog"]
+        counts[radius] = (res["TP"], res["FP"], res["FN"])
+    # 70 px = 17.5 µm: inside a 20-µm zone
+    assert counts == {15.0: (1, 1, 0), 7.5: (1, 2, 0), 20.0: (1, 0, 0)}

@@ -59,7 +59,13 @@ def wilson(k: int, n: int, z: float = 1.96):
 
 
 def per_roi(
-    dataset: str, json_file: str, points_file: str, threshold: float, radius_um: float, limit: int
+    dataset: str,
+    json_file: str,
+    points_file: str,
+    threshold: float,
+    radius_um: float,
+    limit: int,
+    dont_care_radius_um: float,
 ):
     """Per ROI: TP, FP, FN, FP in tumor tissue, area, tumor area (mm²)."""
     with open(points_file, encoding="utf-8") as f:
@@ -72,7 +78,7 @@ def per_roi(
         pts = points.get(os.path.basename(d["file_name"]), {}).get("points", [])
         xy = np.array([p["point"][:2] for p in pts]).reshape(-1, 2) * 1000.0 / mpp
         sc = np.array([p["probability"] for p in pts])
-        img = image_points(d, xy, sc, mpp).scored(radius_um)
+        img = image_points(d, xy, sc, mpp, ignore_radius_um=dont_care_radius_um).scored(radius_um)
         alive = img.scores >= threshold
         match = greedy_match(img.gt, np.where(alive[:, None], img.pred, np.inf), radius_um / mpp)
         fp_mask = alive.copy()
@@ -138,6 +144,13 @@ def main(argv=None) -> int:
         help="choose the threshold on the first ROIs of the validation set only",
     )
     ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="score at this threshold, not one chosen on the validation set (for "
+        "threshold-free comparisons: AP50 and the best F1)",
+    )
+    ap.add_argument(
         "--windows",
         action="store_true",
         help="also score each set's scanners' test figures in 256-px windows at "
@@ -188,16 +201,21 @@ def main(argv=None) -> int:
             register_midog(name, json_file, folder)
         names[s] = (name, json_file)
     row = {"run": args.run, "weights": args.weights, "label": args.label, "fold": args.fold,
+           "dont_care_radius_um": cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM,
            "max_rois": args.max_rois, "val_rois": args.val_rois,
            "second_stage": bool(args.second_stage), "opts": args.opts, "sets": {}}  # fmt: skip
     record = load_threshold(weights)
     t = time.perf_counter()
     n_val = len(DatasetCatalog.get(names["val"][0]))
-    if record is None or (record.get("dataset"), record.get("num_images")) != (
-        names["val"][0],
-        n_val,
-    ):
-        record = calibrate(cfg, model, names["val"][0], weights)
+    if args.threshold is not None:
+        record = {"threshold": args.threshold, "rule": "given (--threshold)"}
+    elif record is None or (
+        record.get("dataset"),
+        record.get("num_images"),
+        record.get("dont_care_radius_um"),
+    ) != (names["val"][0], n_val, cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM):
+        val_dir = os.path.join(args.output_dir or args.run, "composites", args.label or "eval")
+        record = calibrate(cfg, model, names["val"][0], weights, os.path.join(val_dir, "val"))
     row["calibration"] = {k: record.get(k) for k in ("threshold", "rule", "expected_f1",
                           "best_f1_threshold", "num_images")}  # fmt: skip
     row["calibration"]["seconds"] = round(time.perf_counter() - t, 1)
@@ -209,7 +227,8 @@ def main(argv=None) -> int:
         res = score_dataset(cfg, model, names[s][0], out_dir, threshold)["midog"]
         sec = time.perf_counter() - t
         rows = per_roi(*names[s], os.path.join(out_dir, "midog_points.json"), threshold,
-                       cfg.TEST.MIDOG.RADIUS_UM, args.max_rois)  # fmt: skip
+                       cfg.TEST.MIDOG.RADIUS_UM, args.max_rois,
+                       cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM)  # fmt: skip
         summary = summarize(rows, rng)
         assert summary["TP"] == res["TP"] and summary["FP"] == res["FP"], (summary, res)
         px = summary["area_mm2"] / (0.25e-3) ** 2
