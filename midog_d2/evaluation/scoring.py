@@ -6,6 +6,7 @@ One builder (:func:`image_points`) serves both the evaluator that runs during tr
 rules: mitotic figures only, never-annotated images left out, an optional region.
 """
 
+import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -51,22 +52,24 @@ def image_points(
     (P,) in level-0 pixels,
     both restricted to ``region`` (x0, y0, x1, y1) when given; a don't-care zone reaches
     ``ignore_radius_um`` (``TEST.MIDOG.DONT_CARE_RADIUS_UM``). Its searched area is the
-    region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout).
-    None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
+    region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout),
+    less its don't-care zones: no detection there can be false, so false detections per mm²
+    count over the rest (:func:`zones_area_px`). None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
     takes no part in scoring.
     """
     if not is_labelled(record):
         return None
-    if region is not None:
-        area_px: Optional[float] = max(0.0, region[2] - region[0]) * max(0.0, region[3] - region[1])
-    elif record.get("width") and record.get("height"):
-        area_px = float(record["width"]) * float(record["height"])
-    else:
-        area_px = None
+    box: Optional[Sequence[float]] = region
+    if box is None and record.get("width") and record.get("height"):
+        box = (0.0, 0.0, float(record["width"]), float(record["height"]))
+    area_px = None if box is None else max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gt = gt_points(record)
     ignore = box_centres(record, DONT_CARE)
+    ignore = ignore[points_in_region(ignore, region)]
+    if area_px is not None and len(ignore):
+        area_px = max(0.0, area_px - zones_area_px(ignore, ignore_radius_um / mpp, box))
     keep = points_in_region(pred, region)
     return ImagePoints(
         gt=gt[points_in_region(gt, region)],
@@ -77,9 +80,34 @@ def image_points(
         image_id=record.get("image_id") if image_id is None else image_id,
         selected=None if selected is None else np.asarray(selected, dtype=bool)[keep],
         area_mm2=None if area_px is None else area_px * (mpp * 1e-3) ** 2,
-        ignore=ignore[points_in_region(ignore, region)],
+        ignore=ignore,
         ignore_radius_um=ignore_radius_um,
     )
+
+
+def zones_area_px(centres: np.ndarray, radius_px: float, box: Sequence[float]) -> float:
+    """Area (px²) of the union of discs of ``radius_px`` around ``centres`` inside ``box``
+    (x0, y0, x1, y1), counted on a grid of radius / 16 (within ~2 % of the exact area)."""
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    if len(centres) == 0 or radius_px <= 0:
+        return 0.0
+    cell = max(radius_px / 16.0, 0.5)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = int(math.ceil((x1 - x0) / cell)), int(math.ceil((y1 - y0) / cell))
+    if w <= 0 or h <= 0:
+        return 0.0
+    mask = np.zeros((h, w), bool)
+    reach = int(math.ceil(radius_px / cell)) + 1
+    for cx, cy in centres:
+        gx, gy = (cx - x0) / cell, (cy - y0) / cell
+        i0, i1 = max(int(gx) - reach, 0), min(int(gx) + reach + 1, w)
+        j0, j1 = max(int(gy) - reach, 0), min(int(gy) + reach + 1, h)
+        if i0 >= i1 or j0 >= j1:
+            continue
+        xs = (np.arange(i0, i1) + 0.5 - gx) * cell
+        ys = (np.arange(j0, j1) + 0.5 - gy) * cell
+        mask[j0:j1, i0:i1] |= xs[None, :] ** 2 + ys[:, None] ** 2 <= radius_px**2
+    return float(mask.sum()) * cell * cell
 
 
 def evaluate_prediction_file(

@@ -3,6 +3,7 @@ training drops them, and a detection in one, and near no mitotic figure, is neit
 false; whole MIDOG-style files register from DATASETS.MIDOG.EXTRA."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from midog_d2.data import load_midog_json
 from midog_d2.data.mapper import _boxes_and_classes
 from midog_d2.data.register import register_from_config
 from midog_d2.evaluation import ImagePoints, count_matches, evaluate_points
-from midog_d2.evaluation.scoring import image_points
+from midog_d2.evaluation.scoring import image_points, zones_area_px
 
 
 def _write(tmp_path, extra_categories=True):
@@ -120,6 +121,16 @@ def test_a_zone_reaches_the_whole_figure_and_its_radius_is_a_setting(tmp_path):
     assert count_matches(by_default, threshold=0.5) == (1, 1, 0)
     narrow = image_points(d, pred, scores, 0.25, ignore_radius_um=7.5)
     assert count_matches(narrow, threshold=0.5) == (1, 2, 0)
+    # no detection in a zone can be false: false detections per mm² count over the rest
+    px2 = (0.25e-3) ** 2
+    assert 512**2 - by_default.area_mm2 / px2 == pytest.approx(math.pi * 60**2, rel=0.02)
+    assert 512**2 - narrow.area_mm2 / px2 == pytest.approx(math.pi * 30**2, rel=0.02)
+    # overlapping zones count once, and only inside the image
+    two = zones_area_px(
+        np.array([[100.0, 100.0], [160.0, 100.0], [0.0, 300.0]]), 60, (0, 0, 512, 512)
+    )
+    lens = 60**2 * (2 * math.pi / 3 - math.sqrt(3) / 2)
+    assert two == pytest.approx(2 * math.pi * 60**2 - lens + math.pi * 60**2 / 2, rel=0.02)
     # the evaluator reads TEST.MIDOG.DONT_CARE_RADIUS_UM
     from midog_d2.data.register import register_midog
     from midog_d2.evaluation import MidogEvaluator

@@ -67,7 +67,8 @@ def per_roi(
     limit: int,
     dont_care_radius_um: float,
 ):
-    """Per ROI: TP, FP, FN, FP in tumor tissue, area, tumor area (mm²)."""
+    """Per ROI: TP, FP, FN, FP in tumor tissue, scored area, scored tumor area (mm²: outside
+    the don't-care zones)."""
     with open(points_file, encoding="utf-8") as f:
         points = json.load(f)
     with open(json_file, encoding="utf-8") as f:
@@ -91,6 +92,9 @@ def per_roi(
             in_tumor |= (fpx[:, 0] >= x0) & (fpx[:, 0] < x1) & (fpx[:, 1] >= y0) & (fpx[:, 1] < y1)
         px2 = (mpp * 1e-3) ** 2
         tumor_area = float(((wins[:, 2] - wins[:, 0]) * (wins[:, 3] - wins[:, 1])).sum()) * px2
+        # the don't-care zones lie in tumor tissue: what is scored there is the rest
+        full_area = float(d["width"]) * float(d["height"]) * px2
+        tumor_area = max(0.0, tumor_area - (full_area - img.area_mm2))
         tp = int((match >= 0).sum())
         rows.append([tp, int(fp_mask.sum()), len(img.gt) - tp, int(in_tumor.sum()),
                      img.area_mm2, tumor_area])  # fmt: skip
