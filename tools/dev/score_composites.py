@@ -158,7 +158,8 @@ def main(argv=None) -> int:
         "--windows",
         action="store_true",
         help="also score each set's scanners' test figures in 256-px windows at "
-        "the same threshold (the canvas-against-composite recall parity)",
+        "the same threshold (the canvas-against-composite recall parity; needs a config with "
+        "the development data's DATASETS.REAL_FIGURES, e.g. configs/dev/Reference-CPU-R18.yaml)",
     )
     ap.add_argument("--second-stage", default="",
                     help="train the recipe's second stage on --weights' detector into this "
