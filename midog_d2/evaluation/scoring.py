@@ -49,13 +49,12 @@ def image_points(
     """
     The :class:`ImagePoints` one image is scored on: the mitotic figures of ``record`` (a
     dataset dict), its don't-care zones and the detections ``pred`` (P, 2) / ``scores``
-    (P,) in level-0 pixels,
-    both restricted to ``region`` (x0, y0, x1, y1) when given; a don't-care zone reaches
-    ``ignore_radius_um`` (``TEST.MIDOG.DONT_CARE_RADIUS_UM``). Its searched area is the
-    region's, else the record's ``width`` x ``height`` (a MIDOG ROI is tissue throughout),
-    less its don't-care zones: no detection there can be false, so false detections per mm²
-    count over the rest (:func:`zones_area_px`). None when the image was never annotated (:func:`~midog_d2.constants.is_labelled`): it
-    takes no part in scoring.
+    (P,) in level-0 pixels, all restricted to ``region`` (x0, y0, x1, y1) when given; a
+    don't-care zone reaches ``ignore_radius_um`` (``TEST.MIDOG.DONT_CARE_RADIUS_UM``). Its
+    searched area is the region's, else the record's ``width`` x ``height`` (a MIDOG ROI is
+    tissue throughout), less its don't-care zones: no detection there can be false, so false
+    detections per mm² count over the rest (:func:`zones_area_px`). None when the image was
+    never annotated (:func:`~midog_d2.constants.is_labelled`): it takes no part in scoring.
     """
     if not is_labelled(record):
         return None
