@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from ..constants import MITOTIC_FIGURE
-from .predictor import predict_images
+from .predictor import predict_images, scale_detection_caps
 
 __all__ = ["window_around", "scores_across_sizes", "parity_summary"]
 
@@ -73,10 +73,8 @@ def scores_across_sizes(
     )
     try:
         for j, size in enumerate(sizes):
-            if caps_per_512 is not None and caps[1] is not None:
-                area = max(1.0, (size / 512.0) ** 2)
-                model.test_topk_candidates = int(round(caps_per_512[0] * area))
-                model.max_detections_per_image = int(round(caps_per_512[1] * area))
+            if caps_per_512 is not None:
+                scale_detection_caps(model, caps_per_512, size)
             crops, local = [], []
             for image, (x, y) in zip(images, points):
                 x0, y0 = window_around(image.shape, (x, y), size, rng)

@@ -39,6 +39,7 @@ __all__ = [
     "model_inputs",
     "predict_images",
     "resolve_precision",
+    "scale_detection_caps",
     "stream_tile_detections",
     "TiledPredictor",
 ]
@@ -83,6 +84,18 @@ def autocast(precision: str, device: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
+
+
+def scale_detection_caps(model: nn.Module, caps_per_512: Tuple[int, int], size: int) -> None:
+    """Set a RetinaNet's candidates per level and detections (``caps_per_512``: per 512 x 512
+    px) for inputs of ``size`` x ``size`` px; other models are left as they are. Detectron2
+    caps both per input: at 2048 px the default 100 detections would be a sixteenth of
+    512-px tiles' per mm², and figures drop out (issue 27)."""
+    if not hasattr(model, "max_detections_per_image"):
+        return
+    area = max(1.0, (size / 512.0) ** 2)
+    model.test_topk_candidates = int(round(caps_per_512[0] * area))
+    model.max_detections_per_image = int(round(caps_per_512[1] * area))
 
 
 def model_inputs(images: Sequence[np.ndarray], input_format: str) -> List[Dict[str, Any]]:
@@ -391,12 +404,8 @@ class TiledPredictor(nn.Module):
         if self.batch_size < 1:
             raise ValueError(f"TEST.TILE.BATCH_SIZE must be >= 1, got {self.batch_size}")
         tile_grid((0, 0, 1, 1), self.tile_size, self.overlap)  # validates size/overlap
-        if caps_per_512 is not None and hasattr(model, "max_detections_per_image"):
-            # Detectron2 caps both per input: at 2048 px the default 100 detections would be
-            # a sixteenth of 512-px tiles' per mm², and figures drop out (issue 27).
-            area = max(1.0, (self.tile_size / 512.0) ** 2)
-            model.test_topk_candidates = int(round(caps_per_512[0] * area))
-            model.max_detections_per_image = int(round(caps_per_512[1] * area))
+        if caps_per_512 is not None:
+            scale_detection_caps(model, caps_per_512, self.tile_size)
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, evaluation: bool = False):
