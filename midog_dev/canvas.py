@@ -496,7 +496,7 @@ def context_tile_names(cfg) -> Tuple[List[str], List[str]]:
 def real_figure_split(cfg, split: str) -> List[Dict[str, Any]]:
     """The crops of one converted split (``"train"``, ``"val"`` or ``"test"``:
     ``DATASETS.REAL_FIGURES.{TRAIN,VAL,TEST}_JSON``) with their domain labels
-    (``MODEL.MULTITASK.DOMAIN_FIELD`` over ``TUMOR_TYPES``)."""
+    (``MODEL.MULTITASK.DOMAIN_FIELD`` over ``MODEL.MULTITASK.DOMAINS``)."""
     from midog_d2.data.midog import set_domain_labels
 
     from .real_figures import load_real_figures

@@ -3,7 +3,9 @@
 * ``midog_d2`` never imports ``midog_dev`` (the data made for development lives beside the
   product, is not installed with it, and what users run on MIDOG never needs it);
 * imports between the parts flow one way (``ALLOWED``): ``fileio`` depends on ``constants``
-  only, ``data`` on ``fileio``, ``inference`` on ``data``, ``evaluation`` on ``inference``, ...;
+  only, ``data`` on ``fileio``, ``inference`` on ``fileio`` and ``modeling``,
+  ``evaluation`` on ``data``, ``checkpoint`` and ``modeling``, and ``engine`` on all of
+  these, ...;
 * no import cycle between modules, lazy imports inside functions included.
 
 The checker is run on small made-up packages too, so that a rule that stopped catching
@@ -45,8 +47,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "fileio": {"constants"},
     "modeling": {"constants", "config"},
     "data": {"constants", "config", "fileio"},
-    "inference": {"constants", "fileio"},
-    "evaluation": {"constants", "fileio", "data", "checkpoint"},
+    "inference": {"constants", "fileio", "modeling"},  # modeling.outputs: declared outputs
+    "evaluation": {"constants", "fileio", "data", "checkpoint", "modeling"},
     "utils": {"constants", "fileio"},
     "solver": {"constants", "config"},
     "checkpoint": {"constants", "fileio"},  # fileio.atomic: the one atomic writer

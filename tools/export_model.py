@@ -4,8 +4,8 @@
     python tools/export_model.py --config-file output/my_run/config.yaml \\
         --output output/my_run/model.ts [--check tiles/*.png] MODEL.WEIGHTS output/my_run/model_final.pth
 
-The detector and its two heads are traced batch-wise (any batch size) at the config's tile
-size (``TEST.TILE.SIZE``), in fp32 (midog_d2.inference.export). The file holds its tile
+The detector and its declared extra outputs (``model.extra_outputs``) are traced batch-wise (any batch size) at the config's tile
+size (``TEST.TILE.SIZE``), in fp32 (midog_d2.inference.torchscript). The file holds its tile
 size, input format, classes, µm/px, pixel mean and the weights' stored threshold. Then the
 export is checked against the Detectron2 model on ``--check`` images (the tile at their top
 left; random tiles without), in batches of 1 and 3: the same detections, boxes within
@@ -14,7 +14,9 @@ Run it with ``tools/infer_slides.py --exported model.ts`` or, without this proje
 
     import torch, torchvision  # torchvision registers the NMS the graph calls
     model = torch.jit.load("model.ts")
-    boxes, scores, classes, image_index, domain_probs, foreground_prob = model(batch)
+    boxes, scores, classes, image_index, *extras = model(batch)
+    # extras: one (N, ...) tensor per output the metadata's "outputs" names (the paper's
+    # heads: domain_probs, foreground_prob), in that order
 """
 
 import midog_d2  # noqa: F401  # isort: skip  (first: quiets upstream warnings)
@@ -36,7 +38,7 @@ from midog_d2.checkpoint import (
 )
 from midog_d2.engine.trainer import setup_cfg, split_overrides
 from midog_d2.fileio.images import read_rgb
-from midog_d2.inference.export import ExportedDetector, export_detector
+from midog_d2.inference.torchscript import TorchScriptDetector, save_torchscript
 from midog_d2.inference.predictor import model_inputs
 
 
@@ -95,14 +97,14 @@ def main(argv=None) -> int:
             "weights_sha256": file_sha256(cfg.MODEL.WEIGHTS),
             "precision": "fp32",
         }
-        export_detector(model, args.output, tile, meta)
+        save_torchscript(model, args.output, tile, meta)
         rng = np.random.default_rng(0)
         tiles = [read_rgb(p)[:tile, :tile] for p in args.check] or [
             rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8) for _ in range(3)
         ]
     except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
-    worst = compare(model, ExportedDetector(args.output), tiles, args.box_tol, args.score_tol)
+    worst = compare(model, TorchScriptDetector(args.output), tiles, args.box_tol, args.score_tol)
     print(json.dumps({"output": args.output, **meta, "check": {**worst, "images": len(tiles)}}))
     return 0 if worst["same"] else 1
 

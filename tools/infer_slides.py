@@ -56,7 +56,7 @@ from midog_d2.checkpoint import (
     resolve_score_threshold,
 )
 from midog_d2.engine.trainer import setup_cfg, split_overrides
-from midog_d2.inference.export import ExportedDetector, load_export_meta
+from midog_d2.inference.torchscript import TorchScriptDetector, load_torchscript_meta
 from midog_d2.jobs.slide_job import (
     expand_inputs,
     gather_rows,
@@ -129,7 +129,7 @@ def _opts(args: argparse.Namespace) -> list:
         opts += ["TEST.SLIDE_MPP", str(args.mpp)]
     if args.exported:
         # the export's own tile size and input format; it was made for fp32
-        meta = load_export_meta(args.exported)
+        meta = load_torchscript_meta(args.exported)
         opts += ["TEST.TILE.SIZE", str(meta["tile_size"]), "INPUT.FORMAT", meta["input_format"]]
         opts += ["TEST.TILE.PRECISION", "fp32"]
         if args.threshold is None:
@@ -223,7 +223,7 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         # Processes share the cores instead of each taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     if args.exported:
-        model = ExportedDetector(args.exported, str(cfg.MODEL.DEVICE)).eval()
+        model = TorchScriptDetector(args.exported, str(cfg.MODEL.DEVICE)).eval()
         threshold, source = resolve_score_threshold(cfg)
         if args.threshold is None:
             source = f"stored in the export {args.exported}"

@@ -27,6 +27,7 @@ from detectron2.utils.env import seed_all_rng
 from midog_d2.checkpoint import MidogCheckpointer, WeightsError, load_model_weights
 from midog_d2.engine import MidogTrainer, setup_cfg
 from midog_d2.engine.second_stage import train_second_stage
+from midog_d2.fileio.atomic import atomic_write_text
 
 
 def main(argv=None) -> int:
@@ -51,8 +52,7 @@ def main(argv=None) -> int:
         return 2
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     MidogCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR).save("model_second_stage")
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
+    atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     weights = os.path.join(cfg.OUTPUT_DIR, "model_second_stage.pth")
     print(json.dumps({**stats, "weights": weights}))
     return 0

@@ -19,7 +19,13 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from ..constants import DONT_CARE, HARD_NEGATIVE, MITOTIC_FIGURE
 from ..fileio.images import rgb_to_format, to_chw_tensor
-from ..fileio.slide import read_region_scaled, resample_scale, slide_dimensions, slide_mpp
+from ..fileio.slide import (
+    fallback_mpp,
+    read_region_scaled,
+    resample_scale,
+    slide_dimensions,
+    slide_mpp,
+)
 from .transforms import build_color_augmentation
 
 __all__ = ["MidogPatchMapper", "MidogTestMapper", "build_patch_augmentation"]
@@ -183,7 +189,7 @@ class MidogPatchMapper(DatasetMapper):
             "max_center_offset": p.MAX_CENTER_OFFSET,
             "model_mpp": cfg.INPUT.MODEL_MPP,
             "mpp_tolerance": cfg.INPUT.MPP_TOLERANCE,
-            "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP,
+            "fallback_mpp": fallback_mpp(cfg.DATASETS.MIDOG.FALLBACK_MPP),
         }
 
     def scale(self, file_name: str) -> float:
@@ -306,7 +312,7 @@ class MidogTestMapper:
 
     @classmethod
     def from_config(cls, cfg):
-        return {"fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP}
+        return {"fallback_mpp": fallback_mpp(cfg.DATASETS.MIDOG.FALLBACK_MPP)}
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         file_name = dataset_dict["file_name"]

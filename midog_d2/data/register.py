@@ -17,6 +17,7 @@ from ..constants import (
     TUMOR_TYPE_ALIASES,
     is_labelled,
 )
+from ..fileio.slide import fallback_mpp
 from .midog import canonical_tumor_type, load_midog_json
 
 __all__ = [
@@ -264,7 +265,14 @@ def register_from_config(cfg) -> List[str]:
         if not os.path.isfile(json_file):
             raise FileNotFoundError(f"DATASETS.MIDOG.EXTRA {name!r}: {json_file} not found")
         own = {k: v for k, v in load_options.items() if k not in ("csv_file", "tumor_filter")}
-        register_midog(name, json_file, image_root, domains=domains, mpp=c.FALLBACK_MPP, **own)
+        register_midog(
+            name,
+            json_file,
+            image_root,
+            domains=domains,
+            mpp=fallback_mpp(c.FALLBACK_MPP) or 0.0,
+            **own,
+        )
         extra.append(name)
     if not c.JSON_FILE:
         return extra
@@ -295,7 +303,7 @@ def register_from_config(cfg) -> List[str]:
             c.JSON_FILE,
             c.IMAGE_ROOT,
             domains=domains,
-            mpp=c.FALLBACK_MPP,
+            mpp=fallback_mpp(c.FALLBACK_MPP) or 0.0,
             metadata={"split": c.SPLIT},
             image_ids=sorted(d["image_id"] for d in part),
             **load_options,

@@ -2,7 +2,7 @@
 whole training images, away from every annotated cell (:func:`midog_d2.data.imposters.
 mine_imposters`), per image (``tools/mine_imposters.py``)."""
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from torch import nn
@@ -10,10 +10,11 @@ from torch import nn
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 
-from ..constants import DEFAULT_MPP, MITOTIC_FIGURE
+from ..constants import MITOTIC_FIGURE
 from ..data.imposters import mine_imposters
 from ..data.midog import box_centres
 from ..data.sampler import build_midog_test_loader
+from ..fileio.slide import fallback_mpp
 from ..inference.predictor import TiledPredictor
 
 __all__ = ["ImposterCollector", "mine_dataset"]
@@ -23,9 +24,15 @@ class ImposterCollector(DatasetEvaluator):
     """Collects each image's imposters as the tiled predictor yields its detections:
     ``evaluate()`` returns {image id: (centres (M, 2) level-0 px, scores (M,))}."""
 
-    def __init__(self, dataset_name: str, threshold: float, radius_um: float, default_mpp: float):
+    def __init__(
+        self,
+        dataset_name: str,
+        threshold: float,
+        radius_um: float,
+        fallback_mpp: Optional[float],
+    ):
         self._records = {d["image_id"]: d for d in DatasetCatalog.get(dataset_name)}
-        self._threshold, self._radius_um, self._mpp = threshold, radius_um, default_mpp
+        self._threshold, self._radius_um, self._mpp = threshold, radius_um, fallback_mpp
         self._mined: Dict[Any, Tuple[np.ndarray, np.ndarray]] = {}
 
     def reset(self):
@@ -37,7 +44,13 @@ class ImposterCollector(DatasetEvaluator):
             if inst.has("pred_classes"):
                 inst = inst[inst.pred_classes == MITOTIC_FIGURE]
             record = self._records[inp["image_id"]]
-            mpp = float(inp.get("mpp") or record.get("mpp") or self._mpp)
+            mpp = inp.get("mpp") or record.get("mpp") or self._mpp
+            if not mpp:
+                raise ValueError(
+                    f"{record.get('file_name')}: no µm/px and no fallback "
+                    "(DATASETS.MIDOG.FALLBACK_MPP 0)"
+                )
+            mpp = float(mpp)
             self._mined[inp["image_id"]] = mine_imposters(
                 box_centres(record),
                 inst.pred_boxes.get_centers().double().numpy(),
@@ -61,6 +74,6 @@ def mine_dataset(
         dataset_name,
         threshold,
         cfg.TEST.MIDOG.RADIUS_UM,
-        cfg.DATASETS.MIDOG.FALLBACK_MPP or DEFAULT_MPP,
+        fallback_mpp(cfg.DATASETS.MIDOG.FALLBACK_MPP),
     )
     return inference_on_dataset(TiledPredictor(cfg, model, evaluation=True), loader, collector)

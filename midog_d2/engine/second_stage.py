@@ -40,9 +40,7 @@ def collect_candidates(
     try:
         for batch in itertools.islice(batches, num_batches):
             images = model.preprocess_image(batch)
-            feature_dict = model.backbone(images.tensor)
-            features = [feature_dict[f] for f in model.head_in_features]
-            results = model.forward_inference(images, features, model.head(features))
+            results, _ = model.detect(images, rescore=False)
             centres, targets = [], []
             for r, d in zip(results, batch):
                 gt = d["instances"]

@@ -15,7 +15,7 @@ from .metrics import (
     sweep_thresholds,
 )
 from .prevalence import PrevalenceCurve, expected_f1, prevalence_curve
-from .scoring import box_centres, evaluate_prediction_file, gt_points, image_points
+from .scoring import box_centres, evaluate_prediction_file, image_points
 from .evaluator import (
     MidogEvaluator,
     MitoticCOCOEvaluator,

@@ -35,6 +35,7 @@ from ..constants import (
     is_labelled,
 )
 from ..fileio.points import json_safe, points_to_json
+from ..modeling.outputs import DOMAIN_PROBS, FOREGROUND_PROB
 from .metrics import ImagePoints, evaluate_points, points_in_region, roc_auc
 from .scoring import box_centres, image_points
 
@@ -48,6 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# What the tiled predictor adds to each image's result besides the model's extra outputs.
+_PREDICTION_KEYS = ("instances", "tiles", "scale")
+
 
 class MidogEvaluator(DatasetEvaluator):
     """
@@ -58,7 +62,7 @@ class MidogEvaluator(DatasetEvaluator):
     no annotation when the flag is absent) are left out of every metric. Only images
     that went through :meth:`process` are scored; an input's ``region`` (x0, y0, x1, y1)
     restricts ground truth and detections to it. µm/px: the input's ``mpp``, else the
-    dataset dict's, else the metadata's ``mpp``, else 0.25.
+    dataset dict's, else the metadata's ``mpp``, else an error naming the image.
 
     ``evaluate()`` returns ``{"midog": {...}}`` with fractions in [0, 1] (not
     Detectron2's percent): ``F1, precision, recall, TP, FP, FN`` at ``threshold``
@@ -68,12 +72,14 @@ class MidogEvaluator(DatasetEvaluator):
     own), ``FP_per_mm2`` at ``threshold``, ``expected_F1`` at ``density`` figures per mm²
     and ``density_threshold``/``density_F1`` (the sweep's best expected F1 there:
     :mod:`.prevalence`); ``F1/<tumor>`` and
-    ``AP50_points/<tumor>``; with the auxiliary outputs present, ``domain_accuracy``
+    ``AP50_points/<tumor>``; with the paper's extra outputs present, ``domain_accuracy``
     (argmax of ``domain_probs`` vs the dict's ``domain_label``, images with a known
     label) and ``foreground_AUC`` (per tile: ``foreground_prob`` vs "a box of either
     class has its centre in the tile", labelled images). NaN marks an undefined number.
-    With ``output_dir``, writes ``midog_metrics.json`` (everything, per tumor in full)
-    and ``midog_points.json`` (file name -> MIDOG "Multiple points" object).
+    With ``output_dir``, writes ``midog_metrics.json`` (everything, per tumor in full),
+    ``midog_points.json`` (file name -> MIDOG "Multiple points" object) and, when the model
+    declares extra outputs (:mod:`midog_d2.modeling.outputs`), ``midog_extra_outputs.json``
+    (file name -> {output name: its value}).
     """
 
     def __init__(
@@ -147,31 +153,37 @@ class MidogEvaluator(DatasetEvaluator):
             rec["region"] = None if inp.get("region") is None else [float(v) for v in inp["region"]]
             rec["mpp"] = inp.get("mpp")
             rec["domain_label"] = inp.get("domain_label")
-            if "domain_probs" in out:
-                rec["domain_probs"] = out["domain_probs"].detach().cpu().double().numpy()
-            if "foreground_prob" in out:
-                fg = out["foreground_prob"].detach().cpu().double().reshape(-1).numpy()
+            # The model's declared extra outputs (midog_d2.modeling.outputs), whatever they are.
+            rec["extras"] = {
+                k: torch.as_tensor(v).detach().cpu().double().numpy()
+                for k, v in out.items()
+                if k not in _PREDICTION_KEYS
+            }
+            if FOREGROUND_PROB.name in rec["extras"]:
                 tiles = out.get("tiles")
                 if tiles is None:
                     # A model run on the whole input: one "tile", the input itself.
                     r = rec["region"] or [0.0, 0.0, float(inp["width"]), float(inp["height"])]
                     tiles = torch.tensor([r], dtype=torch.float64)
-                rec["foreground_prob"] = fg
                 rec["tiles"] = torch.as_tensor(tiles).detach().cpu().double().numpy().reshape(-1, 4)
             self._records.append(rec)
 
     def _mpp(self, rec: Dict[str, Any], gt: Dict[str, Any]) -> float:
         for value in (rec.get("mpp"), gt.get("mpp"), self._metadata.get("mpp", None)):
-            if value is not None:
+            if value:
                 return float(value)
-        return DEFAULT_MPP
+        raise ValueError(
+            f"{gt.get('file_name')}: no µm/px in the prediction, the dataset record or the "
+            f"dataset's metadata ({self._dataset_name}): its distances cannot be measured"
+        )
 
     def _collect(self, records: List[Dict[str, Any]]):
         """Per record: the scored points (:func:`~.scoring.image_points`), the domain head's
-        hits, the foreground head's (score, label) per tile and the challenge JSON."""
+        hits, the foreground head's (score, label) per tile, the challenge JSON and each
+        image's extra outputs."""
         dicts = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
         images: List[ImagePoints] = []
-        domain_hits, fg_scores, fg_labels, points_json = [], [], [], {}
+        domain_hits, fg_scores, fg_labels, points_json, extras_json = [], [], [], {}, {}
         skipped = 0
         for rec in records:
             gt = dicts.get(rec["image_id"])
@@ -182,12 +194,15 @@ class MidogEvaluator(DatasetEvaluator):
                 )
             mpp = self._mpp(rec, gt)
             label = gt.get("domain_label", rec.get("domain_label"))
-            if "domain_probs" in rec and label is not None and int(label) >= 0:
-                domain_hits.append(int(np.argmax(rec["domain_probs"])) == int(label))
+            extras = rec.get("extras", {})
+            if DOMAIN_PROBS.name in extras and label is not None and int(label) >= 0:
+                domain_hits.append(int(np.argmax(extras[DOMAIN_PROBS.name])) == int(label))
             name = os.path.basename(str(gt.get("file_name", rec["image_id"])))
             if name in points_json:  # two files of one name in different folders
                 name = str(rec["image_id"])
             points_json[name] = points_to_json(rec["centres"], rec["scores"], mpp, self._threshold)
+            if extras:
+                extras_json[name] = {k: v.tolist() for k, v in sorted(extras.items())}
             points = image_points(
                 gt,
                 rec["centres"],
@@ -199,25 +214,30 @@ class MidogEvaluator(DatasetEvaluator):
             if points is None:
                 skipped += 1
                 continue
-            if "foreground_prob" in rec:
+            if FOREGROUND_PROB.name in extras:
                 # either class (not don't-care zones): the foreground target counts both
                 centres = np.concatenate(
                     [box_centres(gt, MITOTIC_FIGURE), box_centres(gt, HARD_NEGATIVE)]
                 )
-                for (x0, y0, x1, y1), p in zip(rec["tiles"], rec["foreground_prob"]):
+                fg = extras[FOREGROUND_PROB.name].reshape(-1)
+                for (x0, y0, x1, y1), p in zip(rec["tiles"], fg):
                     fg_scores.append(p)
                     fg_labels.append(bool(points_in_region(centres, (x0, y0, x1, y1)).any()))
             images.append(points)
         if skipped:
             logger.info("[MidogEvaluator] %d unlabelled image(s) left out of scoring", skipped)
-        return images, domain_hits, fg_scores, fg_labels, points_json, skipped
+        return images, domain_hits, fg_scores, fg_labels, (points_json, extras_json), skipped
 
-    def _write(self, full: Dict[str, Any], points_json: Dict[str, Any]) -> None:
+    def _write(self, full: Dict[str, Any], points_json: Dict[str, Any], extras_json) -> None:
         PathManager.mkdirs(self._output_dir)
         with PathManager.open(os.path.join(self._output_dir, "midog_metrics.json"), "w") as f:
             json.dump(json_safe(full), f, indent=1)
         with PathManager.open(os.path.join(self._output_dir, "midog_points.json"), "w") as f:
             json.dump(points_json, f)
+        if extras_json:
+            path = os.path.join(self._output_dir, "midog_extra_outputs.json")
+            with PathManager.open(path, "w") as f:
+                json.dump(json_safe(extras_json), f)
 
     def evaluate(self):
         if self._distributed:
@@ -231,7 +251,7 @@ class MidogEvaluator(DatasetEvaluator):
             logger.warning("[MidogEvaluator] no predictions received")
             return {}
 
-        images, domain_hits, fg_scores, fg_labels, points_json, skipped = self._collect(records)
+        images, domain_hits, fg_scores, fg_labels, files, skipped = self._collect(records)
         full = evaluate_points(
             images,
             self._radius_um,
@@ -282,7 +302,7 @@ class MidogEvaluator(DatasetEvaluator):
         )
 
         if self._output_dir:
-            self._write(full, points_json)
+            self._write(full, *files)
         logger.info(
             "MIDOG results on %s:\n%s", self._dataset_name, format_results_table({"midog": res})
         )

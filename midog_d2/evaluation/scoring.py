@@ -25,14 +25,9 @@ from ..fileio.points import detect_prediction_format, load_coco_results, load_po
 from .metrics import ImagePoints, evaluate_points, points_in_region
 
 # box_centres lives with the dataset dicts (midog_d2.data.midog); re-exported here.
-__all__ = ["box_centres", "gt_points", "image_points", "evaluate_prediction_file"]
+__all__ = ["box_centres", "image_points", "evaluate_prediction_file"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def gt_points(record: Dict[str, Any], mitotic_class: int = MITOTIC_FIGURE) -> np.ndarray:
-    """(G, 2) centres of a dataset dict's mitotic-figure boxes, in annotation order."""
-    return box_centres(record, mitotic_class)
 
 
 def image_points(
@@ -64,7 +59,7 @@ def image_points(
     area_px = None if box is None else max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    gt = gt_points(record)
+    gt = box_centres(record, MITOTIC_FIGURE)
     ignore = box_centres(record, DONT_CARE)
     ignore = ignore[points_in_region(ignore, region)]
     if area_px is not None and len(ignore):

@@ -17,7 +17,6 @@ from .exports import (
 from .images import check_image_format, read_rgb, rgb_to_format, to_chw_tensor
 from .points import (
     detect_prediction_format,
-    image_keys,
     instances_to_points_json,
     json_safe,
     load_coco_results,
@@ -30,6 +29,7 @@ from .slide import (
     UnreadableSlideError,
     check_images,
     clear_cache,
+    fallback_mpp,
     open_slide,
     read_region,
     read_region_scaled,

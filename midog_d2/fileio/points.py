@@ -39,7 +39,6 @@ __all__ = [
     "load_point_predictions",
     "load_coco_results",
     "detect_prediction_format",
-    "image_keys",
     "json_safe",
 ]
 
@@ -172,7 +171,7 @@ def detect_prediction_format(path: PathLike) -> str:
     )
 
 
-def image_keys(dataset_dicts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+def _image_keys(dataset_dicts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
     """Lookup key -> image_id: each image's file name, its stem and its id as text.
     A key shared by two images is dropped (it would be ambiguous)."""
     keys: Dict[str, Any] = {}
@@ -194,7 +193,7 @@ def load_point_predictions(
     """MIDOG point predictions (any form the module docstring lists) -> {image_id:
     (xy_mm, probability, named_mitotic)}. A key that names no ground-truth image is an
     error, as is a second entry for one image."""
-    keys = image_keys(dataset_dicts)
+    keys = _image_keys(dataset_dicts)
     out: Dict[Any, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def add(key: str, obj: Any, source: str) -> None:

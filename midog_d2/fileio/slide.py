@@ -48,6 +48,7 @@ __all__ = [
     "slide_thumbnail",
     "set_cache_size",
     "clear_cache",
+    "fallback_mpp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -434,6 +435,22 @@ def _file_mpp(path: str) -> Optional[float]:
         mpp = _tiff_tag_mpp(path)
     _mpp_cache[key] = mpp
     return mpp
+
+
+def fallback_mpp(value: float) -> Optional[float]:
+    """The µm/px assumed for an image whose file and dataset record carry none: the one
+    reading of ``DATASETS.MIDOG.FALLBACK_MPP``. 0 means no fallback (None): such an image is
+    an error, never analysed at a made-up scale. ValueError for a value that is no
+    microscope's µm/px."""
+    value = float(value)
+    if value == 0:
+        return None
+    if not _PLAUSIBLE_MPP[0] <= value <= _PLAUSIBLE_MPP[1]:
+        raise ValueError(
+            f"DATASETS.MIDOG.FALLBACK_MPP {value:g}: not a microscope's µm/px (0.01 to 50; "
+            "0: no fallback)"
+        )
+    return value
 
 
 def slide_mpp(path: str, fallback: Optional[float] = None) -> float:

@@ -26,7 +26,8 @@ from detectron2.structures import Boxes, Instances
 
 from ..constants import DEFAULT_MPP
 from ..fileio.images import rgb_to_format, to_chw_tensor
-from ..fileio.slide import read_region_scaled, resample_scale
+from ..fileio.slide import fallback_mpp, read_region_scaled, resample_scale
+from ..modeling.outputs import check_declared, combine_tiles, declared_outputs
 from .grid import ScaledTile, scaled_tile_grid, tile_grid
 from .merge import StreamingMerger
 from .tta import check_flips, flip_image, fuse_flipped, unflip_instances
@@ -279,6 +280,7 @@ def stream_tile_detections(
     if any(b[1] < a[1] for a, b in zip(tiles, tiles[1:])):
         raise ValueError("tiles must come in row order (y never decreasing)")
     merger = StreamingMerger(merge_radius_px)
+    declared = declared_outputs(model)
     done = 0
     for chunk, pixels in _tile_batches(
         reader, path, tiles, scale, batch_size, read_workers, prefetch
@@ -301,6 +303,7 @@ def stream_tile_detections(
             centres.append(c)
             scores.append(inst.scores.detach().double().numpy().reshape(-1))
             classes.append(inst.pred_classes.detach().numpy().astype(np.int64).reshape(-1))
+            check_declared(out, declared, path)
             extras.append({k: v for k, v in out.items() if k != "instances"})
         done += len(chunk)
         b = np.concatenate(boxes)
@@ -332,9 +335,10 @@ class TiledPredictor(nn.Module):
 
     Output per image: ``instances`` (image_size = (height, width); ``pred_boxes``,
     ``scores``, ``pred_classes``, by decreasing score, level-0 pixels), ``tiles`` (T, 4)
-    level-0 tile boxes, ``scale`` (model pixels per level-0 pixel) and, when the model
-    gives them, ``domain_probs`` (mean over tiles) and ``foreground_prob`` (T,), one per
-    tile.
+    level-0 tile boxes, ``scale`` (model pixels per level-0 pixel) and each output the model
+    declares (``model.extra_outputs``, :mod:`midog_d2.modeling.outputs`), its tiles combined
+    as declared: ``domain_probs`` the mean over tiles, ``foreground_prob`` (T,) one per tile.
+    An output the model does not declare is an error.
     """
 
     @configurable
@@ -347,7 +351,7 @@ class TiledPredictor(nn.Module):
         batch_size: int = 8,
         merge_radius_um: float = 6.25,
         input_format: str = "BGR",
-        default_mpp: float = DEFAULT_MPP,
+        fallback_mpp: Optional[float] = DEFAULT_MPP,
         model_mpp: Optional[float] = None,
         mpp_tolerance: float = 0.0,
         precision: str = "fp32",
@@ -362,8 +366,9 @@ class TiledPredictor(nn.Module):
             model: a detector taking Detectron2 inputs, in eval mode.
             tile_size, overlap, batch_size, merge_radius_um: ``TEST.TILE.*``.
             input_format: the model's channel order (``INPUT.FORMAT``).
-            default_mpp: µm/px of inputs without ``mpp`` (converts the merge radius,
-                sets the scale; ``DATASETS.MIDOG.FALLBACK_MPP``).
+            fallback_mpp: µm/px of inputs without ``mpp`` (converts the merge radius,
+                sets the scale; ``DATASETS.MIDOG.FALLBACK_MPP``); None makes such an input
+                an error.
             model_mpp: µm/px the model works at (``INPUT.MODEL_MPP``); None/0 reads every
                 image at its own resolution.
             mpp_tolerance: relative µm/px difference read without resampling
@@ -387,7 +392,7 @@ class TiledPredictor(nn.Module):
         self.batch_size = int(batch_size)
         self.merge_radius_um = float(merge_radius_um)
         self.input_format = input_format
-        self.default_mpp = float(default_mpp)
+        self.fallback_mpp = fallback_mpp
         self.model_mpp = model_mpp
         self.mpp_tolerance = float(mpp_tolerance)
         self.reader = reader or read_region_scaled
@@ -421,7 +426,7 @@ class TiledPredictor(nn.Module):
             "batch_size": cfg.TEST.TILE.BATCH_SIZE,
             "merge_radius_um": cfg.TEST.TILE.MERGE_RADIUS_UM,
             "input_format": cfg.INPUT.FORMAT,
-            "default_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP,
+            "fallback_mpp": fallback_mpp(cfg.DATASETS.MIDOG.FALLBACK_MPP),
             "model_mpp": cfg.INPUT.MODEL_MPP,
             "mpp_tolerance": cfg.INPUT.MPP_TOLERANCE,
             "precision": precision,
@@ -467,22 +472,26 @@ class TiledPredictor(nn.Module):
         region = (
             (0, 0, width, height) if region is None else tuple(int(round(float(v))) for v in region)
         )
-        mpp = float(inp.get("mpp") or self.default_mpp)
+        mpp = inp.get("mpp") or self.fallback_mpp
+        if not mpp:
+            raise ValueError(
+                f"{inp.get('file_name', 'an input')}: no µm/px (its 'mpp') and no fallback "
+                "(DATASETS.MIDOG.FALLBACK_MPP 0)"
+            )
+        mpp = float(mpp)
         scale = resample_scale(mpp, self.model_mpp, self.mpp_tolerance)
         tiles = scaled_tile_grid(region, self.tile_size, self.overlap, scale)
 
         boxes, scores, classes = [], [], []
-        domain_sum, fg = None, []
+        declared = declared_outputs(self.model)
+        per_tile: Dict[str, list] = {name: [] for name in declared}
         for part in self.stream(path, tiles, scale, mpp):
             boxes.append(part.boxes)
             scores.append(part.scores)
             classes.append(part.classes)
             for extra in part.extras:
-                if "domain_probs" in extra:
-                    p = extra["domain_probs"].detach().cpu().double()
-                    domain_sum = p if domain_sum is None else domain_sum + p
-                if "foreground_prob" in extra:
-                    fg.append(float(extra["foreground_prob"]))
+                for name, value in extra.items():
+                    per_tile[name].append(value)
         b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
         s = np.concatenate(scores) if scores else np.zeros(0)
         c = np.concatenate(classes) if classes else np.zeros(0, np.int64)
@@ -498,8 +507,8 @@ class TiledPredictor(nn.Module):
             "tiles": torch.tensor(tile_boxes, dtype=torch.float32),
             "scale": scale,
         }
-        if domain_sum is not None:
-            out["domain_probs"] = (domain_sum / len(tiles)).float()
-        if fg:
-            out["foreground_prob"] = torch.tensor(fg, dtype=torch.float32)
+        for name, values in per_tile.items():
+            value = combine_tiles(declared[name], values)
+            if value is not None:
+                out[name] = value
         return out

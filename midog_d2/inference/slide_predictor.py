@@ -20,6 +20,7 @@ from detectron2.config import configurable
 from ..constants import MITOTIC_FIGURE
 from ..fileio.slide import (
     MPP_METADATA,
+    fallback_mpp,
     resample_scale,
     slide_dimensions,
     slide_resolution,
@@ -200,7 +201,7 @@ class SlidePredictor:
             "min_tissue_fraction": t.MIN_FRACTION,
             "thumbnail_size": t.THUMBNAIL_SIZE,
             "drop_outside_tissue": t.DROP_OUTSIDE,
-            "fallback_mpp": cfg.DATASETS.MIDOG.FALLBACK_MPP or None,
+            "fallback_mpp": fallback_mpp(cfg.DATASETS.MIDOG.FALLBACK_MPP),
             "mpp": cfg.TEST.SLIDE_MPP or None,
             "channels_last": cfg.TEST.TILE.CHANNELS_LAST,
             "fold_batchnorm": cfg.TEST.TILE.FOLD_BATCHNORM,

@@ -2,6 +2,15 @@
 
 from .aux_heads import AuxiliaryClassifier
 from .multitask_retinanet import MultiTaskRetinaNet
+from .outputs import ExtraOutput, check_declared, combine_tiles, declared_outputs
 from .second_stage import CandidateClassifier
 
-__all__ = ["AuxiliaryClassifier", "CandidateClassifier", "MultiTaskRetinaNet"]
+__all__ = [
+    "AuxiliaryClassifier",
+    "CandidateClassifier",
+    "ExtraOutput",
+    "MultiTaskRetinaNet",
+    "check_declared",
+    "combine_tiles",
+    "declared_outputs",
+]

@@ -1,22 +1,23 @@
 """RetinaNet with the paper's two auxiliary heads: the domain (the paper's tumor type) and patch
 foreground."""
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.nn import sigmoid_focal_loss_jit
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config import check_renamed_keys
 from .aux_heads import AuxiliaryClassifier
+from .outputs import DOMAIN_PROBS, FOREGROUND_PROB, ExtraOutput, outputs_of
 from .second_stage import CandidateClassifier, combine_scores, crop_patches
 
 __all__ = ["MultiTaskRetinaNet"]
@@ -50,10 +51,11 @@ class MultiTaskRetinaNet(RetinaNet):
     has the mitotic-figure class only) feed the foreground target and are then
     removed, so the detector learns them as background.
 
-    Extra outputs in inference, per image: ``domain_probs`` (Tensor[T]) and
-    ``foreground_prob`` (0-dim Tensor), for the heads that are on. With the foreground gate
-    on, detection scores are P(figure here | figure-like patch) x P(figure-like patch): the
-    score times the input's ``foreground_prob``.
+    Extra outputs in inference, per image, for the heads that are on, each declared in
+    :attr:`extra_outputs` (:mod:`.outputs`): ``domain_probs`` (Tensor[T]) and
+    ``foreground_prob`` (0-dim Tensor); :meth:`add_extra_output` adds another head. With the
+    foreground gate on, detection scores are P(figure here | figure-like patch) x
+    P(figure-like patch): the score times the input's ``foreground_prob``.
     """
 
     @configurable
@@ -112,6 +114,9 @@ class MultiTaskRetinaNet(RetinaNet):
         self.foreground_loss_weight = foreground_loss_weight
         self.foreground_focal_alpha = foreground_focal_alpha
         self.foreground_focal_gamma = foreground_focal_gamma
+        self.extra_outputs: List[ExtraOutput] = [
+            o for o in (DOMAIN_PROBS, FOREGROUND_PROB) if getattr(self, o.head) is not None
+        ]
         if freeze_fpn:
             bottom_up = getattr(self.backbone, "bottom_up", None)
             if bottom_up is None:
@@ -151,16 +156,48 @@ class MultiTaskRetinaNet(RetinaNet):
             ret["candidate_threshold"] = ss.CANDIDATE_THRESHOLD
         return ret
 
+    def add_extra_output(self, output: ExtraOutput, head: nn.Module) -> None:
+        """Add a head on the auxiliary feature map (``MODEL.MULTITASK.IN_FEATURE``) and declare
+        its output: each image's result then holds ``output.name``, and the tiled predictor,
+        the export and the evaluator carry it (a head without a loss here: it is trained by
+        whoever adds one, or loaded with the weights)."""
+        if output.name in {o.name for o in self.extra_outputs}:
+            raise ValueError(f"the model already declares an output {output.name!r}")
+        if getattr(self, output.head, None) is not None:
+            raise ValueError(f"the model already has a module {output.head!r}")
+        _aux_input_shape(self.backbone, self.aux_in_feature)
+        self.add_module(output.head, head.to(self.device))
+        self.extra_outputs.append(output)
+
+    def heads(self, x: Tensor) -> Tuple[List[Tensor], Tuple[List[Tensor], List[Tensor]], dict]:
+        """The network on a normalised batch ``x`` (N, C, H, W): the detection head's input
+        features, its (logits, box deltas) per level, and {output name: logits} of every
+        declared extra head (the one place where the heads run: :meth:`forward`,
+        :meth:`detect` and the TorchScript export call it)."""
+        feature_dict = self.backbone(x)
+        features = [feature_dict[f] for f in self.head_in_features]
+        aux = feature_dict.get(self.aux_in_feature)
+        aux_logits = {o.name: getattr(self, o.head)(aux) for o in self.extra_outputs}
+        return features, self.head(features), aux_logits
+
+    def detect(
+        self, images: ImageList, rescore: bool = True
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """Inference on a preprocessed batch: each image's detections in input pixels (before
+        :func:`detector_postprocess`; re-scored by the second stage when it is on and
+        ``rescore``) and {output name: (N, ...) value} of the declared extra outputs."""
+        features, predictions, aux_logits = self.heads(images.tensor)
+        results = self.forward_inference(images, features, predictions)
+        if rescore and self.second_stage is not None:
+            results = self.rescore_candidates(images.tensor, results)
+        return results, outputs_of(self.extra_outputs, aux_logits)
+
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         images = self.preprocess_image(batched_inputs)
-        feature_dict = self.backbone(images.tensor)
-        features = [feature_dict[f] for f in self.head_in_features]
-        predictions = self.head(features)
-        aux_logits = self._aux_forward(feature_dict)
-
         if self.training:
             assert not torch.jit.is_scripting(), "Not supported"
             assert "instances" in batched_inputs[0], "Instance annotations are missing in training!"
+            features, predictions, aux_logits = self.heads(images.tensor)
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             # Foreground targets count hard negatives, so take them before filtering.
             fg_targets = self._foreground_targets(batched_inputs, gt_instances)
@@ -169,9 +206,7 @@ class MultiTaskRetinaNet(RetinaNet):
             losses.update(self.aux_losses(aux_logits, batched_inputs, fg_targets))
             return losses
 
-        results = self.forward_inference(images, features, predictions)
-        if self.second_stage is not None:
-            results = self.rescore_candidates(images.tensor, results)
+        results, extras = self.detect(images)
         processed_results = []
         for i, (results_per_image, input_per_image, image_size) in enumerate(
             zip(results, batched_inputs, images.image_sizes)
@@ -179,13 +214,10 @@ class MultiTaskRetinaNet(RetinaNet):
             height = input_per_image.get("height", image_size[0])
             width = input_per_image.get("width", image_size[1])
             out = {"instances": detector_postprocess(results_per_image, height, width)}
-            if "domain" in aux_logits:
-                out["domain_probs"] = aux_logits["domain"][i].softmax(dim=0)
-            if "foreground" in aux_logits:
-                out["foreground_prob"] = aux_logits["foreground"][i, 0].sigmoid()
-                if self.foreground_gate:
-                    inst = out["instances"]
-                    inst.scores = inst.scores * out["foreground_prob"].to(inst.scores.dtype)
+            out.update({name: value[i] for name, value in extras.items()})
+            if self.foreground_gate:
+                inst = out["instances"]
+                inst.scores = inst.scores * out[FOREGROUND_PROB.name].to(inst.scores.dtype)
             processed_results.append(out)
         return processed_results
 
@@ -204,14 +236,6 @@ class MultiTaskRetinaNet(RetinaNet):
             scores[k] = combine_scores(scores[k], p.to(scores.dtype))
             r.scores = scores
         return results
-
-    def _aux_forward(self, feature_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        out = {}
-        if self.domain_head is not None:
-            out["domain"] = self.domain_head(feature_dict[self.aux_in_feature])
-        if self.foreground_head is not None:
-            out["foreground"] = self.foreground_head(feature_dict[self.aux_in_feature])
-        return out
 
     def _detection_instances(self, instances: Instances) -> Instances:
         keep = instances.gt_classes < self.num_classes
@@ -232,8 +256,8 @@ class MultiTaskRetinaNet(RetinaNet):
         """Losses of the heads that are on; accuracies go to the event storage."""
         losses = {}
         storage = get_event_storage()
-        if "domain" in aux_logits:
-            logits = aux_logits["domain"]
+        if DOMAIN_PROBS.name in aux_logits:
+            logits = aux_logits[DOMAIN_PROBS.name]
             labels = torch.tensor(
                 [int(x.get("domain_label", -1)) for x in batched_inputs], device=self.device
             )
@@ -251,8 +275,8 @@ class MultiTaskRetinaNet(RetinaNet):
             if bool(valid.any()):
                 acc = (logits[valid].argmax(dim=1) == labels[valid]).float().mean()
                 storage.put_scalar("multitask/domain_accuracy", acc.item())
-        if "foreground" in aux_logits:
-            logits = aux_logits["foreground"][:, 0]
+        if FOREGROUND_PROB.name in aux_logits:
+            logits = aux_logits[FOREGROUND_PROB.name][:, 0]
             loss = sigmoid_focal_loss_jit(
                 logits,
                 fg_targets,

@@ -13,7 +13,11 @@ from conftest import CONFIGS, REPO, SHARED, make_cfg, save_firing_model
 from detectron2.modeling import build_model
 
 from midog_d2.checkpoint import save_threshold
-from midog_d2.inference.export import ExportableDetector, ExportedDetector, load_export_meta
+from midog_d2.inference.torchscript import (
+    ScriptableDetector,
+    TorchScriptDetector,
+    load_torchscript_meta,
+)
 
 CONFIG = CONFIGS / "dev" / "Demo-CPU-R18.yaml"
 # Only this random model's strongest candidates: without, each tile holds thousands of
@@ -46,20 +50,21 @@ def exported(tmp_path_factory):
 
 def test_the_export_equals_the_model_on_real_tiles_at_any_batch_size(exported, capsys):
     assert exported["rc"] == 0
-    meta = load_export_meta(exported["ts"])
+    meta = load_torchscript_meta(exported["ts"])
     assert meta["tile_size"] == 256 and meta["input_format"] == "BGR"
     assert meta["threshold"] == 0.45 and meta["precision"] == "fp32"
+    assert [o["name"] for o in meta["outputs"]] == ["domain_probs", "foreground_prob"]
     from midog_d2.fileio.images import read_rgb
 
     tiles = np.stack([read_rgb(str(p))[:256, :256, ::-1] for p in TILES[6:11]])  # BGR
     batch = torch.from_numpy(tiles.copy()).permute(0, 3, 1, 2).float()
-    graph = ExportedDetector(exported["ts"]).graph
+    graph = TorchScriptDetector(exported["ts"]).graph
     with torch.no_grad():
         for n in (1, 2, 5):  # traced at 2: other sizes too
             # the reference at the same batch size: the convolutions' rounding depends on
             # it, and this random model's 100 detections an image hold near-ties
             ref = exported["model"]([{"image": x} for x in batch[:n]])
-            boxes, scores, classes, image, tumor, fg = graph(batch[:n])
+            boxes, scores, classes, image, tumor, fg = graph(batch[:n])  # as meta["outputs"]
             for i in range(n):
                 inst = ref[i]["instances"]
                 sel = image == i
@@ -106,13 +111,13 @@ def test_the_slide_pipeline_runs_an_export_with_the_same_results(exported, tmp_p
 def test_what_an_export_cannot_hold_is_refused(tmp_path):
     cfg = make_cfg(CONFIG, "MODEL.DEVICE", "cpu", "MODEL.MULTITASK.FOREGROUND_GATE", "True")
     with pytest.raises(ValueError, match="switch off MODEL.MULTITASK.FOREGROUND_GATE"):
-        ExportableDetector(build_model(cfg))
+        ScriptableDetector(build_model(cfg))
     (tmp_path / "x.ts").write_bytes(b"not a zip")
     with pytest.raises(Exception):
-        load_export_meta(str(tmp_path / "x.ts"))
+        load_torchscript_meta(str(tmp_path / "x.ts"))
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "y.ts", "w") as z:
         z.writestr("y/data.pkl", b"")
-    with pytest.raises(ValueError, match="y.ts: not a midog_d2 export"):
-        load_export_meta(str(tmp_path / "y.ts"))
+    with pytest.raises(ValueError, match="y.ts: not a midog_d2 TorchScript file"):
+        load_torchscript_meta(str(tmp_path / "y.ts"))

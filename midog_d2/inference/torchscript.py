@@ -1,6 +1,7 @@
-"""The trained detector as one TorchScript file that runs with torch and torchvision alone.
+"""The trained detector as one TorchScript file that runs with torch and torchvision alone
+(``tools/export_model.py``; viewer files of detections are :mod:`midog_d2.fileio.exports`).
 
-:class:`ExportableDetector` wraps a :class:`~midog_d2.modeling.MultiTaskRetinaNet` in a
+:class:`ScriptableDetector` wraps a :class:`~midog_d2.modeling.MultiTaskRetinaNet` in a
 module whose input is a batch tensor and whose outputs are tensors, with RetinaNet's
 inference (score threshold, top-k candidates a level, class-wise NMS, detections an image,
 boxes clipped to the image and empty ones dropped) written batch-wise, without Python loops
@@ -8,19 +9,23 @@ over the images, so that a trace of it takes any batch size: Detectron2's own in
 loops over the images and its ``TracingAdapter`` would fix the batch at the example's.
 
 Traced, it is fixed to the tile size it was traced at (the anchors become constants);
-:func:`export_detector` records that size, the input format and the classes beside the
-graph (``_extra_files``), and :class:`ExportedDetector` checks them when it loads one.
+:func:`save_torchscript` records that size, the input format, the classes and the model's
+extra outputs beside the graph (``_extra_files``), and :class:`TorchScriptDetector` checks
+them when it loads one.
 
 Outputs of ``forward(images)`` (``images``: (N, 3, H, W) float, 0-255, in the model's
 ``INPUT.FORMAT``): ``boxes`` (M, 4) in pixels, ``scores`` (M,), ``classes`` (M,),
 ``image_index`` (M,) (which image each detection belongs to, by decreasing score within
-an image), ``domain_probs`` (N, T) and ``foreground_prob`` (N,) (empty when the head is
-off). The foreground gate and the second stage are not part of an export.
+an image), then each extra output the model declares (``model.extra_outputs``), (N, ...),
+in the order the metadata's ``outputs`` lists them. Files of format 1 (before the
+declaration) end in ``domain_probs`` (N, T) and ``foreground_prob`` (N,), empty when the
+head is off; they still load. The foreground gate and the second stage are not part of an
+export.
 """
 
 import json
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torchvision
@@ -29,24 +34,34 @@ from torch import Tensor, nn
 from detectron2.modeling.meta_arch.retinanet import permute_to_N_HWA_K
 
 from ..fileio.atomic import atomic_write
+from ..modeling.outputs import (
+    DOMAIN_PROBS,
+    FOREGROUND_PROB,
+    ExtraOutput,
+    check_declared,
+    declared_outputs,
+    outputs_of,
+)
 
 __all__ = [
-    "EXPORT_META",
-    "ExportableDetector",
-    "ExportedDetector",
-    "export_detector",
-    "load_export_meta",
+    "TORCHSCRIPT_META",
+    "ScriptableDetector",
+    "TorchScriptDetector",
+    "load_torchscript_meta",
+    "save_torchscript",
 ]
 
-# The name of the metadata file stored inside an export.
-EXPORT_META = "midog_d2.json"
+# The name of the metadata file stored inside a TorchScript file.
+TORCHSCRIPT_META = "midog_d2.json"
+# 2: the extra outputs follow the detections as the metadata's "outputs" list them.
+FORMAT = 2
 # torch >= 2.10 deprecates TorchScript in favour of torch.export, which does not yet take
 # this graph's data-dependent sizes (score threshold, NMS) for any batch size; the export
 # uses TorchScript on purpose, so its deprecation notices say nothing to the user.
 _DEPRECATED = r"`torch\.jit\.(trace|save|load|script)` is deprecated"
 
 
-class ExportableDetector(nn.Module):
+class ScriptableDetector(nn.Module):
     """A trained MultiTaskRetinaNet as a module of tensors in, tensors out (see the module
     docstring); its results equal the model's own inference within float rounding."""
 
@@ -54,7 +69,7 @@ class ExportableDetector(nn.Module):
         super().__init__()
         if getattr(model, "foreground_gate", False) or getattr(model, "second_stage", None):
             raise ValueError(
-                "an export holds the detector and its two heads; switch off "
+                "a TorchScript file holds the detector and its extra heads; switch off "
                 "MODEL.MULTITASK.FOREGROUND_GATE and MODEL.SECOND_STAGE.ON to export it"
             )
         self.model = model.eval()
@@ -63,14 +78,13 @@ class ExportableDetector(nn.Module):
         self.topk = int(model.test_topk_candidates)
         self.nms_thresh = float(model.test_nms_thresh)
         self.max_det = int(model.max_detections_per_image)
+        self.outputs: List[ExtraOutput] = list(declared_outputs(model).values())
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         m = self.model
         n, h, w = images.shape[0], images.shape[2], images.shape[3]
         x = (images.to(m.pixel_mean.dtype) - m.pixel_mean) / m.pixel_std
-        feature_dict = m.backbone(x)
-        features = [feature_dict[f] for f in m.head_in_features]
-        logits, deltas = m.head(features)
+        features, (logits, deltas), aux_logits = m.heads(x)
         anchors = m.anchor_generator(features)
         c = self.num_classes
         boxes_l, scores_l, classes_l = [], [], []
@@ -118,28 +132,19 @@ class ExportableDetector(nn.Module):
             dim=1,
         )
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        aux = m._aux_forward(feature_dict)
-        empty = torch.zeros(n, 0, device=images.device)
-        domain = aux["domain"].softmax(dim=1) if "domain" in aux else empty
-        fg = aux["foreground"][:, 0].sigmoid() if "foreground" in aux else empty[:, 0]
-        return (
-            boxes[nonempty],
-            scores[nonempty],
-            classes[nonempty],
-            image[nonempty],
-            domain,
-            fg,
-        )
+        extras = outputs_of(self.outputs, aux_logits)
+        detections = (boxes[nonempty], scores[nonempty], classes[nonempty], image[nonempty])
+        return detections + tuple(extras[o.name] for o in self.outputs)
 
 
-def export_detector(
+def save_torchscript(
     model: nn.Module, path: str, tile_size: int, meta: Dict[str, Any], batch: int = 2
 ) -> Dict[str, Any]:
-    """Trace ``model`` (:class:`ExportableDetector`) on a batch of ``batch`` random
-    ``tile_size`` tiles and save it to ``path`` with ``meta`` (plus the tile size) stored
-    inside as :data:`EXPORT_META`; returns the metadata."""
+    """Trace ``model`` (:class:`ScriptableDetector`) on a batch of ``batch`` random
+    ``tile_size`` tiles and save it to ``path`` with ``meta`` (plus the tile size and the
+    extra outputs) stored inside as :data:`TORCHSCRIPT_META`; returns the metadata."""
     device = next(model.parameters()).device
-    wrapper = ExportableDetector(model)
+    wrapper = ScriptableDetector(model)
     example = torch.randint(0, 256, (batch, 3, tile_size, tile_size), device=device).float()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
@@ -148,37 +153,51 @@ def export_detector(
         **meta,
         "tile_size": int(tile_size),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten().tolist()],
-        "format": 1,
+        "outputs": [{"name": o.name, "combine": o.combine} for o in wrapper.outputs],
+        "format": FORMAT,
     }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
-        extra = {EXPORT_META: json.dumps(meta)}
+        extra = {TORCHSCRIPT_META: json.dumps(meta)}
         atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files=extra), "wb")
     return meta
 
 
-def load_export_meta(path: str) -> Dict[str, Any]:
-    """The metadata stored inside an export (without loading its graph)."""
+def load_torchscript_meta(path: str) -> Dict[str, Any]:
+    """The metadata stored inside a TorchScript file of :func:`save_torchscript` (without
+    loading its graph)."""
     import zipfile
 
     with zipfile.ZipFile(path) as z:
-        names = [n for n in z.namelist() if n.endswith("extra/" + EXPORT_META)]
+        names = [n for n in z.namelist() if n.endswith("extra/" + TORCHSCRIPT_META)]
         if not names:
-            raise ValueError(f"{path}: not a midog_d2 export (no {EXPORT_META} inside)")
+            raise ValueError(
+                f"{path}: not a midog_d2 TorchScript file (no {TORCHSCRIPT_META} inside)"
+            )
         return json.loads(z.read(names[0]))
 
 
-class ExportedDetector(nn.Module):
-    """An export (:func:`export_detector`) where the pipeline expects a Detectron2 model:
-    a list of ``{"image": (3, h, w)}`` in, a list of ``{"instances", "domain_probs",
-    "foreground_prob"}`` out. Images smaller than the export's tile are padded with the
-    pixel mean (zero once normalised, as Detectron2 pads) and their boxes clipped back to
-    them; larger ones are an error. Loading it runs TorchScript: load only exports you
-    trust (README.md, "What is trusted")."""
+def _declared_in(meta: Dict[str, Any], path: str) -> List[ExtraOutput]:
+    fmt = int(meta.get("format", 1))
+    if fmt == 1:  # a fixed tuple: the paper's two heads, empty when off
+        return [DOMAIN_PROBS, FOREGROUND_PROB]
+    if fmt != FORMAT:
+        raise ValueError(f"{path}: TorchScript format {fmt}; this midog_d2 reads 1 and {FORMAT}")
+    return [ExtraOutput(o["name"], "", combine=o["combine"]) for o in meta.get("outputs", [])]
+
+
+class TorchScriptDetector(nn.Module):
+    """A TorchScript file (:func:`save_torchscript`) where the pipeline expects a Detectron2
+    model: a list of ``{"image": (3, h, w)}`` in, a list of ``{"instances", <each declared
+    extra output>}`` out (:attr:`extra_outputs`, from the file's metadata). Images smaller
+    than its tile are padded with the pixel mean (zero once normalised, as Detectron2 pads)
+    and their boxes clipped back to them; larger ones are an error. Loading it runs
+    TorchScript: load only files you trust (README.md, "What is trusted")."""
 
     def __init__(self, path: str, device: str = "cpu"):
         super().__init__()
-        self.meta = load_export_meta(path)
+        self.meta = load_torchscript_meta(path)
+        self.extra_outputs = _declared_in(self.meta, path)
         self.tile = int(self.meta["tile_size"])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
@@ -192,12 +211,17 @@ class ExportedDetector(nn.Module):
 
         sizes = [tuple(x["image"].shape[1:]) for x in batched_inputs]
         if any(h > self.tile or w > self.tile for h, w in sizes):
-            raise ValueError(f"the export takes tiles of at most {self.tile} px, got {sizes}")
+            raise ValueError(f"the model takes tiles of at most {self.tile} px, got {sizes}")
         batch = self.pixel_mean.expand(len(sizes), 3, self.tile, self.tile).clone()
         for i, x in enumerate(batched_inputs):
             h, w = sizes[i]
             batch[i, :, :h, :w] = x["image"].to(batch.device, batch.dtype)
-        boxes, scores, classes, image, domain, fg = self.graph(batch)
+        boxes, scores, classes, image, *extras = self.graph(batch)
+        if len(extras) != len(self.extra_outputs):
+            raise ValueError(
+                f"the TorchScript graph returned {len(extras)} extra outputs, its metadata "
+                f"declares {[o.name for o in self.extra_outputs]}"
+            )
         out = []
         for i, (h, w) in enumerate(sizes):
             sel = image == i
@@ -210,9 +234,9 @@ class ExportedDetector(nn.Module):
             inst.scores = scores[sel][keep]
             inst.pred_classes = classes[sel][keep]
             o: Dict[str, Any] = {"instances": inst}
-            if domain.shape[1]:
-                o["domain_probs"] = domain[i]
-            if fg.shape[0]:
-                o["foreground_prob"] = fg[i]
+            for decl, value in zip(self.extra_outputs, extras):
+                if value.numel():  # format 1 returns an empty tensor for a head that is off
+                    o[decl.name] = value[i]
+            check_declared(o, declared_outputs(self), "TorchScript model")
             out.append(o)
         return out
