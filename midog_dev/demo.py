@@ -27,12 +27,11 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.checkpoint import save_threshold
 from midog_d2.config import add_midog_config
 from midog_d2.constants import MITOTIC_FIGURE
 from midog_d2.data import load_midog_json, load_options_from_config, register_midog
 from midog_d2.data.register import DOMAIN_SPLITS, split_for_domain_study
-from midog_d2.engine.protocol import evaluate_domains, operating_threshold
+from midog_d2.engine.protocol import evaluate_domains, store_calibration
 from midog_d2.engine.trainer import MidogTrainer
 from midog_d2.utils.visualizer import draw_overlay
 
@@ -143,15 +142,7 @@ def run_demo(
     # The validation threshold travels with the weights: infer_slides.py and --eval-only
     # use it without a flag.
     val = trained[names["val"]]["midog"]
-    threshold, rule = operating_threshold(val)
-    save_threshold(
-        os.path.join(output_dir, "model_final.pth"),
-        threshold,
-        dataset=names["val"],
-        rule=rule,
-        f1=val["best_F1"],
-        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
-    )
+    store_calibration(cfg, val, names["val"], os.path.join(output_dir, "model_final.pth"))
 
     overlay = _draw_unseen_tumor_overlay(output_dir, names["unseen_tumor"], trained)
 

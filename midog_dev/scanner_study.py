@@ -21,13 +21,14 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from midog_d2.checkpoint import MidogCheckpointer
+from midog_d2.checkpoint import MidogCheckpointer, threshold_record
 from midog_d2.constants import MIDOGPP_DENSITY
 from midog_d2.data import box_centres
 from midog_d2.data.imposters import add_mined_annotations, mine_imposters
 from midog_d2.engine import MidogTrainer
 from midog_d2.engine.runs import train_calibrate_score, train_detector
 from midog_d2.evaluation import ap50_points, points_in_region
+from midog_d2.evaluation.prevalence import operating_density
 from midog_d2.jobs.study import reused_weights
 
 from .canvas import (
@@ -158,15 +159,15 @@ def evaluate_placed_domains(
     cfg, model: torch.nn.Module, seed: int = 0, size: int = 256, limit: int = 0
 ) -> Dict[str, Any]:
     """The run's scores: the in-window threshold (best F1 on ``val``), the density
-    threshold (best F1 expected on ``val`` at ``TEST.MIDOG.OPERATING_DENSITY``, 0 meaning
-    MIDOG++'s median: placed crops have no density of their own), :func:`score_set` of the
+    threshold (best F1 expected on ``val`` at ``TEST.MIDOG.OPERATING_DENSITY``; placed
+    crops have no density of their own, so 0 is an error), :func:`score_set` of the
     ``in_domain`` and ``held_out`` sets at both (:func:`domain_evaluation_sets`) and the
     evaluation tiles' false detections per mm² at both (``tiles``)."""
     sets = domain_evaluation_sets(cfg, seed, size, limit)
     fmt = cfg.INPUT.FORMAT
     det = {k: predict_points(model, [s.image for s in v], fmt) for k, v in sets.items() if v}
     threshold, val_f1 = select_threshold(sets["val"], det["val"])
-    density = cfg.TEST.MIDOG.OPERATING_DENSITY or MIDOGPP_DENSITY
+    density = operating_density(cfg.TEST.MIDOG.OPERATING_DENSITY)
     density_threshold, val_expected = placed_curve(sets["val"], det["val"]).best_threshold(density)
     out: Dict[str, Any] = {
         "threshold": threshold,
@@ -268,7 +269,7 @@ def _train_with_mining(cfg, output_dir: str) -> Tuple[torch.nn.Module, Any, List
 def _threshold_record(cfg, scores: Dict[str, Any]) -> Dict[str, Any]:
     """What the threshold file beside the run's weights records (midog_d2.checkpoint): the
     threshold is the one for real density, the in-window one beside it."""
-    return dict(
+    return threshold_record(
         dataset="placed validation crops of " + ", ".join(cfg.DATASETS.REAL_FIGURES.TRAIN_DOMAINS),
         rule=f"best F1 expected at {scores['density']:.3g} figures/mm²",
         expected_f1=scores["val_expected_f1"],

@@ -38,8 +38,8 @@ from midog_d2.checkpoint import (
 )
 from midog_d2.engine.trainer import setup_cfg, split_overrides
 from midog_d2.fileio.images import read_rgb
-from midog_d2.inference.torchscript import TorchScriptDetector, save_torchscript
 from midog_d2.inference.predictor import model_inputs
+from midog_d2.inference.torchscript import TorchScriptDetector, save_torchscript
 
 
 def compare(model, exported, tiles, box_tol: float, score_tol: float) -> dict:

@@ -17,15 +17,19 @@ from .conversion import convert_torchvision_resnet, torchvision_to_d2_checkpoint
 from .safe_load import WeightsError, load_pickle_weights, load_torch_weights
 from .shipped import REFERENCE_CONFIG, REFERENCE_WEIGHTS, local_path, reference_model
 from .threshold import (
+    RECORD_FIELDS,
     THRESHOLD_SUFFIX,
     file_sha256,
     load_threshold,
     resolve_score_threshold,
     save_threshold,
     threshold_file,
+    threshold_record,
 )
 
 __all__ = [
+    "RECORD_FIELDS",
+    "threshold_record",
     "DOMAIN_HEAD",
     "DOMAIN_ROWS",
     "MidogCheckpointer",

@@ -12,7 +12,7 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.evaluation import inference_on_dataset
 
-from ..checkpoint import save_threshold
+from ..checkpoint import save_threshold, threshold_record
 from ..data.sampler import build_midog_test_loader
 from ..evaluation.evaluator import build_midog_evaluators
 from ..fileio import json_safe
@@ -23,6 +23,7 @@ __all__ = [
     "score_dataset",
     "evaluate_domains",
     "calibrate",
+    "calibration_record",
     "store_calibration",
 ]
 
@@ -70,31 +71,37 @@ def calibrate(
     return store_calibration(cfg, midog, dataset_name, weights)
 
 
+def calibration_record(
+    cfg: CfgNode, midog: Dict[str, float], dataset_name: str
+) -> Tuple[float, Dict[str, object]]:
+    """The operating threshold a validation set's MIDOG scores choose
+    (:func:`operating_threshold`) and its threshold record's fields
+    (:func:`~midog_d2.checkpoint.threshold_record`): what every calibration on whole images
+    stores, the calibration tool's, the one command's and the MIDOG study's."""
+    threshold, rule = operating_threshold(midog)
+    info = {
+        "dataset": dataset_name,
+        "rule": rule,
+        "num_images": midog.get("num_images"),
+        "density": midog.get("density"),
+        "figures_per_mm2": midog.get("figures_per_mm2"),
+        "expected_f1": midog.get("density_F1"),
+        "best_f1": midog["best_F1"],
+        "best_f1_threshold": midog["best_threshold"],
+        "radius_um": cfg.TEST.MIDOG.RADIUS_UM,
+        "dont_care_radius_um": cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM,
+    }
+    return threshold, threshold_record(**json_safe(info))
+
+
 def store_calibration(
     cfg: CfgNode, midog: Dict[str, float], dataset_name: str, weights: str
 ) -> Dict[str, object]:
-    """The operating threshold a validation set's MIDOG scores choose
-    (:func:`operating_threshold`), stored beside ``weights`` (bound to their SHA-256). Returns
+    """:func:`calibration_record` stored beside ``weights`` (bound to their SHA-256). Returns
     the threshold, the record's fields and the file written."""
-    threshold, rule = operating_threshold(midog)
-    info = {
-        "rule": rule,
-        "density": midog.get("density"),
-        "expected_f1": midog.get("density_F1"),
-        "best_f1_threshold": midog["best_threshold"],
-        "best_f1": midog["best_F1"],
-        "figures_per_mm2": midog.get("figures_per_mm2"),
-    }
-    path = save_threshold(
-        weights,
-        threshold,
-        dataset=dataset_name,
-        radius_um=cfg.TEST.MIDOG.RADIUS_UM,
-        dont_care_radius_um=cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM,
-        num_images=midog.get("num_images"),
-        **json_safe(info),
-    )
-    return json_safe({"threshold": threshold, **info, "file": path})
+    threshold, record = calibration_record(cfg, midog, dataset_name)
+    path = save_threshold(weights, threshold, **record)
+    return json_safe({"threshold": threshold, **record, "file": path})
 
 
 def evaluate_domains(cfg: CfgNode, model: nn.Module, output_dir: str) -> Dict[str, dict]:

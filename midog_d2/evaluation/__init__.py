@@ -14,7 +14,13 @@ from .metrics import (
     roc_auc,
     sweep_thresholds,
 )
-from .prevalence import PrevalenceCurve, expected_f1, prevalence_curve
+from .prevalence import (
+    PrevalenceCurve,
+    evaluate_at_density,
+    expected_f1,
+    operating_density,
+    prevalence_curve,
+)
 from .scoring import box_centres, evaluate_prediction_file, image_points
 from .evaluator import (
     MidogEvaluator,

@@ -36,7 +36,8 @@ from ..constants import (
 )
 from ..fileio.points import json_safe, points_to_json
 from ..modeling.outputs import DOMAIN_PROBS, FOREGROUND_PROB
-from .metrics import ImagePoints, evaluate_points, points_in_region, roc_auc
+from .metrics import ImagePoints, points_in_region, roc_auc
+from .prevalence import evaluate_at_density
 from .scoring import box_centres, image_points
 
 __all__ = [
@@ -111,7 +112,7 @@ class MidogEvaluator(DatasetEvaluator):
         if radius_um is None:
             radius_um = cfg.TEST.MIDOG.RADIUS_UM if cfg is not None else DEFAULT_RADIUS_UM
         if density is None:
-            density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else MIDOGPP_DENSITY
+            density = cfg.TEST.MIDOG.OPERATING_DENSITY if cfg is not None else None
         if dont_care_radius_um is None:
             dont_care_radius_um = (
                 cfg.TEST.MIDOG.DONT_CARE_RADIUS_UM
@@ -130,7 +131,7 @@ class MidogEvaluator(DatasetEvaluator):
         self._radius_um = float(radius_um)
         self._dont_care_radius_um = float(dont_care_radius_um)
         self._threshold = float(score_threshold)
-        self._density = float(density)
+        self._density = None if density is None else float(density)
         self._mitotic_class = mitotic_class
         self._distributed = distributed
         self._output_dir = output_dir
@@ -252,7 +253,7 @@ class MidogEvaluator(DatasetEvaluator):
             return {}
 
         images, domain_hits, fg_scores, fg_labels, files, skipped = self._collect(records)
-        full = evaluate_points(
+        full = evaluate_at_density(
             images,
             self._radius_um,
             self._threshold,

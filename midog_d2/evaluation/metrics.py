@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM, MIDOGPP_DENSITY
+from ..constants import AP_BOX_HALF_UM, DEFAULT_MPP, DEFAULT_RADIUS_UM
 
 __all__ = [
     "ImagePoints",
@@ -44,8 +44,6 @@ __all__ = [
     "roc_auc",
     "evaluate_points",
     "best_at",
-    "expected_f1",
-    "expected_precision",
 ]
 
 # The F1-optimal threshold sweep: 0.00, 0.01, ..., 0.99 (exact decimal steps, no drift).
@@ -347,27 +345,6 @@ def best_at(values: np.ndarray, thresholds: np.ndarray) -> Tuple[float, float]:
     return float(values[i]), float(thresholds[i])
 
 
-def expected_precision(recall, fp_per_mm2, density: float):
-    """Rρ / (Rρ + f): the precision at ``density`` (ρ) figures per mm² of a detector with
-    recall R and f false detections per mm² (NaN where nothing is detected at all)."""
-    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
-    num = r * density
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(num + f > 0, num / np.where(num + f > 0, num + f, 1.0), np.nan)
-    return float(out) if out.ndim == 0 else out
-
-
-def expected_f1(recall, fp_per_mm2, density: float):
-    """2Rρ / ((1 + R)ρ + f): the F1 a detector of recall R and f false detections per mm²
-    gets on tissue holding ``density`` (ρ > 0) mitotic figures per mm²
-    (:mod:`midog_d2.evaluation.prevalence`)."""
-    if not (density > 0 and np.isfinite(density)):
-        raise ValueError(f"mitotic density must be a positive number per mm², got {density}")
-    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
-    out = 2.0 * r * density / ((1.0 + r) * density + f)
-    return float(out) if out.ndim == 0 else out
-
-
 def _best(
     tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: np.ndarray
 ) -> Tuple[float, float]:
@@ -393,7 +370,6 @@ def evaluate_points(
     threshold: Optional[float] = None,
     thresholds: Sequence[float] = SWEEP_THRESHOLDS,
     box_half_um: float = AP_BOX_HALF_UM,
-    density: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Every MIDOG number for a set of images.
 
@@ -403,16 +379,10 @@ def evaluate_points(
     (lowest threshold on ties), ``ap50`` (:func:`ap50_points`), ``num_images``,
     ``num_gt``, ``num_pred`` and ``per_tumor``: {tumor: the same keys pooled within it}.
 
-    When every image carries ``area_mm2``, also the numbers at real density
-    (:mod:`.prevalence`): ``area_mm2``, ``figures_per_mm2`` (the set's own density),
-    ``fp_per_mm2`` at ``threshold``, and at ``density`` figures per mm² (None: MIDOG++'s
-    median; <= 0: the set's own) ``density``, ``expected_f1`` at ``threshold`` and
-    ``density_threshold``/``density_f1``, the sweep threshold with the best expected F1.
-    At the set's own density the expected F1 equals ``f1`` and ``density_threshold`` is
-    ``best_threshold``.
+    The numbers at real density (false detections per mm², the expected F1 and the best
+    threshold at a density) are :func:`~.prevalence.evaluate_at_density`'s.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    density = MIDOGPP_DENSITY if density is None else float(density)
     images = [i.scored(radius_um) for i in images]
 
     def summarize(group: Sequence[ImagePoints]) -> Dict[str, Any]:
@@ -427,20 +397,6 @@ def evaluate_points(
         out["num_images"] = len(group)
         out["num_gt"] = int(sum(len(i.gt) for i in group))
         out["num_pred"] = int(sum(len(i.pred) for i in group))
-        areas = [i.area_mm2 for i in group]
-        if group and all(a is not None for a in areas) and sum(areas) > 0:
-            area = float(sum(areas))
-            out["area_mm2"] = area
-            out["figures_per_mm2"] = out["num_gt"] / area
-            out["fp_per_mm2"] = out["fp"] / area
-            rho = density if density > 0 else out["figures_per_mm2"]
-            out["density"] = rho
-            if out["num_gt"] and rho > 0:
-                out["expected_f1"] = expected_f1(out["recall"], out["fp_per_mm2"], rho)
-                sweep = expected_f1(tp / np.maximum(tp + fn, 1), fp / area, rho)
-                out["density_f1"], out["density_threshold"] = best_at(sweep, thresholds)
-            else:
-                out["expected_f1"] = out["density_threshold"] = out["density_f1"] = float("nan")
         return out
 
     result = summarize(images)

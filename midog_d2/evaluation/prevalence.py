@@ -12,15 +12,21 @@ Recall and false detections per mm² can be measured on different material (figu
 in windows; tissue without figures) and combined at any density; on a set scored whole (a
 MIDOG ROI) at the set's own density the expected F1 *is* the pooled F1 (2TP / (2TP + FP +
 FN)), so the two ways of scoring agree where both apply.
+
+This module owns the operating point: the expected F1 (:func:`expected_f1`), the sweep of
+it over thresholds (:class:`PrevalenceCurve`), the threshold with the best expected F1 at a
+density (:meth:`PrevalenceCurve.best_threshold`), and the one reading of
+``TEST.MIDOG.OPERATING_DENSITY`` (:func:`operating_density`).
 """
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..constants import (
+    AP_BOX_HALF_UM,
     DEFAULT_RADIUS_UM,
     HARD_NEGATIVE,
     MIDOGPP_DENSITY,
@@ -28,26 +34,62 @@ from ..constants import (
     MITOTIC_FIGURE,
     is_labelled,
 )
-from .metrics import (
-    SWEEP_THRESHOLDS,
-    ImagePoints,
-    best_at,
-    expected_f1,
-    expected_precision,
-    sweep_thresholds,
-)
+from .metrics import SWEEP_THRESHOLDS, ImagePoints, best_at, evaluate_points, sweep_thresholds
 
 __all__ = [
     "MIDOGPP_DENSITY",
     "MIDOGPP_TUMOR_DENSITY",
     "PrevalenceCurve",
     "density_table",
+    "evaluate_at_density",
     "expected_f1",
     "expected_precision",
+    "operating_density",
     "prevalence_curve",
     "rate_interval",
     "searched_area_mm2",
 ]
+
+
+def expected_precision(recall, fp_per_mm2, density: float):
+    """Rρ / (Rρ + f): the precision at ``density`` (ρ) figures per mm² of a detector with
+    recall R and f false detections per mm² (NaN where nothing is detected at all)."""
+    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
+    num = r * density
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(num + f > 0, num / np.where(num + f > 0, num + f, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def expected_f1(recall, fp_per_mm2, density: float):
+    """2Rρ / ((1 + R)ρ + f): the F1 a detector of recall R and f false detections per mm²
+    gets on tissue holding ``density`` (ρ > 0) mitotic figures per mm²."""
+    if not (density > 0 and np.isfinite(density)):
+        raise ValueError(f"mitotic density must be a positive number per mm², got {density}")
+    r, f = np.asarray(recall, dtype=np.float64), np.asarray(fp_per_mm2, dtype=np.float64)
+    out = 2.0 * r * density / ((1.0 + r) * density + f)
+    return float(out) if out.ndim == 0 else out
+
+
+def operating_density(setting: Optional[float], own: Optional[float] = None) -> float:
+    """The density (figures per mm²) the operating point is chosen at, from
+    ``TEST.MIDOG.OPERATING_DENSITY`` (``setting``; None: MIDOG++'s median, 4.4): a positive
+    value as it is; 0 the scored set's own density ``own`` (whole regions scored as they
+    are). A set without a density of its own (figures placed in windows) with 0 is an
+    error."""
+    if setting is None:
+        return MIDOGPP_DENSITY
+    setting = float(setting)
+    if setting > 0:
+        return setting
+    if setting < 0 or not math.isfinite(setting):
+        raise ValueError(f"TEST.MIDOG.OPERATING_DENSITY must be >= 0, got {setting}")
+    if own is None:
+        raise ValueError(
+            "TEST.MIDOG.OPERATING_DENSITY 0 means the set's own density, and this set has none "
+            "(its figures are placed in windows): give a density in figures per mm²"
+        )
+    return float(own)
 
 
 def _poisson_cdf(k: int, mu: float) -> float:
@@ -206,3 +248,57 @@ def density_table(records: Sequence[dict], fallback_mpp: float) -> Dict[str, Dic
             "hard_negative_median": float(np.median(neg)),
         }
     return out
+
+
+def _at_density(
+    summary: Dict[str, Any],
+    images: Sequence[ImagePoints],
+    radius_um: float,
+    thresholds: np.ndarray,
+    density: Optional[float],
+) -> None:
+    """Add the numbers at real density to ``summary`` (one group's
+    :func:`~.metrics.evaluate_points` keys), when every image carries its area."""
+    areas = [i.area_mm2 for i in images]
+    if not images or any(a is None for a in areas) or sum(areas) <= 0:
+        return
+    area = float(sum(areas))
+    summary["area_mm2"] = area
+    summary["figures_per_mm2"] = summary["num_gt"] / area
+    summary["fp_per_mm2"] = summary["fp"] / area
+    rho = operating_density(density, summary["figures_per_mm2"])
+    summary["density"] = rho
+    if summary["num_gt"] and rho > 0:
+        summary["expected_f1"] = expected_f1(summary["recall"], summary["fp_per_mm2"], rho)
+        curve = prevalence_curve(images, radius_um=radius_um, thresholds=thresholds)
+        summary["density_threshold"], summary["density_f1"] = curve.best_threshold(rho)
+    else:
+        summary["expected_f1"] = summary["density_threshold"] = summary["density_f1"] = math.nan
+
+
+def evaluate_at_density(
+    images: Sequence[ImagePoints],
+    radius_um: float = DEFAULT_RADIUS_UM,
+    threshold: Optional[float] = None,
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+    box_half_um: float = AP_BOX_HALF_UM,
+    density: Optional[float] = None,
+) -> Dict[str, Any]:
+    """:func:`~.metrics.evaluate_points` plus, for the set and each tumor type, when every
+    image carries ``area_mm2``, the numbers at real density: ``area_mm2``,
+    ``figures_per_mm2`` (the set's own density), ``fp_per_mm2`` at ``threshold``,
+    ``density`` (:func:`operating_density` of ``density``: None MIDOG++'s median, 0 the
+    set's own), ``expected_f1`` at ``threshold`` and ``density_threshold``/``density_f1``,
+    the sweep threshold with the best expected F1 there
+    (:meth:`PrevalenceCurve.best_threshold`). At the set's own density the expected F1
+    equals ``f1`` and ``density_threshold`` is ``best_threshold``."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    scored = [i.scored(radius_um) for i in images]
+    result = evaluate_points(scored, radius_um, threshold, thresholds, box_half_um)
+    _at_density(result, scored, radius_um, thresholds, density)
+    tumors: Dict[str, List[ImagePoints]] = {}
+    for image in scored:
+        tumors.setdefault(image.tumor, []).append(image)
+    for tumor, group in tumors.items():
+        _at_density(result["per_tumor"][tumor], group, radius_um, thresholds, density)
+    return result

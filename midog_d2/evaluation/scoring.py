@@ -22,7 +22,8 @@ from ..constants import (
 )
 from ..data.midog import box_centres, load_midog_json
 from ..fileio.points import detect_prediction_format, load_coco_results, load_point_predictions
-from .metrics import ImagePoints, evaluate_points, points_in_region
+from .metrics import ImagePoints, points_in_region
+from .prevalence import evaluate_at_density
 
 # box_centres lives with the dataset dicts (midog_d2.data.midog); re-exported here.
 __all__ = ["box_centres", "image_points", "evaluate_prediction_file"]
@@ -130,7 +131,7 @@ def evaluate_prediction_file(
     in the names); with it, ``score >= threshold``. The sweep and AP always use every
     detection.
 
-    Returns :func:`~midog_d2.evaluation.metrics.evaluate_points`' dict plus the
+    Returns :func:`~midog_d2.evaluation.prevalence.evaluate_at_density`'s dict plus the
     inputs, ``format``, ``mpp``, ``radius_um``, ``unlabelled_images`` and
     ``ignored_predictions``.
     """
@@ -165,7 +166,7 @@ def evaluate_prediction_file(
         images.append(points)
     if not images:
         raise ValueError(f"{ground_truth}: no labelled image to score")
-    result = evaluate_points(images, radius_um, threshold)
+    result = evaluate_at_density(images, radius_um, threshold)
     result.update(
         ground_truth=str(ground_truth),
         predictions=str(predictions),

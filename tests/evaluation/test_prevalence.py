@@ -16,10 +16,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from midog_d2.constants import MIDOGPP_DENSITY, MIDOGPP_TUMOR_DENSITY
 from midog_d2.engine.protocol import operating_threshold
-from midog_d2.evaluation import ImagePoints, MidogEvaluator, count_matches, evaluate_points
+from midog_d2.evaluation import ImagePoints, MidogEvaluator, count_matches
 from midog_d2.evaluation.prevalence import (
+    evaluate_at_density,
     expected_f1,
     expected_precision,
+    operating_density,
     prevalence_curve,
     searched_area_mm2,
 )
@@ -88,7 +90,7 @@ def test_expected_f1_equals_a_direct_count_on_a_composite_image():
 def test_at_its_own_density_the_expected_f1_is_the_pooled_f1():
     rng = np.random.default_rng(1)
     images = [_patch(rng, i % 3 == 0, i) for i in range(90)]
-    own = evaluate_points(images, threshold=0.4, density=0)
+    own = evaluate_at_density(images, threshold=0.4, density=0)
     assert own["figures_per_mm2"] == pytest.approx(30 / (90 * AREA))
     assert own["expected_f1"] == pytest.approx(own["f1"], rel=1e-12)
     assert own["density_threshold"] == own["best_threshold"]
@@ -111,7 +113,7 @@ def _brute_force_argmax(images, density, thresholds):
 def test_the_density_threshold_is_the_argmax_at_the_stated_density(density):
     rng = np.random.default_rng(2)
     images = [_patch(rng, i % 2 == 0, i) for i in range(60)]  # 50 figures per mm²
-    r = evaluate_points(images, threshold=0.5, density=density)
+    r = evaluate_at_density(images, threshold=0.5, density=density)
     thresholds = np.arange(100) / 100.0
     want_t, want_f1 = _brute_force_argmax(images, density, thresholds)
     assert r["density_threshold"] == want_t and r["density_f1"] == pytest.approx(want_f1)
@@ -125,7 +127,7 @@ def test_searched_area_is_required_and_named():
     image = ImagePoints([(1, 1)], [(1, 1)], [0.9], image_id="roi-7")
     with pytest.raises(ValueError, match="roi-7.*no searched area"):
         searched_area_mm2([image])
-    assert "fp_per_mm2" not in evaluate_points([image])  # unknown area: no rates
+    assert "fp_per_mm2" not in evaluate_at_density([image])  # unknown area: no rates
     with pytest.raises(ValueError, match="area must be >= 0"):
         ImagePoints([], [], [], area_mm2=-1.0)
     with pytest.raises(ValueError, match="positive number per mm²"):
@@ -238,3 +240,13 @@ def test_rate_interval_is_garwoods_exact_poisson_interval():
     assert rate == 25.0 and lo < 1 and hi > 100
     with pytest.raises(ValueError, match="area 0"):
         rate_interval(1, 0)
+
+
+def test_the_operating_density_is_read_one_way():
+    assert operating_density(None) == MIDOGPP_DENSITY
+    assert operating_density(2.7, own=9.0) == 2.7
+    assert operating_density(0.0, own=9.0) == 9.0  # 0: the scored set's own
+    with pytest.raises(ValueError, match="has none"):
+        operating_density(0.0)  # figures in windows have no density of their own
+    with pytest.raises(ValueError, match=">= 0"):
+        operating_density(-1.0, own=9.0)

@@ -3,11 +3,13 @@ weights' bytes, resolved config > stored > default, and refused when malformed."
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from conftest import make_cfg
 
 from midog_d2.checkpoint import (
+    file_sha256,
     load_threshold,
     resolve_score_threshold,
     save_threshold,
@@ -24,10 +26,11 @@ def weights(tmp_path):
 
 
 def test_round_trip_and_binding_to_the_weights_bytes(weights, caplog):
-    path = save_threshold(str(weights), 0.63, dataset="midog_val", f1=0.71)
+    path = save_threshold(str(weights), 0.63, dataset="midog_val", best_f1=0.71)
     assert path == threshold_file(str(weights)) and path.endswith(".pth.threshold.json")
     record = load_threshold(str(weights))
     assert record["threshold"] == 0.63 and record["dataset"] == "midog_val"
+    assert record["best_f1"] == 0.71
     weights.write_bytes(b"other weights")  # retrained in place: the record no longer applies
     with caplog.at_level(logging.WARNING):
         assert load_threshold(str(weights)) is None
@@ -81,3 +84,14 @@ def test_the_evaluator_applies_the_stored_threshold_and_says_where_it_came_from(
         assert MidogEvaluator("any_dataset", cfg)._threshold == 0.37
     assert f"stored with {weights}" in caplog.text
     assert MidogEvaluator("any_dataset", cfg, score_threshold=0.2)._threshold == 0.2
+
+
+def test_one_name_per_quantity_and_old_records_still_load(weights):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['val_f1'\]"):
+        save_threshold(str(weights), 0.5, val_f1=0.7)
+    # a record of an earlier version, which called the best F1 "f1"
+    old = {"threshold": 0.6, "weights": weights.name, "f1": 0.7, "dataset": "midog_val"}
+    old["weights_sha256"] = file_sha256(str(weights))
+    Path(threshold_file(str(weights))).write_text(json.dumps(old))
+    record = load_threshold(str(weights))
+    assert record["best_f1"] == 0.7 and "f1" not in record and record["threshold"] == 0.6

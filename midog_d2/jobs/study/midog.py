@@ -54,7 +54,7 @@ def train_and_evaluate(
     """
     import torch
 
-    from ...engine.protocol import evaluate_domains, operating_threshold
+    from ...engine.protocol import calibration_record, evaluate_domains
     from ...engine.runs import train_calibrate_score
     from ...engine.trainer import MidogTrainer, setup_cfg
 
@@ -72,13 +72,7 @@ def train_and_evaluate(
     def score(cfg, model):
         results = evaluate_domains(cfg, model, os.path.join(output_dir, "inference"))
         scores = {name: _midog_scores(r) for name, r in results.items()}
-        threshold, rule = operating_threshold(results[val]["midog"])
-        record = dict(
-            dataset=val,
-            rule=rule,
-            best_f1_threshold=scores[val]["best_threshold"],
-            best_f1=scores[val]["best_f1"],
-        )
+        threshold, record = calibration_record(cfg, results[val]["midog"], val)
         out = {"threshold": threshold, "in_domain": scores[val], "held_out": scores[held]}
         return {**out, "datasets": scores}, threshold, record
 
