@@ -43,19 +43,17 @@ import sys
 import torch
 
 from detectron2.engine import launch
-from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from midog_d2.checkpoint import (
     REFERENCE_WEIGHTS,
     WeightsError,
-    load_model_weights,
-    local_path,
     reference_model,
     resolve_score_threshold,
 )
-from midog_d2.engine.trainer import setup_cfg, split_overrides
+from midog_d2.engine.deploy import deployment_cfg, deployment_opts, load_deployed_model
+from midog_d2.engine.trainer import split_overrides
 from midog_d2.inference.torchscript import TorchScriptDetector, load_torchscript_meta
 from midog_d2.jobs.slide_job import (
     expand_inputs,
@@ -120,13 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _opts(args: argparse.Namespace) -> list:
-    opts = list(args.opts)
-    if opts and opts[0] == "--":
-        opts = opts[1:]
-    if args.threshold is not None:
-        opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
-    if args.mpp is not None:
-        opts += ["TEST.SLIDE_MPP", str(args.mpp)]
+    opts = deployment_opts(args.opts, args.threshold, args.mpp)
     if args.exported:
         # the export's own tile size and input format; it was made for fp32
         meta = load_torchscript_meta(args.exported)
@@ -134,8 +126,6 @@ def _opts(args: argparse.Namespace) -> list:
         opts += ["TEST.TILE.PRECISION", "fp32"]
         if args.threshold is None:
             opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(meta["threshold"])]
-    if "MODEL.DEVICE" not in opts[0::2]:
-        opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
     return opts
 
 
@@ -143,17 +133,8 @@ def check_args(args: argparse.Namespace):
     """The config, the slides and the weights' SHA-256, or SystemExit with one sentence."""
     if args.exported and not args.config_file:
         raise SystemExit("error: --exported needs the --config-file it was exported from")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise SystemExit(f"error: --threshold must be in [0, 1], got {args.threshold}")
     if args.num_gpus < 1:
         raise SystemExit(f"error: --num-gpus must be >= 1, got {args.num_gpus}")
-    if args.mpp is not None and not 0.01 <= args.mpp <= 50:
-        raise SystemExit(f"error: --mpp must be a microscope's µm/px (0.01 to 50), got {args.mpp}")
-    if len(_opts(args)) % 2:
-        raise SystemExit(
-            "error: the config overrides must be KEY VALUE pairs, got an odd number: "
-            + " ".join(args.opts)
-        )
     try:
         cfg = _cfg(args)
     except (ValueError, FileNotFoundError) as e:
@@ -177,9 +158,7 @@ def check_args(args: argparse.Namespace):
         else:
             sha = weights_identity(cfg.MODEL.WEIGHTS)
             # once, before any process starts: weights that load completely and safely
-            load_model_weights(
-                cfg, build_model(cfg), cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial_weights
-            )
+            load_deployed_model(cfg, allow_partial=args.allow_partial_weights)
     except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -200,12 +179,7 @@ def _config_file(args: argparse.Namespace) -> str:
 
 
 def _cfg(args: argparse.Namespace):
-    cfg = setup_cfg(_config_file(args), _opts(args), ignore_development_keys=True)
-    if cfg.MODEL.WEIGHTS:
-        cfg.defrost()
-        cfg.MODEL.WEIGHTS = local_path(cfg.MODEL.WEIGHTS)  # midog-d2:// -> the installed file
-        cfg.freeze()
-    return cfg
+    return deployment_cfg(_config_file(args), _opts(args))
 
 
 def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
@@ -228,10 +202,7 @@ def worker(args: argparse.Namespace, inputs: list, sha: str) -> None:
         if args.threshold is None:
             source = f"stored in the export {args.exported}"
     else:
-        model = build_model(cfg)
-        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS, allow_partial=True)  # checked before
-        model.eval()
-        threshold, source = resolve_score_threshold(cfg)
+        model, threshold, source = load_deployed_model(cfg, allow_partial=True)  # checked before
     if comm.is_main_process():
         if not args.config_file:
             logger.info("model: the shipped reference model %s", REFERENCE_WEIGHTS)

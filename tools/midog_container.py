@@ -26,13 +26,10 @@ import logging
 import sys
 import tempfile
 
-import torch
-
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from midog_d2.checkpoint import WeightsError, load_model_weights, resolve_score_threshold
-from midog_d2.engine import setup_cfg
+from midog_d2.checkpoint import WeightsError
+from midog_d2.engine.deploy import deployment_cfg, deployment_opts, load_deployed_model
 from midog_d2.fileio import atomic_write_text
 from midog_d2.fileio.challenge import (
     CHALLENGE_INPUT,
@@ -64,20 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(args: argparse.Namespace):
     """The config, the model (weights loaded, eval mode) and the threshold with its source,
     or SystemExit with one sentence."""
-    opts = ["TEST.TISSUE.ENABLED", "False"] + list(args.opts)
-    if args.threshold is not None:
-        opts += ["TEST.MIDOG.SCORE_THRESHOLD", str(args.threshold)]
-    if "MODEL.DEVICE" not in opts[0::2]:
-        opts += ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu"]
-    if len(opts) % 2:
-        raise SystemExit("error: the config overrides must be KEY VALUE pairs")
     try:
-        cfg = setup_cfg(args.config_file, opts, ignore_development_keys=True)
-        model = build_model(cfg)
-        load_model_weights(cfg, model, cfg.MODEL.WEIGHTS)
+        # ROIs are tissue throughout: no tissue mask unless the overrides ask for one
+        opts = deployment_opts(args.opts, args.threshold, defaults=["TEST.TISSUE.ENABLED", "False"])
+        cfg = deployment_cfg(args.config_file, opts)
+        return cfg, *load_deployed_model(cfg)
     except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
-    return cfg, model.eval(), *resolve_score_threshold(cfg)
 
 
 def predict_roi(predictor: SlidePredictor, path: str, threshold: float, workdir: str) -> dict:

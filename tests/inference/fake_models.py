@@ -9,6 +9,7 @@ from torch import nn
 from detectron2.structures import Boxes, Instances
 
 from midog_d2.fileio import resample_region
+from midog_d2.modeling.outputs import DOMAIN_PROBS, FOREGROUND_PROB
 
 # Markers are pure blue in RGB: (0, 0, 255). The fake model sees them only if tiles
 # reach it in BGR (channel 0 = 255), so it also checks the format conversion.
@@ -20,6 +21,9 @@ class BlobDetector(nn.Module):
     the input, centred on the visible part (so a blob cut by the tile edge is found
     off-centre, as a real detector might), score 0.9 - 0.1 * (blob cut), class 0.
     foreground_prob = "any blob", domain_probs = [0.9, 0.1] with a blob, else [0.1, 0.9]."""
+
+    # declared as MultiTaskRetinaNet declares them (midog_d2.modeling.outputs)
+    extra_outputs = [DOMAIN_PROBS, FOREGROUND_PROB]
 
     def __init__(self):
         super().__init__()

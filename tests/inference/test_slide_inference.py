@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -428,3 +429,33 @@ def test_a_hotspot_on_the_images_border_stays_visible_and_the_legend_fits_the_wi
         assert yellow[:3].any() and yellow[h - 3 : h].any()  # top and bottom edges
         assert yellow[:, :3].any() and yellow[:, -3:].any()  # left and right edges
         assert out.shape[1] == width and out.shape[0] > h  # the legend below, as wide
+
+
+def test_a_new_output_format_is_one_row_of_the_table(tmp_path, monkeypatch):
+    """A format added as a row (name, suffix, writer, which slides) is written for the
+    slides it applies to, recorded in the completion marker, checked on a rerun and never
+    taken for a slide."""
+    from midog_d2.jobs import slide_outputs as table
+
+    def write_count(ctx, path):
+        Path(path).write_text(f"{ctx.readout.count} at {ctx.threshold}\n")
+
+    row = table.SlideOutput("count", ".count.txt", write_count, lambda p: p.endswith(".tif"))
+    monkeypatch.setattr(table, "OUTPUTS", table.OUTPUTS + (row,))
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    write_tiled_tiff(folder / "a.tif", tissue(400, 500, blobs=[(100, 200), (300, 200)]), 0.25)
+    cv2.imwrite(str(folder / "b.png"), tissue(400, 500, blobs=[(200, 200)])[:, :, ::-1])
+    out = tmp_path / "out"
+    inputs = expand_inputs([str(folder)])
+    rows, _ = _run(slide_cfg(), inputs, out)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert (out / "a.count.txt").read_text() == "2 at 0.5\n"
+    assert not (out / "b.count.txt").exists()  # the row does not apply to PNGs
+    marker = json.loads((out / f"a{MARKER_SUFFIX}").read_text())
+    assert "count" in marker["outputs"]
+    (out / "a.count.txt").write_text("edited\n")
+    rows, _ = _run(slide_cfg(), inputs, out)
+    assert [r["status"] for r in rows] == ["done", "skipped"]
+    with pytest.raises(ValueError, match="an output of tools/infer_slides.py"):
+        expand_inputs([str(out / "a.count.txt")])

@@ -292,7 +292,7 @@ def test_a_rerun_writes_the_same_geojson_ids_and_qupaths_frame_follows_the_bound
     features = json.loads(a)["features"]
     assert features and len({f["id"] for f in features}) == len(features)
 
-    import midog_d2.jobs.slide_job as slides_mod
+    import midog_d2.jobs.slide_outputs as slides_mod
 
     monkeypatch.setattr(slides_mod, "slide_bounds", lambda path: (100, 40, 300, 200))
     assert run_tool(*argv, "--output", tmp_path / "c") == 0
