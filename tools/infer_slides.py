@@ -52,7 +52,12 @@ from midog_d2.checkpoint import (
     reference_model,
     resolve_score_threshold,
 )
-from midog_d2.engine.deploy import deployment_cfg, deployment_opts, load_deployed_model
+from midog_d2.engine.deploy import (
+    deployment_cfg,
+    deployment_opts,
+    deployment_parser,
+    load_deployed_model,
+)
 from midog_d2.engine.trainer import split_overrides
 from midog_d2.inference.torchscript import TorchScriptDetector, load_torchscript_meta
 from midog_d2.jobs.slide_job import (
@@ -70,20 +75,13 @@ logger = logging.getLogger("midog_d2.infer_slides")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--config-file",
-        default=None,
-        metavar="FILE",
-        help="the model's config (default: the shipped reference model, docs/model_card.md)",
+    ap = deployment_parser(
+        __doc__,
+        "the model's config (default: the shipped reference model, docs/model_card.md)",
+        default_config=True,
     )
     ap.add_argument("--input", required=True, nargs="+", help="slide files, folders or globs")
     ap.add_argument("--output", required=True, help="output folder")
-    ap.add_argument(
-        "--threshold", type=float, default=None, help="operating score threshold (overrides)"
-    )
     ap.add_argument(
         "--mpp",
         type=float,
@@ -108,7 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--num-machines", type=int, default=1)
     ap.add_argument("--machine-rank", type=int, default=0)
     ap.add_argument("--dist-url", default="auto")
-    ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     # options before or after the overrides; an unknown one is refused (argparse's line)
     args = ap.parse_intermixed_args(argv)
     args.input, args.opts = split_overrides(args.input, args.opts)

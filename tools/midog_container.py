@@ -29,17 +29,8 @@ import tempfile
 from detectron2.utils.logger import setup_logger
 
 from midog_d2.checkpoint import WeightsError
-from midog_d2.engine.deploy import deployment_cfg, deployment_opts, load_deployed_model
-from midog_d2.fileio import atomic_write_text
-from midog_d2.fileio.challenge import (
-    CHALLENGE_INPUT,
-    CHALLENGE_OUTPUT,
-    challenge_inputs,
-    challenge_points,
-    mha_as_tiff,
-    output_paths,
-    tiff_to_mm,
-)
+from midog_d2.engine import deploy
+from midog_d2.fileio import atomic_write_text, challenge
 from midog_d2.fileio.slide import slide_resolution
 from midog_d2.inference.slide_predictor import SlidePredictor
 
@@ -47,14 +38,9 @@ logger = logging.getLogger("midog_d2.midog_container")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config-file", required=True, metavar="FILE")
-    ap.add_argument("--input-dir", default=CHALLENGE_INPUT, help="folder of the ROIs")
-    ap.add_argument("--output", default=CHALLENGE_OUTPUT, help="the points JSON to write")
-    ap.add_argument("--threshold", type=float, default=None, help="overrides the stored one")
-    ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    ap = deploy.deployment_parser(__doc__, "the model's config", default_config=False)
+    ap.add_argument("--input-dir", default=challenge.CHALLENGE_INPUT, help="folder of the ROIs")
+    ap.add_argument("--output", default=challenge.CHALLENGE_OUTPUT, help="the points JSON to write")
     return ap.parse_intermixed_args(argv)
 
 
@@ -63,9 +49,11 @@ def build(args: argparse.Namespace):
     or SystemExit with one sentence."""
     try:
         # ROIs are tissue throughout: no tissue mask unless the overrides ask for one
-        opts = deployment_opts(args.opts, args.threshold, defaults=["TEST.TISSUE.ENABLED", "False"])
-        cfg = deployment_cfg(args.config_file, opts)
-        return cfg, *load_deployed_model(cfg)
+        opts = deploy.deployment_opts(
+            args.opts, args.threshold, defaults=["TEST.TISSUE.ENABLED", "False"]
+        )
+        cfg = deploy.deployment_cfg(args.config_file, opts)
+        return cfg, *deploy.load_deployed_model(cfg)
     except (FileNotFoundError, ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
 
@@ -73,19 +61,21 @@ def build(args: argparse.Namespace):
 def predict_roi(predictor: SlidePredictor, path: str, threshold: float, workdir: str) -> dict:
     """The challenge JSON of one ROI (:func:`midog_d2.fileio.challenge.challenge_points`)."""
     if path.lower().endswith(".mha"):
-        readable, _, to_mm = mha_as_tiff(path, workdir)
+        readable, _, to_mm = challenge.mha_as_tiff(path, workdir)
     else:
         readable = path
-        to_mm = tiff_to_mm(slide_resolution(readable, predictor.fallback_mpp, predictor.mpp)[0])
+        to_mm = challenge.tiff_to_mm(
+            slide_resolution(readable, predictor.fallback_mpp, predictor.mpp)[0]
+        )
     result = predictor.predict(readable)
-    return challenge_points(result.xy, result.scores, threshold, to_mm)
+    return challenge.challenge_points(result.xy, result.scores, threshold, to_mm)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="midog_d2")
     try:
-        inputs = challenge_inputs(args.input_dir)
+        inputs = challenge.challenge_inputs(args.input_dir)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}")
     cfg, model, threshold, source = build(args)
@@ -93,7 +83,7 @@ def main(argv=None) -> int:
     predictor = SlidePredictor(cfg, model)
     failed = 0
     with tempfile.TemporaryDirectory() as workdir:
-        for path, out in output_paths(inputs, args.output):
+        for path, out in challenge.output_paths(inputs, args.output):
             try:
                 points = predict_roi(predictor, path, threshold, workdir)
             except (OSError, ValueError) as e:

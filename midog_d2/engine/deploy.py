@@ -2,6 +2,7 @@
 (``tools/infer_slides.py``) and the MIDOG container (``tools/midog_container.py``) build the
 config, the model and its operating threshold."""
 
+import argparse
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +14,27 @@ from detectron2.modeling import build_model
 from ..checkpoint import load_model_weights, local_path, resolve_score_threshold
 from .trainer import setup_cfg
 
-__all__ = ["deployment_opts", "deployment_cfg", "load_deployed_model"]
+__all__ = ["deployment_parser", "deployment_opts", "deployment_cfg", "load_deployed_model"]
+
+
+def deployment_parser(description: str, config_help: str, default_config: bool):
+    """The arguments every tool that runs a trained model takes: ``--config-file``
+    (required unless ``default_config``), ``--threshold`` and the config overrides
+    (``opts``); the tool adds its own."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--config-file", default=None, required=not default_config, metavar="FILE", help=config_help
+    )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="operating score threshold (default: the one stored with the weights)",
+    )
+    ap.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    return ap
 
 
 def deployment_opts(
