@@ -80,9 +80,13 @@ FOREGROUND_PROB = ExtraOutput("foreground_prob", "foreground_head", sigmoid_firs
 
 
 def declared_outputs(model: Any) -> Dict[str, ExtraOutput]:
-    """{name: declaration} of ``model``'s extra outputs (``model.extra_outputs``; none for a
-    model without, e.g. Detectron2's own RetinaNet)."""
-    return {o.name: o for o in getattr(model, "extra_outputs", ())}
+    """{name: declaration} of ``model``'s extra outputs (``model.extra_outputs``, also through
+    a wrapper's ``module``, as DistributedDataParallel holds the model; none for a model
+    without, e.g. Detectron2's own RetinaNet)."""
+    outputs = getattr(model, "extra_outputs", None)
+    if outputs is None and isinstance(getattr(model, "module", None), torch.nn.Module):
+        outputs = getattr(model.module, "extra_outputs", None)
+    return {o.name: o for o in outputs or ()}
 
 
 def check_declared(out: Mapping[str, Any], declared: Mapping[str, ExtraOutput], where: str):
