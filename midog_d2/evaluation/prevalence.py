@@ -271,7 +271,8 @@ def _at_density(
     if summary["num_gt"] and rho > 0:
         summary["expected_f1"] = expected_f1(summary["recall"], summary["fp_per_mm2"], rho)
         curve = prevalence_curve(images, radius_um=radius_um, thresholds=thresholds)
-        summary["density_threshold"], summary["density_f1"] = curve.best_threshold(rho)
+        threshold, f1 = curve.best_threshold(rho)
+        summary["density_f1"], summary["density_threshold"] = f1, threshold
     else:
         summary["expected_f1"] = summary["density_threshold"] = summary["density_f1"] = math.nan
 
@@ -301,4 +302,5 @@ def evaluate_at_density(
         tumors.setdefault(image.tumor, []).append(image)
     for tumor, group in tumors.items():
         _at_density(result["per_tumor"][tumor], group, radius_um, thresholds, density)
+    result["per_tumor"] = result.pop("per_tumor")  # last, as the files have always had it
     return result

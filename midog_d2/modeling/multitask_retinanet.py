@@ -176,9 +176,12 @@ class MultiTaskRetinaNet(RetinaNet):
         :meth:`detect` and the TorchScript export call it)."""
         feature_dict = self.backbone(x)
         features = [feature_dict[f] for f in self.head_in_features]
+        # The detection head first: the order decides how the backward pass sums the shared
+        # features' gradients, so it keeps training bit for bit what it was.
+        predictions = self.head(features)
         aux = feature_dict.get(self.aux_in_feature)
         aux_logits = {o.name: getattr(self, o.head)(aux) for o in self.extra_outputs}
-        return features, self.head(features), aux_logits
+        return features, predictions, aux_logits
 
     def detect(
         self, images: ImageList, rescore: bool = True
