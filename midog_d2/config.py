@@ -178,7 +178,8 @@ def _add_dataset_config(cfg: CN) -> None:
     _C.DATASETS.MIDOG.CSV_FILE = ""
     # Tumor-type spellings -> canonical names (see TUMOR_TYPE_ALIASES).
     _C.DATASETS.MIDOG.TUMOR_ALIASES = [list(p) for p in TUMOR_TYPE_ALIASES]
-    # µm per pixel used when an image file has no resolution metadata.
+    # µm per pixel used when an image file has no resolution metadata; 0: no fallback, such a
+    # file is an error (read in one place: midog_d2.fileio.fallback_mpp).
     _C.DATASETS.MIDOG.FALLBACK_MPP = DEFAULT_MPP
     # Scanner spellings in the CSV -> canonical names (see SCANNER_ALIASES).
     _C.DATASETS.MIDOG.SCANNER_ALIASES = [list(p) for p in SCANNER_ALIASES]
