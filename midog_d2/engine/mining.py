@@ -14,7 +14,7 @@ from ..constants import MITOTIC_FIGURE
 from ..data.imposters import mine_imposters
 from ..data.midog import box_centres
 from ..data.sampler import build_midog_test_loader
-from ..fileio.slide import fallback_mpp
+from ..fileio.slide import fallback_mpp, first_mpp
 from ..inference.predictor import TiledPredictor
 
 __all__ = ["ImposterCollector", "mine_dataset"]
@@ -44,13 +44,7 @@ class ImposterCollector(DatasetEvaluator):
             if inst.has("pred_classes"):
                 inst = inst[inst.pred_classes == MITOTIC_FIGURE]
             record = self._records[inp["image_id"]]
-            mpp = inp.get("mpp") or record.get("mpp") or self._mpp
-            if not mpp:
-                raise ValueError(
-                    f"{record.get('file_name')}: no µm/px and no fallback "
-                    "(DATASETS.MIDOG.FALLBACK_MPP 0)"
-                )
-            mpp = float(mpp)
+            mpp = first_mpp(record.get("file_name"), inp.get("mpp"), record.get("mpp"), self._mpp)
             self._mined[inp["image_id"]] = mine_imposters(
                 box_centres(record),
                 inst.pred_boxes.get_centers().double().numpy(),

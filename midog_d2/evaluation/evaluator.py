@@ -35,6 +35,7 @@ from ..constants import (
     is_labelled,
 )
 from ..fileio.points import json_safe, points_to_json
+from ..fileio.slide import first_mpp
 from ..modeling.outputs import DOMAIN_PROBS, FOREGROUND_PROB
 from .metrics import ImagePoints, points_in_region, roc_auc
 from .prevalence import evaluate_at_density
@@ -170,13 +171,8 @@ class MidogEvaluator(DatasetEvaluator):
             self._records.append(rec)
 
     def _mpp(self, rec: Dict[str, Any], gt: Dict[str, Any]) -> float:
-        for value in (rec.get("mpp"), gt.get("mpp"), self._metadata.get("mpp", None)):
-            if value:
-                return float(value)
-        raise ValueError(
-            f"{gt.get('file_name')}: no µm/px in the prediction, the dataset record or the "
-            f"dataset's metadata ({self._dataset_name}): its distances cannot be measured"
-        )
+        where = f"{gt.get('file_name')} ({self._dataset_name})"
+        return first_mpp(where, rec.get("mpp"), gt.get("mpp"), self._metadata.get("mpp", None))
 
     def _collect(self, records: List[Dict[str, Any]]):
         """Per record: the scored points (:func:`~.scoring.image_points`), the domain head's

@@ -30,6 +30,7 @@ from .slide import (
     check_images,
     clear_cache,
     fallback_mpp,
+    first_mpp,
     open_slide,
     read_region,
     read_region_scaled,

@@ -49,6 +49,7 @@ __all__ = [
     "set_cache_size",
     "clear_cache",
     "fallback_mpp",
+    "first_mpp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -451,6 +452,16 @@ def fallback_mpp(value: float) -> Optional[float]:
             "0: no fallback)"
         )
     return value
+
+
+def first_mpp(where: str, *values: Optional[float]) -> float:
+    """The first of ``values`` that is set (an image's µm/px from its input, its dataset
+    record, ..., the :func:`fallback_mpp`); ValueError naming ``where`` when none is, so that
+    no distance is measured at a made-up scale."""
+    for value in values:
+        if value:
+            return float(value)
+    raise ValueError(f"{where}: no µm/px and no fallback (DATASETS.MIDOG.FALLBACK_MPP 0)")
 
 
 def slide_mpp(path: str, fallback: Optional[float] = None) -> float:

@@ -26,7 +26,7 @@ from detectron2.structures import Boxes, Instances
 
 from ..constants import DEFAULT_MPP
 from ..fileio.images import rgb_to_format, to_chw_tensor
-from ..fileio.slide import fallback_mpp, read_region_scaled, resample_scale
+from ..fileio.slide import fallback_mpp, first_mpp, read_region_scaled, resample_scale
 from ..modeling.outputs import check_declared, combine_tiles, declared_outputs
 from .grid import ScaledTile, scaled_tile_grid, tile_grid
 from .merge import StreamingMerger
@@ -472,13 +472,7 @@ class TiledPredictor(nn.Module):
         region = (
             (0, 0, width, height) if region is None else tuple(int(round(float(v))) for v in region)
         )
-        mpp = inp.get("mpp") or self.fallback_mpp
-        if not mpp:
-            raise ValueError(
-                f"{inp.get('file_name', 'an input')}: no µm/px (its 'mpp') and no fallback "
-                "(DATASETS.MIDOG.FALLBACK_MPP 0)"
-            )
-        mpp = float(mpp)
+        mpp = first_mpp(inp.get("file_name", "an input"), inp.get("mpp"), self.fallback_mpp)
         scale = resample_scale(mpp, self.model_mpp, self.mpp_tolerance)
         tiles = scaled_tile_grid(region, self.tile_size, self.overlap, scale)
 

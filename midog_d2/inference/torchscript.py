@@ -38,7 +38,6 @@ from ..modeling.outputs import (
     DOMAIN_PROBS,
     FOREGROUND_PROB,
     ExtraOutput,
-    check_declared,
     declared_outputs,
     outputs_of,
 )
@@ -237,6 +236,5 @@ class TorchScriptDetector(nn.Module):
             for decl, value in zip(self.extra_outputs, extras):
                 if value.numel():  # format 1 returns an empty tensor for a head that is off
                     o[decl.name] = value[i]
-            check_declared(o, declared_outputs(self), "TorchScript model")
             out.append(o)
         return out

@@ -10,7 +10,7 @@ from PIL import Image
 from detectron2.modeling import build_model
 
 from midog_d2.data.mapper import MidogTestMapper
-from midog_d2.fileio import fallback_mpp
+from midog_d2.fileio import fallback_mpp, first_mpp
 from midog_d2.inference.predictor import TiledPredictor
 from midog_d2.inference.slide_predictor import SlidePredictor
 
@@ -23,6 +23,10 @@ def test_the_key_reads_one_way():
     for bad in (-0.25, 100.0):
         with pytest.raises(ValueError, match="FALLBACK_MPP"):
             fallback_mpp(bad)
+    # an image's µm/px: its own first, then its record's, then the fallback; none is an error
+    assert first_mpp("a.tif", None, 0.242, 0.25) == 0.242
+    with pytest.raises(ValueError, match=r"a\.tif: no µm/px and no fallback"):
+        first_mpp("a.tif", None, None, fallback_mpp(0.0))
 
 
 @pytest.mark.parametrize("value, expected", [("0.0", None), ("0.5", 0.5)])
